@@ -1,0 +1,3 @@
+from cachesrv.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""The catalog: names -> manifests, with times and sizes (SQLite, one file).
+
+Two namespaces share the manifests table:
+- objects: legacy paths, a file tree (``a`` and ``a/b`` cannot both exist);
+- cache entries: keyed caches with GitHub-style restore-key lookup.
+Publishing a version is one transaction: the manifest row and the name swap
+commit together, after the chunks they reference are durable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from cachesrv.db import Database
+from cachesrv.manifest import Manifest
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifests (
+    id BLOB PRIMARY KEY,
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    path TEXT PRIMARY KEY,
+    manifest BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    mtime REAL NOT NULL,
+    atime REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    manifest BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    mtime REAL NOT NULL,
+    atime REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_time ON entries (mtime);
+"""
+
+
+class Conflict(Exception):
+    """A path would be both a file and a directory."""
+
+
+class EntryExists(Exception):
+    """A cache entry exists and the save did not ask to replace it."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A name's current version."""
+
+    name: str
+    manifest_id: bytes
+    size: int
+    digest: bytes
+    mtime: float  # when this version finished uploading (Last-Modified)
+
+    @property
+    def etag(self) -> str:
+        return self.digest[:16].hex()
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    manifest_id: bytes
+    body: bytes
+    manifest: Manifest
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> StoredManifest:
+        body = manifest.encode()
+        return cls(blake3.blake3(body).digest(), body, manifest)
+
+
+def _subtree(path: str) -> tuple[str, str]:
+    # every key strictly below path/ sorts in [path + "/", path + "0"): "0" follows "/"
+    return path + "/", path + "0"
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+class Catalog:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.db = Database(root / "catalog.sqlite", _SCHEMA)
+        self._cache: OrderedDict[bytes, Manifest] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # -- manifests -----------------------------------------------------------
+
+    def manifest(self, manifest_id: bytes) -> Manifest:
+        with self._cache_lock:
+            cached = self._cache.get(manifest_id)
+            if cached is not None:
+                self._cache.move_to_end(manifest_id)
+                return cached
+        row = self.db.conn.execute(
+            "SELECT body FROM manifests WHERE id = ?", (manifest_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(manifest_id.hex())
+        manifest = Manifest.decode(row[0])
+        with self._cache_lock:
+            self._cache[manifest_id] = manifest
+            while len(self._cache) > 16:
+                self._cache.popitem(last=False)
+        return manifest
+
+    @staticmethod
+    def _insert_manifest(conn: sqlite3.Connection, stored: StoredManifest, now: float) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
+            (stored.manifest_id, stored.body, stored.manifest.size, now),
+        )
+
+    def live_manifest_ids(self) -> set[bytes]:
+        conn = self.db.conn
+        ids = {row[0] for row in conn.execute("SELECT manifest FROM objects")}
+        ids.update(row[0] for row in conn.execute("SELECT manifest FROM entries"))
+        return ids
+
+    # -- objects (legacy paths) ----------------------------------------------
+
+    def publish(self, items: Iterable[tuple[str, StoredManifest]]) -> float:
+        """Make every (path, manifest) visible at once; all or nothing. Returns the time."""
+        items = list(items)
+        now = time.time()
+        with self.db.transaction() as conn:
+            for path, stored in items:
+                _check_tree(conn, path)
+                self._insert_manifest(conn, stored, now)
+                manifest = stored.manifest
+                conn.execute(
+                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
+                    (path, stored.manifest_id, manifest.size, manifest.digest, now, now),
+                )
+        return now
+
+    def get(self, path: str) -> Ref | None:
+        row = self.db.conn.execute(
+            "SELECT path, manifest, size, digest, mtime FROM objects WHERE path = ?", (path,)
+        ).fetchone()
+        return Ref(*row) if row else None
+
+    def is_directory(self, path: str) -> bool:
+        lo, hi = _subtree(path) if path else ("", "\U0010ffff")
+        row = self.db.conn.execute(
+            "SELECT 1 FROM objects WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)
+        ).fetchone()
+        return row is not None
+
+    def delete_tree(self, path: str) -> int:
+        """Remove the object at ``path`` and everything below it; returns how many."""
+        lo, hi = _subtree(path)
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM objects WHERE path = ? OR (path >= ? AND path < ?)", (path, lo, hi)
+            )
+        return cursor.rowcount
+
+    def children(self, directory: str) -> list[tuple[str, bool, float]]:
+        """Direct children of a directory: (name, is_directory, newest mtime below it)."""
+        lo, hi = _subtree(directory) if directory else ("", "\U0010ffff")
+        found: dict[str, tuple[bool, float]] = {}
+        for path, mtime in self.db.conn.execute(
+            "SELECT path, mtime FROM objects WHERE path >= ? AND path < ?", (lo, hi)
+        ):
+            name, sep, _ = path[len(lo) :].partition("/")
+            is_dir, newest = found.get(name, (False, 0.0))
+            found[name] = (is_dir or bool(sep), max(newest, mtime))
+        return [(name, d, t) for name, (d, t) in sorted(found.items())]
+
+    def delete_paths(self, paths: Iterable[str]) -> int:
+        with self.db.transaction() as conn:
+            return sum(
+                conn.execute("DELETE FROM objects WHERE path = ?", (p,)).rowcount for p in paths
+            )
+
+    # -- keyed cache entries -------------------------------------------------
+
+    def save_entry(
+        self, key: str, stored: StoredManifest, replace: bool = False, max_age: float | None = None
+    ) -> float:
+        """Store a cache entry. An existing one is kept (:class:`EntryExists`) unless
+        ``replace`` or it is older than ``max_age`` seconds."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT mtime FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is not None and not replace:
+                if max_age is None or now - row[0] <= max_age:
+                    raise EntryExists(key)
+            self._insert_manifest(conn, stored, now)
+            manifest = stored.manifest
+            conn.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                (key, stored.manifest_id, manifest.size, manifest.digest, now, now),
+            )
+        return now
+
+    def find_entry(
+        self, key: str, restore_keys: Iterable[str] = (), exact: bool = False
+    ) -> Ref | None:
+        """actions/cache semantics: the exact key, else the newest entry whose key starts
+        with ``key``, else the newest starting with each restore key in order."""
+        conn = self.db.conn
+        columns = "key, manifest, size, digest, mtime"
+        row = conn.execute(f"SELECT {columns} FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None and not exact:
+            for prefix in (key, *restore_keys):
+                row = conn.execute(
+                    f"SELECT {columns} FROM entries WHERE key >= ? AND key < ? "
+                    "ORDER BY mtime DESC LIMIT 1",
+                    (prefix, prefix + "\U0010ffff"),
+                ).fetchone()
+                if row is not None:
+                    break
+        return Ref(*row) if row else None
+
+    def delete_entry(self, key: str) -> bool:
+        with self.db.transaction() as conn:
+            return conn.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount > 0
+
+    # -- numbers ---------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        conn = self.db.conn
+        objects, logical = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM objects"
+        ).fetchone()
+        entries, entry_bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM entries"
+        ).fetchone()
+        return {
+            "objects": objects,
+            "cache_entries": entries,
+            "logical_bytes": logical + entry_bytes,
+        }
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _check_tree(conn: sqlite3.Connection, path: str) -> None:
+    ancestors = _ancestors(path)
+    if ancestors:
+        marks = ",".join("?" * len(ancestors))
+        row = conn.execute(
+            f"SELECT path FROM objects WHERE path IN ({marks}) LIMIT 1", ancestors
+        ).fetchone()
+        if row:
+            raise Conflict(f"{row[0]!r} is a file, so {path!r} cannot be stored below it")
+    lo, hi = _subtree(path)
+    row = conn.execute(
+        "SELECT 1 FROM objects WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)
+    ).fetchone()
+    if row:
+        raise Conflict(f"{path!r} is a directory")

@@ -1,0 +1,116 @@
+"""Ingest: an upload's bytes in, durable chunks and a manifest out.
+
+:class:`IngestSession` is the blocking core (split, hash, look up, compress,
+append), run in a worker thread on batches of about a MiB: DESIGN.md measured
+that handing work over per chunk loses to the GIL convoy, so each hand-over
+carries a large unit of work. :class:`Upload` is its trio face for request
+handlers. Nothing becomes visible here: publishing a name is the catalog's
+job, after :meth:`IngestSession.finish` made the chunks durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import blake3
+import trio
+import zstandard
+
+from cachesrv.chunking import ChunkParams, Splitter
+from cachesrv.chunking import Piece as SplitPiece
+from cachesrv.manifest import Manifest, Piece
+from cachesrv.store import ChunkStore, chunk_id
+
+# Metadata runs are kept inline in the manifest up to this size; a longer run
+# (a huge pax header, garbage after a tar's end) is stored as a chunk instead
+# so that manifests stay small whatever the upload.
+INLINE_LIMIT = 64 * 1024
+
+
+@dataclass
+class IngestStats:
+    logical_bytes: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0  # raw bytes of chunks that were not stored yet
+    stored_bytes: int = 0  # compressed bytes written for them
+
+
+class IngestSession:
+    """Blocking: feed bytes, then finish() for the manifest. Not thread-safe itself."""
+
+    def __init__(
+        self, store: ChunkStore, params: ChunkParams, level: int = 3, tar_aware: bool = True
+    ) -> None:
+        self.store = store
+        self.splitter = Splitter(params, tar_aware=tar_aware)
+        self.compressor = zstandard.ZstdCompressor(level=level)
+        self.hasher = blake3.blake3()
+        self.pieces: list[Piece] = []
+        self.stats = IngestStats()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.hasher.update(data)
+        self.stats.logical_bytes += len(data)
+        self._absorb(self.splitter.feed(data))
+
+    def finish(self) -> Manifest:
+        self._absorb(self.splitter.finish())
+        self.store.commit()
+        return Manifest(self.stats.logical_bytes, self.hasher.digest(), tuple(self.pieces))
+
+    def _absorb(self, pieces: list[SplitPiece]) -> None:
+        if not pieces:
+            return
+        ids = [None if p.meta and len(p.data) <= INLINE_LIMIT else chunk_id(p.data) for p in pieces]
+        missing = self.store.missing(i for i in ids if i is not None)
+        for piece, cid in zip(pieces, ids, strict=True):
+            size = len(piece.data)
+            if cid is None:
+                previous = self.pieces[-1] if self.pieces else None
+                if (
+                    previous
+                    and previous.inline is not None
+                    and previous.size + size <= INLINE_LIMIT
+                ):
+                    merged = previous.inline + bytes(piece.data)  # one run between two members
+                    self.pieces[-1] = Piece(len(merged), inline=merged)
+                else:
+                    self.pieces.append(Piece(size, inline=bytes(piece.data)))
+                continue
+            self.stats.chunks += 1
+            if cid in missing:
+                missing.discard(cid)
+                frame = self.compressor.compress(piece.data)
+                self.store.put(cid, size, frame)
+                self.stats.new_chunks += 1
+                self.stats.new_bytes += size
+                self.stats.stored_bytes += len(frame)
+            self.pieces.append(Piece(size, chunk_id=cid))
+
+
+class Upload:
+    """Async face of an ingest: ``await write(data)`` as body pieces arrive, then
+    ``await finish()``. Memory is bounded by one batch, whatever the upload size."""
+
+    def __init__(self, session: IngestSession, batch_bytes: int = 1 << 20) -> None:
+        self.session = session
+        self.batch_bytes = batch_bytes
+        self._buffer = bytearray()
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self.batch_bytes:
+            batch, self._buffer = self._buffer, bytearray()
+            await trio.to_thread.run_sync(self.session.feed, batch, limiter=self._limiter)
+
+    async def finish(self) -> Manifest:
+        batch, self._buffer = self._buffer, bytearray()
+
+        def _finish() -> Manifest:
+            if batch:
+                self.session.feed(batch)
+            return self.session.finish()
+
+        return await trio.to_thread.run_sync(_finish, limiter=self._limiter)

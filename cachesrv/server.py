@@ -1,0 +1,53 @@
+"""Running the app on hypercorn's trio worker, with a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from cachesrv.config import Config
+from cachesrv.http.app import App
+from cachesrv.repository import Repository
+
+log = logging.getLogger("cachesrv")
+
+
+def hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.graceful_timeout = config.grace_period
+    hc.accesslog = logging.getLogger("cachesrv.access")
+    hc.errorlog = logging.getLogger("cachesrv.error")
+    # Request line + headers beyond this are refused by h11 without reaching the app.
+    hc.h11_max_incomplete_size = 64 * 1024
+    hc.keep_alive_timeout = 75
+    return hc
+
+
+async def _until_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info(
+                "%s: no new connections; in-flight requests have up to the grace period",
+                signal.Signals(signum).name,
+            )
+            return
+
+
+def serve(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
+    repo = Repository.open(config)
+    try:
+        log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
+        app: Any = App(repo)  # an ASGI callable; hypercorn's type for it is narrower
+        trio.run(
+            lambda: hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
+        )
+    finally:
+        repo.close()
