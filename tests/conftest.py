@@ -1,0 +1,137 @@
+"""Fixtures: real cachesrv server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    data: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/-/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
+    raise RuntimeError("server did not become ready in time")
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "CACHESRV_"))}
+    env.update(extra or {})
+    return env
+
+
+class StartServer(Protocol):
+    def __call__(
+        self,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        data: Path | None = None,
+    ) -> Server: ...
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """A factory: each call starts ``cachesrv serve`` and waits until it answers.
+
+    ``data`` reuses a store directory (restart tests); every server is stopped at teardown.
+    """
+    started: list[Server] = []
+
+    def start(
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        data: Path | None = None,
+    ) -> Server:
+        port = free_port()
+        base = tmp_path_factory.mktemp("server")
+        data = data or base / "data"
+        log = base / "server.log"
+        command = [
+            sys.executable,
+            "-m",
+            "cachesrv",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+            *(args or []),
+        ]
+        full_env = clean_env(env)
+        with open(log, "ab") as log_file:
+            proc = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=log_file)
+        server = Server(f"http://127.0.0.1:{port}", port, data, log, proc, full_env)
+        started.append(server)
+        wait_ready(server.url, proc)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(timeout=10)
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    """One server on an empty store, no credentials."""
+    return start_server()
+
+
+def curl(
+    *args: str, input: bytes | None = None, check: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real curl (the contract is curl command lines)."""
+    return subprocess.run(
+        ["curl", "-sS", *args], input=input, capture_output=True, check=check, timeout=timeout
+    )
