@@ -50,6 +50,7 @@ mimetypes.add_type("application/zstd", ".zst")
 
 
 def _h(name: str, value: str | int) -> tuple[bytes, bytes]:
+    # Names keep their canonical case on the wire: scripts grep "Last-Modified" with sed.
     return name.encode("latin-1"), str(value).encode("latin-1")
 
 
@@ -66,8 +67,8 @@ async def _send_simple(
             "type": "http.response.start",
             "status": status,
             "headers": [
-                _h("content-type", content_type),
-                _h("content-length", len(body)),
+                _h("Content-Type", content_type),
+                _h("Content-Length", len(body)),
                 *headers,
             ],
         }
@@ -155,7 +156,7 @@ class App:
         else:
             allow = "GET, HEAD, PUT" + (", POST, DELETE" if path in ("/upload",) else "")
             allow += ", DELETE" if path == "/delete" else ""
-            raise HttpError(405, "Method Not Allowed", [_h("allow", allow)])
+            raise HttpError(405, "Method Not Allowed", [_h("Allow", allow)])
 
     def _authorize(self, request: Request) -> None:
         credentials = self.config.credentials
@@ -171,7 +172,7 @@ class App:
             good_password = hmac.compare_digest(password.encode(), credentials[1].encode())
             if good_user and good_password:
                 return
-        raise HttpError(401, "Unauthorized", [_h("www-authenticate", 'basic realm="Restricted"')])
+        raise HttpError(401, "Unauthorized", [_h("WWW-Authenticate", 'basic realm="Restricted"')])
 
     # -- uploads ---------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class App:
                 "etag": f'"{stored.manifest.etag}"',
                 "last_modified": conditional.http_date(mtime),
             },
-            [_h("etag", f'"{stored.manifest.etag}"'), _h("location", "/" + quote(path))],
+            [_h("ETag", f'"{stored.manifest.etag}"'), _h("Location", "/" + quote(path))],
         )
 
     # -- deletes ---------------------------------------------------------------
@@ -323,7 +324,7 @@ class App:
         if ref is None and not wants_dir and path and catalog.is_directory(path):
             location = quote("/" + path + "/")
             await _send_simple(
-                send, 301, b"", "text/html; charset=UTF-8", [_h("location", location)], head
+                send, 301, b"", "text/html; charset=UTF-8", [_h("Location", location)], head
             )
             return
         if ref is None:
@@ -345,10 +346,10 @@ class App:
         zstd = conditional.accepts_zstd(headers) and "range" not in headers
         etag = f'"{ref.etag}.zst"' if zstd else f'"{ref.etag}"'
         common = [
-            _h("last-modified", conditional.http_date(ref.mtime)),
-            _h("etag", etag),
-            _h("accept-ranges", "bytes"),
-            _h("vary", "Accept-Encoding"),
+            _h("Last-Modified", conditional.http_date(ref.mtime)),
+            _h("ETag", etag),
+            _h("Accept-Ranges", "bytes"),
+            _h("Vary", "Accept-Encoding"),
             *extra,
         ]
         status = conditional.precondition(headers, etag, ref.mtime)
@@ -364,21 +365,21 @@ class App:
                 416,
                 b"",
                 content_type,
-                [*common, _h("content-range", f"bytes */{manifest.size}")],
+                [*common, _h("Content-Range", f"bytes */{manifest.size}")],
                 head,
             )
             return
-        common.append(_h("content-type", content_type))
+        common.append(_h("Content-Type", content_type))
         if zstd:
             status = 200
-            common.append(_h("content-encoding", "zstd"))
+            common.append(_h("Content-Encoding", "zstd"))
             body = restore_zstd(self.repo.reader, manifest)
         else:
             start, end = span or (0, manifest.size)
             status = 206 if span else 200
             if span:
-                common.append(_h("content-range", f"bytes {start}-{end - 1}/{manifest.size}"))
-            common.append(_h("content-length", end - start))
+                common.append(_h("Content-Range", f"bytes {start}-{end - 1}/{manifest.size}"))
+            common.append(_h("Content-Length", end - start))
             body = restore_stream(self.repo.reader, manifest, start, end)
         if head:
             await send({"type": "http.response.start", "status": status, "headers": common})
@@ -433,9 +434,9 @@ class App:
                     return
                 raise HttpError(404, f"no cache entry matches {key!r}")
             extra = [
-                _h("cachesrv-key", quote(ref.name, safe="/:@,+=")),
-                _h("cachesrv-match", "exact" if ref.name == key else "partial"),
-                _h("cachesrv-age", max(0, math.floor(time.time() - ref.mtime))),
+                _h("Cachesrv-Key", quote(ref.name, safe="/:@,+=")),
+                _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
+                _h("Cachesrv-Age", max(0, math.floor(time.time() - ref.mtime))),
             ]
             await self._send_object(request, send, ref, "application/x-tar", extra)
         elif method in ("PUT", "POST"):
@@ -469,13 +470,15 @@ class App:
                 raise HttpError(404, f"no cache entry {key!r}")
             await send_json(send, 202, {"deleted": key})
         else:
-            raise HttpError(405, "Method Not Allowed", [_h("allow", "GET, HEAD, PUT, DELETE")])
+            raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD, PUT, DELETE")])
 
     # -- the server's own pages ------------------------------------------------
 
     async def _own_endpoint(self, request: Request, send: Any) -> None:
+        if request.method == "PUT":
+            clean_path(request.path)  # refused: -/ is reserved
         if request.method not in ("GET", "HEAD"):
-            raise HttpError(405, "Method Not Allowed", [_h("allow", "GET, HEAD")])
+            raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD")])
         path = request.path
         if path == "/-/healthz":
             self.repo.catalog.db.conn.execute("SELECT 1").fetchone()

@@ -92,7 +92,7 @@ def byte_range(
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
+    if start < 0 or (last and end <= start):
         return None
     if start >= size:
         raise Unsatisfiable

@@ -1,0 +1,484 @@
+"""Every row of LEGACY-API.md, spoken with real curl to a real server."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import socket
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Server, StartServer, curl
+
+
+def upload(server: Server, path: str, data: bytes, *extra: str) -> tuple[int, bytes]:
+    result = curl(
+        "-w",
+        "\n%{http_code}",
+        "-F",
+        f"path={path}",
+        "-F",
+        "file=@-",
+        *extra,
+        f"{server.url}/upload",
+        input=data,
+    )
+    body, _, status = result.stdout.rpartition(b"\n")
+    return int(status), body
+
+
+def get(server: Server, path: str, *args: str) -> tuple[int, dict[str, str], bytes]:
+    dump = [] if "-I" in args else ["-D", "-"]
+    result = curl(*dump, *args, f"{server.url}/{path.lstrip('/')}")
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def test_post_upload_answers_201_with_the_old_body_text(server: Server) -> None:
+    status, body = upload(server, "some/dir/file.bin", b"hello")
+    assert status == 201
+    assert body.decode() == "File has been uploaded to some/dir/file.bin 🚀\n"
+    result = curl(
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-F",
+        "path=x",
+        "-F",
+        "file=@-",
+        f"{server.url}/upload",
+        input=b"x",
+    )
+    assert b"Content-Type: text/html; charset=UTF-8" in result.stdout
+
+
+def test_upload_then_get_returns_exact_bytes_with_honest_headers(server: Server) -> None:
+    data = os.urandom(300_000)
+    assert upload(server, "cache.tar", data)[0] == 201
+    status, headers, body = get(server, "cache.tar")
+    assert status == 200
+    assert body == data
+    assert headers["content-length"] == str(len(data))
+    assert headers["content-type"] == "application/x-tar"
+    assert headers["accept-ranges"] == "bytes"
+    assert headers["etag"].startswith('"') and headers["etag"].endswith('"')
+    time.strptime(headers["last-modified"], "%a, %d %b %Y %X %Z")
+
+
+def test_overwrite_replaces_silently(server: Server) -> None:
+    upload(server, "f", b"one")
+    upload(server, "f", b"two two")
+    assert get(server, "f")[2] == b"two two"
+
+
+def test_leading_slash_and_query_path_are_accepted(server: Server) -> None:
+    assert upload(server, "/lead/x.txt", b"a")[0] == 201
+    assert get(server, "lead/x.txt")[2] == b"a"
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-F",
+        "file=@-",
+        f"{server.url}/upload?path=q/y.txt",
+        input=b"qq",
+    )
+    assert result.stdout == b"201"
+    assert get(server, "q/y.txt")[2] == b"qq"
+
+
+def test_missing_object_is_404_json_and_head_404_empty(server: Server) -> None:
+    status, _, body = get(server, "nope.tar")
+    assert status == 404
+    assert json.loads(body) == {"message": "Not Found"}
+    head = curl("-I", "-w", "%{http_code}", "-o", "/dev/null", f"{server.url}/nope.tar")
+    assert head.stdout == b"404"
+    assert curl("-fsI", f"{server.url}/nope.tar").returncode == 22
+
+
+def test_head_sends_exactly_the_headers_of_get(server: Server) -> None:
+    upload(server, "h/x.tar", b"z" * 1000)
+    _, get_headers, _ = get(server, "h/x.tar")
+    status, head_headers, body = get(server, "h/x.tar", "-I")
+    assert status == 200 and body == b""
+    for volatile in ("date",):
+        get_headers.pop(volatile, None)
+        head_headers.pop(volatile, None)
+    assert head_headers == get_headers
+
+
+def test_last_modified_header_is_spelled_for_sed(server: Server) -> None:
+    # The seed pipeline greps the raw header name case-sensitively.
+    upload(server, "golang-cache.tar", b"x")
+    raw = curl("-fsI", f"{server.url}/golang-cache.tar").stdout.decode()
+    assert any(line.startswith("Last-Modified: ") for line in raw.split("\r\n")), raw
+
+
+def test_range_requests(server: Server) -> None:
+    data = bytes(range(256)) * 1000
+    upload(server, "r.bin", data)
+    status, headers, body = get(server, "r.bin", "-r", "100-199")
+    assert status == 206 and body == data[100:200]
+    assert headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert get(server, "r.bin", "-r", "255000-")[2] == data[255000:]
+    assert get(server, "r.bin", "-H", "Range: bytes=-10")[2] == data[-10:]
+    status, headers, _ = get(server, "r.bin", "-H", f"Range: bytes={len(data)}-")
+    assert status == 416 and headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_conditionals(server: Server) -> None:
+    upload(server, "c.bin", b"conditional")
+    _, headers, _ = get(server, "c.bin")
+    etag, modified = headers["etag"], headers["last-modified"]
+    assert get(server, "c.bin", "-H", f"If-None-Match: {etag}")[0] == 304
+    assert get(server, "c.bin", "-H", f"If-Modified-Since: {modified}")[0] == 304
+    assert get(server, "c.bin", "-H", 'If-None-Match: "other"')[0] == 200
+    old = "Thu, 01 Jan 2015 00:00:00 GMT"
+    assert get(server, "c.bin", "-H", f"If-Modified-Since: {old}")[0] == 200
+    # If-Range: a matching validator honours Range, a stale one sends everything.
+    assert get(server, "c.bin", "-r", "0-3", "-H", f"If-Range: {etag}")[2] == b"cond"
+    status, _, body = get(server, "c.bin", "-r", "0-3", "-H", 'If-Range: "stale"')
+    assert status == 200 and body == b"conditional"
+    assert get(server, "c.bin", "-H", 'If-Match: "stale"')[0] == 412
+
+
+def test_compressed_download_is_identical(server: Server) -> None:
+    data = b"compressible text " * 50_000
+    upload(server, "z.txt", data)
+    status, headers, body = get(server, "z.txt", "--compressed")
+    assert status == 200 and body == data
+    assert headers["content-encoding"] == "zstd"
+    assert headers["vary"] == "Accept-Encoding"
+    plain_etag = get(server, "z.txt")[1]["etag"]
+    assert headers["etag"] != plain_etag
+
+
+def test_directory_redirect_and_index_html(server: Server) -> None:
+    upload(server, "site/index.html", b"<h1>preview</h1>")
+    status, headers, _ = get(server, "site")
+    assert status == 301 and headers["location"] == "/site/"
+    status, headers, body = get(server, "site/")
+    assert status == 200 and body == b"<h1>preview</h1>"
+    assert headers["content-type"].startswith("text/html")
+    upload(server, "bare/file", b"x")
+    assert get(server, "bare/")[0] == 404
+
+
+def _targz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        directory = tarfile.TarInfo("emptydir")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("targz_first", [True, False])
+def test_targz_extracts_each_member_merging_with_what_is_there(
+    server: Server, targz_first: bool
+) -> None:
+    upload(server, "preview/old.txt", b"old")
+    archive = _targz({"index.html": b"<p>hi</p>", "css/site.css": b"body{}"})
+    fields = ["-F", "path=preview", "-F", "file=@-"]
+    fields = (["-F", "targz=true"] + fields) if targz_first else (fields + ["-F", "targz=1"])
+    result = curl("-w", "\n%{http_code}", *fields, f"{server.url}/upload", input=archive)
+    body, _, status = result.stdout.rpartition(b"\n")
+    assert status == b"201"
+    assert body.decode() == "File has been uploaded to preview 🚀\n"
+    assert get(server, "preview/index.html")[2] == b"<p>hi</p>"
+    assert get(server, "preview/css/site.css")[2] == b"body{}"
+    assert get(server, "preview/old.txt")[2] == b"old"
+    assert get(server, "preview/")[2] == b"<p>hi</p>"
+
+
+def test_failed_targz_extraction_changes_nothing(server: Server) -> None:
+    archive = _targz({"a.txt": b"a" * 5000, "b.txt": b"b" * 5000})
+    broken = archive[: len(archive) // 2]
+    status, body = upload(server, "broken", broken, "-F", "targz=1")
+    assert status == 400 and "message" in json.loads(body)
+    assert get(server, "broken/a.txt")[0] == 404
+    status, body = upload(server, "notgz", b"not a gzip", "-F", "targz=1")
+    assert status == 400
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "../../etc/passwd", "/../x"])
+def test_traversal_is_403_and_writes_nothing(server: Server, path: str) -> None:
+    status, body = upload(server, path, b"evil")
+    assert status == 403
+    assert "message" in json.loads(body)
+    stats = json.loads(curl(f"{server.url}/-/stats").stdout)
+    assert stats["objects"] == 0
+    assert get(server, "x")[0] == 404
+
+
+def test_dotdot_inside_the_root_resolves_like_the_old_server(server: Server) -> None:
+    assert upload(server, "a/../b.txt", b"b")[0] == 201
+    assert get(server, "b.txt")[2] == b"b"
+
+
+def test_file_and_directory_conflicts_are_409(server: Server) -> None:
+    upload(server, "a", b"file")
+    status, body = upload(server, "a/b", b"below a file")
+    assert status == 409 and "message" in json.loads(body)
+    upload(server, "d/e", b"x")
+    status, _ = upload(server, "d", b"over a directory")
+    assert status == 409
+    assert get(server, "a")[2] == b"file" and get(server, "d/e")[2] == b"x"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-F", "path=x"],  # no file
+        ["-F", "path=", "-F", "file=@-"],  # empty path
+        ["-F", "file=@-"],  # no path at all
+        ["--data-binary", "@-", "-H", "Content-Type: application/octet-stream"],  # not multipart
+        ["-F", "path=-/stats", "-F", "file=@-"],  # reserved namespace
+    ],
+)
+def test_bad_forms_are_4xx_json_and_store_nothing(server: Server, args: list[str]) -> None:
+    result = curl("-w", "\n%{http_code}", *args, f"{server.url}/upload", input=b"data")
+    body, _, status = result.stdout.rpartition(b"\n")
+    assert 400 <= int(status) < 500
+    assert json.loads(body)["message"]
+    assert json.loads(curl(f"{server.url}/-/stats").stdout)["objects"] == 0
+
+
+def test_truncated_multipart_is_400_and_stores_nothing(server: Server) -> None:
+    boundary = "XyZ"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="path"\r\n\r\nt.bin\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + os.urandom(100_000)
+    result = curl(
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        "--data-binary",
+        "@-",
+        f"{server.url}/upload",
+        input=body,
+    )
+    out, _, status = result.stdout.rpartition(b"\n")
+    assert status == b"400", out
+    assert "truncated" in json.loads(out)["message"]
+    assert get(server, "t.bin")[0] == 404
+
+
+def test_delete_upload_removes_recursively(server: Server) -> None:
+    upload(server, "tree/a", b"1")
+    upload(server, "tree/sub/b", b"2")
+    result = curl("-w", "\n%{http_code}", "-X", "DELETE", "-F", "path=tree", f"{server.url}/upload")
+    body, _, status = result.stdout.rpartition(b"\n")
+    assert status == b"202"
+    assert body.decode() == "File tree has been deleted 💇"
+    assert get(server, "tree/a")[0] == 404 and get(server, "tree/sub/b")[0] == 404
+    result = curl(
+        "-w", "%{http_code}", "-o", "/dev/null", "-X", "DELETE", f"{server.url}/upload?path=tree"
+    )
+    assert result.stdout == b"404"
+
+
+def test_delete_upload_with_empty_path_is_400_and_deletes_nothing(server: Server) -> None:
+    upload(server, "keep", b"1")
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "DELETE",
+        "-F",
+        "path=",
+        f"{server.url}/upload",
+    )
+    assert result.stdout == b"400"
+    assert get(server, "keep")[2] == b"1"
+
+
+def test_delete_old_files(server: Server) -> None:
+    upload(server, "logs/a.txt", b"a")
+    upload(server, "logs/sub/b.txt", b"b")
+    url = f"{server.url}/delete?path=logs&days=1"
+    result = curl("-w", "\n%{http_code}", "-X", "DELETE", url)
+    body, _, status = result.stdout.rpartition(b"\n")
+    assert status == b"202"
+    assert body.decode() == "There are NO Old Files more than 1 days to be deleted 💇"
+    result = curl("-w", "\n%{http_code}", "-X", "DELETE", f"{server.url}/delete?path=logs&days=0")
+    body, _, _ = result.stdout.rpartition(b"\n")
+    assert body.decode() == "Old Files more than 0 days has been deleted 💇"
+    assert get(server, "logs/a.txt")[0] == 404
+    assert get(server, "logs/sub/b.txt")[0] == 200  # directories only with recursive
+    result = curl(
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "DELETE",
+        f"{server.url}/delete?path=logs&days=0&recursive=true",
+    )
+    body, _, _ = result.stdout.rpartition(b"\n")
+    assert body.decode() == "Old Files/child directories more than 0 days has been deleted 💇"
+    assert get(server, "logs/sub/b.txt")[0] == 404
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "DELETE",
+        f"{server.url}/delete?path=logs&days=0&recursive=maybe",
+    )
+    assert result.stdout == b"400"
+
+
+def test_unknown_methods_are_405_with_allow(server: Server) -> None:
+    result = curl("-D", "-", "-X", "PATCH", f"{server.url}/x")
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert b" 405" in head.split(b"\r\n")[0]
+    assert b"allow:" in head.lower()
+    assert json.loads(body) == {"message": "Method Not Allowed"}
+
+
+def test_put_raw_body_content_length_and_chunked(server: Server) -> None:
+    data = os.urandom(200_000)
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-T",
+        "-",
+        f"{server.url}/p/chunked.bin",
+        input=data,
+    )  # curl -T - sends chunked
+    assert result.stdout == b"201"
+    assert get(server, "p/chunked.bin")[2] == data
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "--data-binary",
+        "@-",
+        f"{server.url}/p/length.bin",
+        input=data,
+    )
+    assert result.stdout == b"201"
+    assert get(server, "p/length.bin")[2] == data
+
+
+def test_put_with_gzip_content_encoding_stores_the_decoded_stream(server: Server) -> None:
+    data = b"tar-ish content " * 10_000
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        "@-",
+        f"{server.url}/g.tar",
+        input=gzip.compress(data),
+    )
+    assert result.stdout == b"201"
+    assert get(server, "g.tar")[2] == data
+
+
+def test_own_endpoints_live_under_dash(server: Server) -> None:
+    assert json.loads(curl(f"{server.url}/-/healthz").stdout)["status"] == "ok"
+    stats = json.loads(curl(f"{server.url}/-/stats").stdout)
+    for name in ("objects", "logical_bytes", "stored_bytes", "chunks"):
+        assert name in stats
+    assert b"cachesrv" in curl(f"{server.url}/-/").stdout
+    result = curl(
+        "-w", "%{http_code}", "-o", "/dev/null", "-T", "-", f"{server.url}/-/x", input=b"x"
+    )
+    assert result.stdout == b"400"
+
+
+def test_oversized_headers_are_refused_and_the_server_lives_on(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        request = b"GET /anything HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n"
+        try:
+            sock.sendall(request)
+            reply = sock.recv(1024)
+        except ConnectionError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/1.1 200")
+    assert json.loads(curl(f"{server.url}/-/healthz").stdout)["status"] == "ok"
+
+
+class TestCredentials:
+    @pytest.fixture
+    def secured(self, start_server: StartServer) -> Server:
+        return start_server(env={"UPLOADER_UPLOAD_CREDENTIALS": "ci:s3cr:et"})
+
+    def test_writes_need_basic_auth(self, secured: Server) -> None:
+        result = curl(
+            "-D", "-", "-F", "path=a", "-F", "file=@-", f"{secured.url}/upload", input=b"x"
+        )
+        head, _, body = result.stdout.partition(b"\r\n\r\n")
+        assert b" 401" in head.split(b"\r\n")[0]
+        assert b'WWW-Authenticate: basic realm="Restricted"' in head
+        assert json.loads(body) == {"message": "Unauthorized"}
+        for args in (
+            ["-T", "-", f"{secured.url}/p"],
+            ["-X", "DELETE", f"{secured.url}/upload?path=a"],
+            ["-u", "ci:wrong", "-T", "-", f"{secured.url}/p"],
+        ):
+            assert curl("-w", "%{http_code}", "-o", "/dev/null", *args, input=b"x").stdout == b"401"
+
+    def test_password_may_contain_colons_and_reads_stay_open(self, secured: Server) -> None:
+        result = curl(
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            "-u",
+            "ci:s3cr:et",
+            "-F",
+            "path=a",
+            "-F",
+            "file=@-",
+            f"{secured.url}/upload",
+            input=b"x",
+        )
+        assert result.stdout == b"201"
+        assert curl("-f", f"{secured.url}/a").stdout == b"x"
+        assert curl("-fsI", f"{secured.url}/a").returncode == 0
+
+
+def test_config_precedence_flag_over_cachesrv_over_uploader(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    legacy_dir, new_dir = tmp_path / "legacy", tmp_path / "new"
+    server = start_server(
+        env={"UPLOADER_DIRECTORY": str(legacy_dir), "CACHESRV_DATA": str(new_dir)}
+    )
+    # the fixture passes --data, which wins over both variables
+    upload(server, "x", b"1")
+    assert (server.data / "catalog.sqlite").exists()
+    assert not legacy_dir.exists() and not new_dir.exists()
