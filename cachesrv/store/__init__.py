@@ -7,6 +7,7 @@ know which one is in use. Every read is verified against the chunk's id.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,13 +32,16 @@ def chunk_id(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
-_decompressor = zstandard.ZstdDecompressor()
+_local = threading.local()  # zstd (de)compressor objects must not be shared across threads
 
 
 def decode_frame(expected_id: bytes, frame: bytes, raw_size: int) -> bytes:
     """Decompress a stored frame and check it is the chunk it claims to be."""
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
     try:
-        data = _decompressor.decompress(frame, max_output_size=raw_size)
+        data = decompressor.decompress(frame, max_output_size=raw_size)
     except zstandard.ZstdError as exc:
         raise ChunkCorrupt(f"chunk {expected_id.hex()}: undecodable frame: {exc}") from exc
     if len(data) != raw_size or chunk_id(data) != expected_id:
