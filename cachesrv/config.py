@@ -34,6 +34,8 @@ class Config:
     chunk_cache_bytes: int = 32 * MiB
     # Body bytes handed to the ingest worker at once (bigger units of work per GIL release).
     ingest_batch_bytes: int = 1 * MiB
+    # Worker processes that take uploads off the event loop's process (0: threads only).
+    ingest_workers: int = 2
     log_level: str = "info"
 
 
@@ -83,6 +85,12 @@ SETTINGS: tuple[_Setting, ...] = (
         ("CACHESRV_CHUNK_CACHE_BYTES",),
         int,
         "bytes of verified chunks kept in memory for restores",
+    ),
+    _Setting(
+        "ingest_workers",
+        ("CACHESRV_INGEST_WORKERS",),
+        int,
+        "worker processes for uploads (0: in-process threads)",
     ),
     _Setting("log_level", ("CACHESRV_LOG_LEVEL",), str, "debug, info, warning or error"),
 )

@@ -99,6 +99,10 @@ class Upload:
         self._buffer = bytearray()
         self._limiter = trio.CapacityLimiter(1)
 
+    @property
+    def stats(self) -> IngestStats:
+        return self.session.stats
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
         if len(self._buffer) >= self.batch_bytes:
@@ -114,3 +118,7 @@ class Upload:
             return self.session.finish()
 
         return await trio.to_thread.run_sync(_finish, limiter=self._limiter)
+
+    async def abort(self) -> None:
+        """Drop what was buffered; chunks already written are garbage for GC."""
+        self._buffer = bytearray()

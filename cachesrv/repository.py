@@ -13,6 +13,7 @@ from cachesrv.ingest import IngestSession, IngestStats, Upload
 from cachesrv.restore import ChunkReader
 from cachesrv.store import ChunkStore
 from cachesrv.store.local import LocalChunkStore
+from cachesrv.workers import RemoteUpload, WorkerPool
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Repository:
     catalog: Catalog
     reader: ChunkReader
     counters: Counters = field(default_factory=Counters)
+    workers: WorkerPool | None = None  # set by the server; CLI tools ingest in-process
 
     @classmethod
     def open(cls, config: Config) -> Repository:
@@ -55,7 +57,19 @@ class Repository:
             self.store, self.config.chunking, self.config.compression_level, tar_aware=tar_aware
         )
 
-    def upload(self) -> Upload:
+    def start_workers(self) -> None:
+        if self.config.ingest_workers > 0:
+            cfg = self.config
+            self.workers = WorkerPool(
+                cfg.data, cfg.chunking, cfg.compression_level, cfg.ingest_workers
+            )
+
+    def upload(self) -> Upload | RemoteUpload:
+        """An upload in an idle worker process, else in a thread of this process."""
+        worker = self.workers.try_acquire() if self.workers else None
+        if worker is not None:
+            assert self.workers is not None
+            return RemoteUpload(self.workers, worker)
         return Upload(self.ingest_session(), self.config.ingest_batch_bytes)
 
     def stats(self) -> dict[str, object]:
@@ -91,5 +105,7 @@ class Repository:
         }
 
     def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
         self.store.close()
         self.catalog.close()

@@ -43,6 +43,7 @@ async def _until_signal() -> None:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
     repo = Repository.open(config)
+    repo.start_workers()
     try:
         log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
         app: Any = App(repo)  # an ASGI callable; hypercorn's type for it is narrower

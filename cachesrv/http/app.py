@@ -22,6 +22,7 @@ import math
 import mimetypes
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -39,6 +40,7 @@ from cachesrv.manifest import Manifest
 from cachesrv.repository import Repository
 from cachesrv.restore import restore_stream, restore_zstd
 from cachesrv.store import ChunkError
+from cachesrv.workers import RemoteUpload
 
 log = logging.getLogger("cachesrv")
 
@@ -176,14 +178,26 @@ class App:
 
     # -- uploads ---------------------------------------------------------------
 
-    async def _ingest(self, upload: Upload, body: AsyncIterator[bytes]) -> StoredManifest:
-        async for data in body:
-            await upload.write(data)
-        return await self._finish(upload)
+    @asynccontextmanager
+    async def _upload(self) -> AsyncIterator[Upload | RemoteUpload]:
+        """An upload that is aborted (its worker freed) if the request fails."""
+        upload = self.repo.upload()
+        try:
+            yield upload
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await upload.abort()
+            raise
 
-    async def _finish(self, upload: Upload) -> StoredManifest:
+    async def _ingest(self, body: AsyncIterator[bytes]) -> StoredManifest:
+        async with self._upload() as upload:
+            async for data in body:
+                await upload.write(data)
+            return await self._finish(upload)
+
+    async def _finish(self, upload: Upload | RemoteUpload) -> StoredManifest:
         manifest = await upload.finish()
-        self.repo.counters.add_upload(upload.session.stats)
+        self.repo.counters.add_upload(upload.stats)
         return await trio.to_thread.run_sync(StoredManifest.of, manifest)
 
     async def _publish(self, items: list[tuple[str, StoredManifest]]) -> float:
@@ -196,17 +210,17 @@ class App:
         query_path = request.arg("path")
         if query_path is not None:
             clean_path(query_path)  # refuse early: nothing is read or stored
-        upload = self.repo.upload()
-        form = await read_form(
-            request.headers.get("content-type", ""), request.body(), upload.write
-        )
-        if not form.has_file:
-            raise HttpError(400, "missing form field 'file' (curl -F file=@FILE)")
-        raw_path = form.fields.get("path", query_path)
-        if raw_path is None:
-            raise HttpError(400, "missing form field 'path' (curl -F path=NAME)")
-        path = clean_path(raw_path)
-        stored = await self._finish(upload)
+        async with self._upload() as upload:
+            form = await read_form(
+                request.headers.get("content-type", ""), request.body(), upload.write
+            )
+            if not form.has_file:
+                raise HttpError(400, "missing form field 'file' (curl -F file=@FILE)")
+            raw_path = form.fields.get("path", query_path)
+            if raw_path is None:
+                raise HttpError(400, "missing form field 'path' (curl -F path=NAME)")
+            path = clean_path(raw_path)
+            stored = await self._finish(upload)
         if form.fields.get("targz") or request.arg("targz"):
             members = await trio.to_thread.run_sync(extract_targz, self.repo, stored.manifest, path)
             await self._publish(members)
@@ -216,7 +230,7 @@ class App:
 
     async def _put(self, request: Request, send: Any) -> None:
         path = clean_path(request.path)
-        stored = await self._ingest(self.repo.upload(), request.body())
+        stored = await self._ingest(request.body())
         mtime = await self._publish([(path, stored)])
         await send_json(
             send,
@@ -453,7 +467,7 @@ class App:
                 and (max_age is None or time.time() - existing.mtime <= max_age)
             ):
                 raise HttpError(409, f"cache entry {key!r} exists (ask ?replace=true or ?max-age=)")
-            stored = await self._ingest(self.repo.upload(), request.body())
+            stored = await self._ingest(request.body())
             try:
                 await trio.to_thread.run_sync(
                     lambda: catalog.save_entry(key, stored, replace=replace, max_age=max_age)
