@@ -412,13 +412,26 @@ class App:
             self._corrupt(ref, exc)
             raise HttpError(500, f"stored object {ref.name!r} is damaged: {exc}") from exc
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        # The next pieces are read (in worker threads) while this one is being sent.
+        ahead_send, ahead_receive = trio.open_memory_channel[bytes](1)
+
+        async def read_ahead() -> None:
+            async with ahead_send:
+                async for data in body:
+                    await ahead_send.send(data)
+
         try:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for data in body:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-        except ChunkError as exc:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_ahead)
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                async with ahead_receive:
+                    async for data in ahead_receive:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+        except BaseExceptionGroup as group:
+            corrupt = group.subgroup(ChunkError)
+            if corrupt is not None:
+                self._corrupt(ref, corrupt.exceptions[0])  # type: ignore[arg-type]
             # Headers are gone: abort the connection so the client sees a failed transfer.
-            self._corrupt(ref, exc)
             raise
         await send({"type": "http.response.body", "body": b""})
 
