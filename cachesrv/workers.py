@@ -145,28 +145,38 @@ class Worker:
         ]
         self.proc = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
         theirs.close()
+        ours.setblocking(False)
         self._sock = ours
-        self.stream: trio.SocketStream | None = None
+        self._trio_sock: trio.socket.SocketType | None = None
         self.broken = False
 
-    def _stream(self) -> trio.SocketStream:
-        if self.stream is None:
-            self._sock.setblocking(False)
-            self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(self._sock))
-        return self.stream
+    @property
+    def sock(self) -> trio.socket.SocketType:
+        if self._trio_sock is None:  # wrapped lazily: needs a running trio loop
+            self._trio_sock = trio.socket.from_stdlib_socket(self._sock)
+        return self._trio_sock
 
-    async def send(self, kind: bytes, payload: bytes | bytearray = b"") -> None:
-        await self._stream().send_all(FRAME.pack(kind, len(payload)) + payload)
+    async def send(self, kind: bytes, parts: list[bytes] | tuple[bytes, ...] = ()) -> None:
+        """One frame, written with scatter-gather: the body pieces are never joined."""
+        views = [memoryview(FRAME.pack(kind, sum(map(len, parts))))]
+        views += (memoryview(p) for p in parts)
+        while views:
+            sent = await self.sock.sendmsg(views[:64])
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
 
     async def receive(self) -> tuple[bytes, bytes]:
-        header = await self._receive_exact(FRAME.size)
-        kind, length = FRAME.unpack(header)
+        kind, length = FRAME.unpack(await self._receive_exact(FRAME.size))
         return kind, await self._receive_exact(length)
 
     async def _receive_exact(self, size: int) -> bytes:
         parts, got = [], 0
         while got < size:
-            data = await self._stream().receive_some(size - got)
+            data = await self.sock.recv(min(size - got, 1 << 20))
             if not data:
                 raise WorkerFailed("ingest worker closed its socket")
             parts.append(data)
@@ -223,7 +233,8 @@ class RemoteUpload:
         self.worker: Worker | None = worker
         self._begun = False
         self.stats = IngestStats()
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     async def _begin(self) -> Worker:
         if self.worker is None:
@@ -231,22 +242,25 @@ class RemoteUpload:
         if not self._begun:
             self._begun = True
             self.worker.broken = True  # until the exchange completes
-            await self.worker.send(b"B", json.dumps({"tar_aware": self.tar_aware}).encode())
+            await self.worker.send(b"B", [json.dumps({"tar_aware": self.tar_aware}).encode()])
         return self.worker
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= SEND_BATCH:
-            worker = await self._begin()
-            batch, self._buffer = self._buffer, bytearray()
+    async def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= SEND_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        worker = await self._begin()
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        if batch:
             await worker.send(b"D", batch)
 
     async def finish(self) -> Manifest:
         worker = await self._begin()
         try:
-            if self._buffer:
-                await worker.send(b"D", self._buffer)
-                self._buffer = bytearray()
+            await self._flush()
             await worker.send(b"E")
             kind, payload = await worker.receive()
             worker.broken = False

@@ -54,17 +54,17 @@ class Request:
             if not message.get("more_body", False):
                 return
 
-    async def body(self) -> AsyncIterator[bytes]:
+    def body(self) -> AsyncIterator[bytes]:
         """The body with any ``Content-Encoding: gzip|zstd`` removed: what is stored is the
         decoded stream, so compressed clients still dedup."""
         encoding = self.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
-            async for data in self.raw_body():
-                yield data
-            return
+            return self.raw_body()
         if encoding not in ("gzip", "x-gzip", "zstd"):
             raise HttpError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or zstd")
-        decoder = _Decoder(encoding)
+        return self._decoded_body(_Decoder(encoding))
+
+    async def _decoded_body(self, decoder: _Decoder) -> AsyncIterator[bytes]:
         async for data in self.raw_body():
             out = decoder.feed(data)
             if out:
