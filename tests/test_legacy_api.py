@@ -413,6 +413,10 @@ def test_own_endpoints_live_under_dash(server: Server) -> None:
     for name in ("objects", "logical_bytes", "stored_bytes", "chunks"):
         assert name in stats
     assert b"cachesrv" in curl(f"{server.url}/-/").stdout
+    curl("-f", "-T", "-", f"{server.url}/m.bin", input=b"metrics " * 1000)
+    metrics = curl("-f", f"{server.url}/-/metrics").stdout.decode()
+    assert "cachesrv_objects 1.0" in metrics
+    assert "cachesrv_uploads_total 1.0" in metrics
     result = curl(
         "-w", "%{http_code}", "-o", "/dev/null", "-T", "-", f"{server.url}/-/x", input=b"x"
     )

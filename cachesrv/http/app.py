@@ -7,7 +7,7 @@ Routes (LEGACY-API.md is the contract for the first five):
     GET    /<path>, HEAD      any depth; /dir -> 301 /dir/; /dir/ -> dir/index.html
     PUT    /<path>            raw body (the modern upload)
     GET|HEAD|PUT|DELETE /-/cache/<key>   keyed caches with restore-keys
-    GET    /-/stats, /-/healthz, /-/
+    GET    /-/stats, /-/metrics, /-/healthz, /-/
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, quote
 import trio
 
 from cachesrv.catalog import Conflict, EntryExists, Ref, StoredManifest
-from cachesrv.http import conditional
+from cachesrv.http import conditional, metrics
 from cachesrv.http.errors import ClientGone, HttpError
 from cachesrv.http.forms import read_form
 from cachesrv.http.paths import clean_key, clean_path
@@ -91,6 +91,7 @@ class App:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.config = repo.config
+        self.metrics = metrics.Metrics(repo)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -510,6 +511,9 @@ class App:
         if path == "/-/healthz":
             self.repo.catalog.db.conn.execute("SELECT 1").fetchone()
             await send_json(send, 200, {"status": "ok"})
+        elif path == "/-/metrics":
+            body = await trio.to_thread.run_sync(self.metrics.render)
+            await _send_simple(send, 200, body, metrics.CONTENT_TYPE)
         elif path == "/-/stats":
             stats = await trio.to_thread.run_sync(self.repo.stats)
             await send_json(send, 200, stats)
