@@ -19,7 +19,7 @@ import zstandard
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import ChunkStore, chunk_id
+from cachesrv.store import ChunkMissing, ChunkStore, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -57,6 +57,11 @@ class IngestSession:
     def finish(self) -> Manifest:
         self._absorb(self.splitter.finish())
         self.store.commit()
+        # Every chunk is still there (and pinned again if its pin is old): GC cannot have
+        # swept one this upload deduplicated against, nor a failed write dropped one.
+        lost = self.store.missing({p.chunk_id for p in self.pieces if p.chunk_id is not None})
+        if lost:
+            raise ChunkMissing(f"{len(lost)} chunks of this upload vanished before it finished")
         return Manifest(self.stats.logical_bytes, self.hasher.digest(), tuple(self.pieces))
 
     def _absorb(self, pieces: list[SplitPiece]) -> None:

@@ -12,13 +12,27 @@ directory never interleave), and :meth:`commit` fsyncs the pack before the
 index rows that point into it are committed: after a crash the index never
 names a byte that is not on disk; a torn tail is garbage that fsck trims.
 The records are self-describing, so the index can be rebuilt from the packs.
+
+A writer holds an exclusive ``flock`` on the pack it appends to, so garbage
+collection and fsck (``cachesrv.lifecycle``) can tell a pack still being
+written from one whose writer is gone. A failed write or fsync (ENOSPC, EIO)
+abandons the pack: its uncommitted records are dropped and the next put opens
+a new one, so an index row never points past what was really written.
+
+:meth:`missing` also *pins* the ids it is asked about (``pins`` table, with a
+time): an upload that deduplicates against a stored chunk only references it,
+and its manifest is published later; GC never sweeps a chunk pinned within
+:data:`PIN_TTL` of its start, whatever process the upload runs in.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import os
 import secrets
+import sqlite3
 import struct
 import threading
 import time
@@ -26,12 +40,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import ChunkMissing, StoreStats, decode_frame
+from cachesrv.store import ChunkCorrupt, ChunkMissing, StoreStats, decode_frame
 
 MAGIC = b"CSC1"
 RECORD_HEADER = struct.Struct("<4s32sII")
 PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
 _LOOKUP_BATCH = 500
+# A pin protects a chunk from GC for this long; an upload re-pins what it
+# references when its pins are older than half of it (lookups and finish).
+PIN_TTL = 3600.0
+_PIN_CACHE_LIMIT = 100_000
+_LIMIT_RECHECK_SECONDS = 1.0
+_LIMIT_RECHECK_BYTES = 4 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (
@@ -50,6 +70,24 @@ CREATE TABLE IF NOT EXISTS totals (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO totals VALUES ('chunks', 0), ('stored_bytes', 0), ('raw_bytes', 0);
+CREATE TABLE IF NOT EXISTS pins (
+    id BLOB PRIMARY KEY,
+    time REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id BLOB NOT NULL,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw_size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_id ON quarantine (id);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value
+);
 """
 
 Location = tuple[int, int, int, int]  # pack, offset of the frame, frame length, raw size
@@ -70,6 +108,20 @@ class LocalChunkStore:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._read_fds: dict[int, int] = {}
+        self._pinned: dict[bytes, float] = {}  # ids this process pinned, and when
+        self._limit: int | None = None  # hard limit on pack bytes (settings table)
+        self._usage = 0  # committed pack bytes at the last check
+        self._written_since_check = 0
+        self._checked_at = -1e9
+        self._init_pack_bytes()
+
+    def _init_pack_bytes(self) -> None:
+        # Stores made before pack_bytes was counted: measure once (a stat per pack).
+        conn = self.db.conn
+        if conn.execute("SELECT 1 FROM totals WHERE name = 'pack_bytes'").fetchone():
+            return
+        disk = sum(p.stat().st_size for p in self.pack_dir.glob("*.pack"))
+        conn.execute("INSERT OR IGNORE INTO totals VALUES ('pack_bytes', ?)", (disk,))
 
     # -- writing -------------------------------------------------------------
 
@@ -77,13 +129,19 @@ class LocalChunkStore:
         name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.pack"
         path = self.pack_dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        dir_fd = os.open(self.pack_dir, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        with self.db.transaction() as conn:
-            cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
+            fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": GC and fsck leave it alone
+            dir_fd = os.open(self.pack_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            with _disk_full_as_oserror(), self.db.transaction() as conn:
+                cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         assert cursor.lastrowid is not None
         if self._pack_file is not None:
             os.close(self._pack_file)
@@ -91,9 +149,57 @@ class LocalChunkStore:
 
     def _flush_buffer(self) -> None:
         if self._buffer and self._pack_file is not None:
-            os.writev(self._pack_file, self._buffer)
+            data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+            view = memoryview(data)
+            try:
+                while view:  # a short write is retried; its error, if any, abandons the pack
+                    written = os.write(self._pack_file, view)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, "no space left for a pack record")
+                    view = view[written:]
+            except OSError:
+                self._abandon_pack()
+                raise
             self._buffer.clear()
             self._buffered = 0
+
+    def _abandon_pack(self) -> None:
+        """After a failed write or fsync nothing uncommitted in this pack can be trusted:
+        drop it (it is garbage past the last committed record) and start another."""
+        if self._pack_file is not None:
+            os.close(self._pack_file)
+            self._pack_file = None
+        self._buffer.clear()
+        self._buffered = 0
+        self._pending.clear()
+
+    def _check_limit(self, size: int) -> None:
+        now = time.monotonic()
+        if (
+            now - self._checked_at > _LIMIT_RECHECK_SECONDS
+            or self._written_since_check > _LIMIT_RECHECK_BYTES
+        ):
+            conn = self.db.conn
+            row = conn.execute("SELECT value FROM settings WHERE name = 'hard_limit'").fetchone()
+            self._limit = int(row[0]) if row and row[0] else None
+            (self._usage,) = conn.execute(
+                "SELECT value FROM totals WHERE name = 'pack_bytes'"
+            ).fetchone()
+            self._checked_at, self._written_since_check = now, 0
+        if self._limit is not None and self._usage + self._written_since_check + size > self._limit:
+            raise OSError(
+                errno.ENOSPC, f"the store is at its hard limit of {self._limit} bytes"
+            )
+        self._written_since_check += size
+
+    def set_hard_limit(self, limit: int | None) -> None:
+        """Refuse puts (ENOSPC) once the packs hold this many bytes; every process sharing
+        the directory reads it from the index within a second."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO settings VALUES ('hard_limit', ?)", (limit or 0,)
+            )
+        self._checked_at = -1e9
 
     def put(self, chunk_id: bytes, raw_size: int, frame: bytes) -> None:
         with self._lock:
@@ -104,6 +210,7 @@ class LocalChunkStore:
                 if self._pending:
                     self._commit_locked()
                 self._open_pack()
+            self._check_limit(RECORD_HEADER.size + len(frame))
             header = RECORD_HEADER.pack(MAGIC, chunk_id, raw_size, len(frame))
             offset = self._pack_size + len(header)
             self._buffer += (header, frame)
@@ -122,28 +229,63 @@ class LocalChunkStore:
             return
         self._flush_buffer()
         assert self._pack_file is not None
-        os.fsync(self._pack_file)
+        try:
+            os.fsync(self._pack_file)
+        except OSError:
+            self._abandon_pack()
+            raise
         added = stored = raw = 0
-        with self.db.transaction() as conn:
-            for chunk_id, (pack, offset, length, raw_size) in self._pending.items():
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                    (chunk_id, pack, offset, length, raw_size),
+        appended = sum(RECORD_HEADER.size + length for _, _, length, _ in self._pending.values())
+        try:
+            with _disk_full_as_oserror(), self.db.transaction() as conn:
+                for chunk_id, (pack, offset, length, raw_size) in self._pending.items():
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                        (chunk_id, pack, offset, length, raw_size),
+                    )
+                    if cursor.rowcount:
+                        added += 1
+                        stored += length
+                        raw += raw_size
+                _add_totals(conn, added, stored, raw)
+                conn.execute(
+                    "UPDATE totals SET value = value + ? WHERE name = 'pack_bytes'", (appended,)
                 )
-                if cursor.rowcount:
-                    added += 1
-                    stored += length
-                    raw += raw_size
-            _add_totals(conn, added, stored, raw)
+        except OSError:
+            self._abandon_pack()
+            raise
         self._pending.clear()
 
     # -- reading -------------------------------------------------------------
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
+        ids = set(ids)
+        now = time.time()
         with self._lock:
             wanted = {i for i in ids if i not in self._pending}
-        if not wanted:
-            return wanted
+            stale = [i for i in ids if self._pinned.get(i, 0.0) < now - PIN_TTL / 2]
+        if stale:
+            # Pin and look up in one write transaction: a GC sweep (also one) either
+            # sees the pins or ran before, and then the lookup sees the chunk gone.
+            conn = self.db.conn
+            conn.execute("PRAGMA synchronous=NORMAL")  # pins need not survive a crash
+            try:
+                with self.db.transaction():
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO pins VALUES (?, ?)", ((i, now) for i in stale)
+                    )
+                    found = self._lookup(wanted)
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+            with self._lock:
+                if len(self._pinned) > _PIN_CACHE_LIMIT:
+                    self._pinned.clear()
+                self._pinned.update((i, now) for i in stale)
+        else:
+            found = self._lookup(wanted)
+        return wanted - found
+
+    def _lookup(self, wanted: set[bytes]) -> set[bytes]:
         found: set[bytes] = set()
         conn = self.db.conn
         for batch in _batched(wanted, _LOOKUP_BATCH):
@@ -152,23 +294,31 @@ class LocalChunkStore:
                 row[0]
                 for row in conn.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
             )
-        return wanted - found
+        return found
 
     def _locate(self, chunk_id: bytes) -> Location:
         row = self.db.conn.execute(
             "SELECT pack, offset, length, raw_size FROM chunks WHERE id = ?", (chunk_id,)
         ).fetchone()
         if row is None:
+            quarantined = self.db.conn.execute(
+                "SELECT reason FROM quarantine WHERE id = ? LIMIT 1", (chunk_id,)
+            ).fetchone()
+            if quarantined:
+                raise ChunkCorrupt(
+                    f"chunk {chunk_id.hex()} is quarantined ({quarantined[0]}); "
+                    "upload the object again"
+                )
             raise ChunkMissing(f"chunk {chunk_id.hex()} is not stored")
         return row
 
     def _read_fd(self, pack: int) -> int:
         fd = self._read_fds.get(pack)
         if fd is None:
-            (name,) = self.db.conn.execute(
-                "SELECT name FROM packs WHERE id = ?", (pack,)
-            ).fetchone()
-            fd = os.open(self.pack_dir / name, os.O_RDONLY)
+            row = self.db.conn.execute("SELECT name FROM packs WHERE id = ?", (pack,)).fetchone()
+            if row is None:
+                raise FileNotFoundError(f"pack {pack} was compacted away")
+            fd = os.open(self.pack_dir / row[0], os.O_RDONLY)
             with self._lock:
                 if pack in self._read_fds:
                     os.close(fd)
@@ -178,9 +328,24 @@ class LocalChunkStore:
         return fd
 
     def read_frame(self, chunk_id: bytes) -> tuple[bytes, int]:
-        pack, offset, length, raw_size = self._locate(chunk_id)
-        frame = os.pread(self._read_fd(pack), length, offset)
-        return frame, raw_size
+        for attempt in range(3):
+            pack, offset, length, raw_size = self._locate(chunk_id)
+            try:
+                fd = self._read_fd(pack)
+            except FileNotFoundError:
+                # compaction moved the chunk between the lookup and the open: look again
+                if attempt == 2:
+                    raise ChunkMissing(f"chunk {chunk_id.hex()}: its pack is gone") from None
+                continue
+            return os.pread(fd, length, offset), raw_size
+        raise AssertionError("unreachable")
+
+    def forget_packs(self, live: set[int]) -> list[int]:
+        """Stop caching read fds of packs not in ``live``; returns the fds to close later
+        (a reader may still be in a pread on one: closing now could hit a reused fd)."""
+        with self._lock:
+            gone = [p for p in self._read_fds if p not in live]
+            return [self._read_fds.pop(p) for p in gone]
 
     def read(self, chunk_id: bytes) -> bytes:
         frame, raw_size = self.read_frame(chunk_id)
@@ -236,6 +401,17 @@ class LocalChunkStore:
 def _add_totals(conn: object, chunks: int, stored: int, raw: int) -> None:
     for name, delta in (("chunks", chunks), ("stored_bytes", stored), ("raw_bytes", raw)):
         conn.execute("UPDATE totals SET value = value + ? WHERE name = ?", (delta, name))  # type: ignore[attr-defined]
+
+
+class _disk_full_as_oserror:
+    """SQLite reports a full disk as OperationalError; callers handle it as ENOSPC."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            raise OSError(errno.ENOSPC, f"index: {exc}") from exc
 
 
 def _batched(items: Iterable[bytes], size: int) -> Iterator[tuple[bytes, ...]]:

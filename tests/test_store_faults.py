@@ -1,0 +1,115 @@
+"""The chunk store under a full disk: a failed write or fsync leaves the index consistent.
+
+The error is injected at the store's system-call boundary (``os.write`` / ``os.fsync``
+as the store calls them), the way ENOSPC or EIO arrive from a real filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from cachesrv.store import chunk_id
+from cachesrv.store import local as local_store
+from cachesrv.store.local import LocalChunkStore
+
+
+def _chunk(n: int, size: int = 3000) -> tuple[bytes, bytes, bytes]:
+    data = os.urandom(size - 8) + n.to_bytes(8, "little")
+    return chunk_id(data), data, zstandard.ZstdCompressor(level=1).compress(data)
+
+
+def _put(store: LocalChunkStore, chunks: list[tuple[bytes, bytes, bytes]]) -> None:
+    for cid, data, frame in chunks:
+        store.put(cid, len(data), frame)
+
+
+def _assert_consistent(store: LocalChunkStore) -> None:
+    for cid in list(store.iter_ids()):
+        assert chunk_id(store.read(cid)) == cid
+
+
+def test_short_write_then_enospc_drops_the_uncommitted_chunks_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalChunkStore(tmp_path)
+    kept = [_chunk(i) for i in range(20)]
+    _put(store, kept)
+    store.commit()
+
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])  # a short write, then
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local_store.os, "write", full_disk)
+    lost = [_chunk(100 + i) for i in range(20)]
+    with pytest.raises(OSError) as failure:
+        _put(store, lost)
+        store.commit()
+    assert failure.value.errno == errno.ENOSPC
+    monkeypatch.setattr(local_store.os, "write", real_write)
+
+    _assert_consistent(store)
+    assert store.missing(c[0] for c in lost) == {c[0] for c in lost}
+    assert not store.missing(c[0] for c in kept)
+    # the disk has room again: the same chunks store fine, in a new pack
+    _put(store, lost)
+    store.commit()
+    _assert_consistent(store)
+    store.close()
+
+    reopened = LocalChunkStore(tmp_path)
+    assert not reopened.missing(c[0] for c in kept + lost)
+    _assert_consistent(reopened)
+    reopened.close()
+
+
+def test_failed_fsync_commits_no_index_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalChunkStore(tmp_path)
+    chunks = [_chunk(i) for i in range(10)]
+    _put(store, chunks)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local_store.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        store.commit()
+    monkeypatch.undo()
+    assert store.missing(c[0] for c in chunks) == {c[0] for c in chunks}
+    assert store.stats().chunks == 0
+    _put(store, chunks[:3])
+    store.commit()
+    _assert_consistent(store)
+    assert store.stats().chunks == 3
+    store.close()
+
+
+def test_hard_limit_refuses_puts_before_writing(tmp_path: Path) -> None:
+    store = LocalChunkStore(tmp_path)
+    _put(store, [_chunk(i) for i in range(5)])
+    store.commit()
+    store.set_hard_limit(store.stats().disk_bytes + 4000)
+    _put(store, [_chunk(50)])  # fits
+    with pytest.raises(OSError) as failure:
+        _put(store, [_chunk(51)])
+    assert failure.value.errno == errno.ENOSPC
+    store.commit()
+    assert store.stats().chunks == 6
+    _assert_consistent(store)
+    store.set_hard_limit(None)
+    _put(store, [_chunk(51)])
+    store.commit()
+    assert store.stats().chunks == 7
+    store.close()
