@@ -22,8 +22,8 @@ from cachesrv.store import ChunkStore, decode_frame
 
 log = logging.getLogger(__name__)
 
-BATCH_BYTES = 4 << 20  # raw bytes read per hand-over to a worker thread
-SEND_BYTES = 1 << 20  # bytes per send to the client
+BATCH_BYTES = 1 << 20  # raw bytes per hand-over to a worker thread (x restores = memory)
+SEND_BYTES = 512 << 10  # bytes per send to the client
 
 
 class ChunkReader:
