@@ -19,7 +19,7 @@ import zstandard
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import ChunkMissing, ChunkStore, chunk_id
+from cachesrv.store import ChunkMissing, ChunkSink, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -40,7 +40,7 @@ class IngestSession:
     """Blocking: feed bytes, then finish() for the manifest. Not thread-safe itself."""
 
     def __init__(
-        self, store: ChunkStore, params: ChunkParams, level: int = 3, tar_aware: bool = True
+        self, store: ChunkSink, params: ChunkParams, level: int = 3, tar_aware: bool = True
     ) -> None:
         self.store = store
         self.splitter = Splitter(params, tar_aware=tar_aware)

@@ -57,8 +57,8 @@ class StoreStats:
     disk_bytes: int  # bytes the backend occupies (packs incl. garbage not yet compacted)
 
 
-class ChunkStore(Protocol):
-    """What the ingest and restore pipelines need. Methods are blocking and thread-safe."""
+class ChunkSink(Protocol):
+    """What ingest needs: look up, add, make durable. Blocking and thread-safe."""
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         """The ids among ``ids`` that are not stored (looked up together)."""
@@ -68,6 +68,10 @@ class ChunkStore(Protocol):
 
     def commit(self) -> None:
         """Make every chunk put so far durable and visible, before any manifest names it."""
+
+
+class ChunkStore(ChunkSink, Protocol):
+    """What the ingest and restore pipelines and the lifecycle tools need."""
 
     def read_frame(self, chunk_id: bytes) -> tuple[bytes, int]:
         """The stored zstd frame and the raw size, unverified (see :func:`decode_frame`)."""
