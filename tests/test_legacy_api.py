@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 from conftest import Server, StartServer, curl
 
 
@@ -405,6 +406,46 @@ def test_put_with_gzip_content_encoding_stores_the_decoded_stream(server: Server
     )
     assert result.stdout == b"201"
     assert get(server, "g.tar")[2] == data
+
+
+def test_put_with_zstd_content_encoding_of_several_frames(server: Server) -> None:
+    data = b"zstd framed tar " * 20_000
+    body = b"".join(
+        zstandard.ZstdCompressor().compress(data[i : i + 100_000])
+        for i in range(0, len(data), 100_000)
+    )
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Encoding: zstd",
+        "--data-binary",
+        "@-",
+        f"{server.url}/z.tar",
+        input=body,
+    )
+    assert result.stdout == b"201"
+    assert get(server, "z.tar")[2] == data
+    result = curl(
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        "@-",
+        f"{server.url}/bad.tar",
+        input=b"not gzip at all",
+    )
+    assert result.stdout == b"400"
+    assert get(server, "bad.tar")[0] == 404
 
 
 def test_own_endpoints_live_under_dash(server: Server) -> None:
