@@ -21,6 +21,10 @@ included), so plain and compressed transfers compare on logical bytes. One run d
 3. Server, fresh store: PUT v1 (cold), PUT v2 (warm), then (first run only) a byte-exact
    check of what GET returns, plain and ``--compressed``, then the restore figures and 16
    concurrent restores.
+4. Baseline app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
+
+After each upload the harness waits until ``/-/stats`` stops changing (background work
+done) before the next step. The server's RSS peak per phase goes to the JSON's notes.
 
 The figures (``FIGURES`` below holds each one's definition, baseline and target).
 """
@@ -82,10 +86,11 @@ FIGURES: list[Figure] = [
     # ---- baselines (measured on the baseline app / the corpus files themselves)
     Figure("ceiling_put_MBps", "MB/s",
            "Baseline app: PUT of v1.tar, body received and discarded unparsed "
-           "(PUT receive ceiling of hypercorn-trio on this machine)."),
+           "(PUT receive ceiling of hypercorn-trio on this machine); measured at the "
+           "start and at the end of every run, the median of all."),
     Figure("ceiling_multipart_MBps", "MB/s",
            "Baseline app: multipart POST of v1.tar (curl -F), body received and discarded "
-           "unparsed (multipart receive ceiling)."),
+           "unparsed (multipart receive ceiling); start and end of every run."),
     Figure("ceiling_get_MBps", "MB/s",
            "Baseline app: GET of v2.tar's bytes held in RAM, sent in 1 MiB pieces "
            "(send ceiling)."),
@@ -562,22 +567,37 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path) -> None:
-    """Ceilings on the baseline app: PUT, multipart, GET from RAM, GET through the link."""
+def run_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                 restores: bool = True) -> None:
+    """Ceilings on the baseline app: PUT, multipart, and (``restores``) GET from RAM and
+    GET through the link. The upload ceilings are taken at both ends of every run, so
+    that drift in the machine's load lands on both sides of the ratios."""
     port = free_port()
-    argv = [opts.python, "-m", "bench.baseline", "--port", str(port), "--serve-file", str(c.v2)]
-    with ServerProcess("baseline", argv, port, log_dir / "baseline.log", env=_env()) as srv:
+    argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
+    if restores:
+        argv += ["--serve-file", str(c.v2)]
+    with ServerProcess("baseline", argv, port, log_dir / "baseline.log", env=_env()):
         r = upload_put(port, c.v1, opts.max_time)
         s.add("ceiling_put_MBps", mbps(c.v1_bytes, r.time_total))
         r = upload_multipart(port, c.v1, opts.max_time)
         s.add("ceiling_multipart_MBps", mbps(c.v1_bytes, r.time_total))
+        if not restores:
+            return
         r = restore(port, opts.max_time)
         if r.size_download != c.v2_bytes:
             raise RuntimeError("baseline GET returned a wrong length")
         s.add("ceiling_get_MBps", mbps(c.v2_bytes, r.time_total))
         r = restore(port, opts.max_time, limit_rate=LINK_BYTES_PER_S)
         s.add("link_baseline_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
-        srv.peak_rss()
+
+
+def _phase(s: Samples, srv: ServerProcess, phase: str) -> int:
+    """Peak RSS of the server tree since the previous phase; kept per phase in the notes."""
+    peak = srv.peak_rss()
+    by_phase = s.notes.setdefault("rss_peak_MB_by_phase", {})
+    assert isinstance(by_phase, dict)
+    by_phase.setdefault(phase, []).append(round(peak / MB, 1))
+    return peak
 
 
 def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path
@@ -588,59 +608,70 @@ def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_di
         argv, ready = server_argv(opts, port, data)
         with ServerProcess("server", argv, port, log_dir / "server.log", env=_env(),
                            ready_status=ready) as srv:
+            peaks = [_phase(s, srv, "idle")]
             r = upload_multipart(port, c.v1, opts.max_time)
             s.add("cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
             if opts.server != "baseline":
                 settled_stats(port, opts.settle_timeout)
+            peaks.append(_phase(s, srv, "multipart_cold"))
             r = upload_multipart(port, c.v2, opts.max_time)
             s.add("warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
-            return srv.peak_rss()
+            peaks.append(_phase(s, srv, "multipart_warm"))
+            return max(peaks)
 
 
 def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
                    v2_sha256: str, verify: bool) -> int:
-    """Fresh store: PUT v1 and v2, stats, verification, restores. Returns the peak RSS."""
+    """Fresh store: PUT v1 and v2, stats, verification, restores. Returns the peak RSS
+    (the 16 concurrent restores are a figure of their own)."""
     with _fresh_dir(opts.data_root) as data:
         port = free_port()
         argv, ready = server_argv(opts, port, data)
         with ServerProcess("server", argv, port, log_dir / "server.log", env=_env(),
                            ready_status=ready) as srv:
             has_stats = opts.server != "baseline"
+            peaks = [srv.peak_rss()]
             r = upload_put(port, c.v1, opts.max_time)
             s.add("cold_put_MBps", mbps(c.v1_bytes, r.time_total))
             if has_stats:
                 st1 = settled_stats(port, opts.settle_timeout)
                 s.add("stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
                 s.notes["stats_after_v1"] = st1
+            peaks.append(_phase(s, srv, "put_cold"))
             r = upload_put(port, c.v2, opts.max_time)
             s.add("warm_put_MBps", mbps(c.v2_bytes, r.time_total))
             if has_stats:
                 st2 = settled_stats(port, opts.settle_timeout)
                 s.add("stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
                 s.notes["stats_after_v2"] = st2
+            peaks.append(_phase(s, srv, "put_warm"))
             if not has_stats:
-                return srv.peak_rss()  # the baseline app stores nothing to restore
+                return max(peaks)  # the baseline app stores nothing to restore
             if verify:
                 s.notes["encoding_plain"] = verify_restore(port, v2_sha256, False, opts.max_time)
                 s.notes["encoding_compressed"] = verify_restore(port, v2_sha256, True,
                                                                 opts.max_time)
+                peaks.append(_phase(s, srv, "verify"))
             r = restore(port, opts.max_time)
             if r.size_download != c.v2_bytes:
                 raise RuntimeError(f"GET returned {r.size_download} bytes, not {c.v2_bytes}")
             s.add("restore_MBps", mbps(c.v2_bytes, r.time_total))
+            peaks.append(_phase(s, srv, "restore"))
             r = restore(port, opts.max_time, compressed=True)
             s.notes["compressed_wire_bytes"] = r.size_download
             s.notes["compressed_encoding_seen"] = r.content_encoding
             s.add("restore_compressed_MBps", mbps(c.v2_bytes, r.time_total))
+            peaks.append(_phase(s, srv, "restore_compressed"))
             r = restore(port, opts.max_time, limit_rate=LINK_BYTES_PER_S)
             s.add("restore_1gbit_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
+            peaks.append(_phase(s, srv, "restore_1gbit"))
             r = restore(port, opts.max_time, compressed=True, limit_rate=LINK_BYTES_PER_S)
             s.add("restore_1gbit_compressed_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
-            peak = srv.peak_rss()
+            peaks.append(_phase(s, srv, "restore_1gbit_compressed"))
             wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time)
             s.add("restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
-            s.add("restore16_peak_rss_MB", srv.peak_rss() / MB)
-            return peak
+            s.add("restore16_peak_rss_MB", _phase(s, srv, "restore16") / MB)
+            return max(peaks)
 
 
 def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
@@ -650,6 +681,11 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     log_dir.mkdir(parents=True, exist_ok=True)
     _log(f"corpus {c.kind}: v1 {c.v1_bytes / MB:.1f} MB, v2 {c.v2_bytes / MB:.1f} MB; "
          f"logs in {log_dir}")
+    load = os.getloadavg()[0]
+    s.notes["loadavg_1min_before"] = load
+    if load > 0.5:
+        _log(f"note: 1-min load average {load:.2f}: other work is running, figures may be "
+             "noisy")
     prewarm([c.v1, c.v2])
     z1, z2 = zstd3_size(c.v1), zstd3_size(c.v2)
     v2_sha = sha256_file(c.v2)
@@ -661,6 +697,9 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
         _log(f"run {i + 1}/{opts.runs}: server, PUT + restores")
         peak_b = run_server_put(c, opts, s, log_dir, v2_sha, opts.verify and i == 0)
         s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
+        _log(f"run {i + 1}/{opts.runs}: baseline uploads again")
+        run_baseline(c, opts, s, log_dir, restores=False)
+    s.notes["loadavg_1min_after"] = os.getloadavg()[0]
     for name, value in (("tar_v1_MB", c.v1_bytes), ("tar_v2_MB", c.v2_bytes),
                         ("zstd3_v1_MB", z1), ("zstd3_v2_MB", z2), ("zstd3_v1_v2_MB", z1 + z2)):
         s.add(name, value / MB)

@@ -50,7 +50,7 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
         assert name in figures, f"figure {name} missing from the JSON"
         value = figures[name]["value"]
         assert isinstance(value, int | float) and value > 0, f"{name} = {value!r}"
-        assert len(figures[name]["runs"]) == 1
+        assert len(figures[name]["runs"]) >= 1
     assert doc["meta"]["corpus"]["kind"] == "synthetic"
     assert "ceiling_put_MBps" in proc.stdout  # the table was printed
     assert elapsed < 60, f"the quick benchmark took {elapsed:.0f}s"
