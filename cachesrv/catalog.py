@@ -46,7 +46,21 @@ CREATE TABLE IF NOT EXISTS entries (
     atime REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_by_time ON entries (mtime);
+CREATE INDEX IF NOT EXISTS objects_by_manifest ON objects (manifest);
+CREATE INDEX IF NOT EXISTS entries_by_manifest ON entries (manifest);
+-- manifests no name refers to, and since when GC has seen them so (lifecycle/gc.py)
+CREATE TABLE IF NOT EXISTS doomed (
+    manifest BLOB PRIMARY KEY,
+    since REAL NOT NULL
+) WITHOUT ROWID;
 """
+
+# The two namespaces, as (table, name column) for lifecycle queries.
+NAMESPACES = {"object": ("objects", "path"), "entry": ("entries", "key")}
+_UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM objects o WHERE o.manifest = {m}) "
+    "AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.manifest = {m})"
+)
 
 
 class Conflict(Exception):
@@ -234,6 +248,92 @@ class Catalog:
     def delete_entry(self, key: str) -> bool:
         with self.db.transaction() as conn:
             return conn.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount > 0
+
+    # -- lifecycle: access times, expiry, eviction, GC roots ---------------------
+
+    def touch(self, accessed: dict[tuple[str, str], float]) -> None:
+        """Record read times, ``{(namespace, name): time}``, in one transaction."""
+        with self.db.transaction() as conn:
+            for (namespace, name), when in accessed.items():
+                table, column = NAMESPACES[namespace]
+                conn.execute(
+                    f"UPDATE {table} SET atime = max(atime, ?) WHERE {column} = ?", (when, name)
+                )
+
+    def names_by_access(self) -> list[tuple[str, str, bytes, int, float]]:
+        """Every name as (namespace, name, manifest, size, atime), least recently used first."""
+        conn = self.db.conn
+        rows = [
+            (namespace, *row)
+            for namespace, (table, column) in NAMESPACES.items()
+            for row in conn.execute(f"SELECT {column}, manifest, size, atime FROM {table}")
+        ]
+        rows.sort(key=lambda row: row[4])
+        return rows
+
+    def remove_if_unchanged(self, names: list[tuple[str, str, bytes, float]]) -> int:
+        """Delete (namespace, name, manifest, atime) unless overwritten or read since."""
+        removed = 0
+        with self.db.transaction() as conn:
+            for namespace, name, manifest, atime in names:
+                table, column = NAMESPACES[namespace]
+                removed += conn.execute(
+                    f"DELETE FROM {table} WHERE {column} = ? AND manifest = ? AND atime <= ?",
+                    (name, manifest, atime),
+                ).rowcount
+        return removed
+
+    def expire(self, cutoff: float) -> int:
+        """Delete every name not read nor written since ``cutoff`` (the TTL)."""
+        with self.db.transaction() as conn:
+            return sum(
+                conn.execute(f"DELETE FROM {table} WHERE atime < ?", (cutoff,)).rowcount
+                for table, _ in NAMESPACES.values()
+            )
+
+    def doom_unreferenced(self, now: float) -> None:
+        """Note manifests no name refers to (from ``now`` on); forget revived ones."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO doomed SELECT id, ? FROM manifests m WHERE "
+                + _UNREFERENCED.format(m="m.id"),
+                (now,),
+            )
+            conn.execute(
+                "DELETE FROM doomed WHERE NOT (" + _UNREFERENCED.format(m="doomed.manifest") + ")"
+            )
+
+    def root_manifests(
+        self, doomed_before: float, after: bytes = b"", limit: int = 200
+    ) -> list[tuple[bytes, bytes, bool]]:
+        """GC roots, a page at a time by id: (id, body, referenced by a name). Every
+        manifest is a root except those unreferenced since before ``doomed_before``."""
+        return self.db.conn.execute(
+            "SELECT m.id, m.body, d.since IS NULL FROM manifests m "
+            "LEFT JOIN doomed d ON d.manifest = m.id "
+            "WHERE m.id > ? AND (d.since IS NULL OR d.since >= ?) ORDER BY m.id LIMIT ?",
+            (after, doomed_before, limit),
+        ).fetchall()
+
+    def drop_doomed(self, doomed_before: float) -> int:
+        """Delete manifests unreferenced since before ``doomed_before`` and still so."""
+        with self.db.transaction() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT manifest FROM doomed WHERE since < ?", (doomed_before,)
+                )
+            ]
+            dropped = 0
+            for manifest in ids:
+                dropped += conn.execute(
+                    "DELETE FROM manifests WHERE id = ? AND " + _UNREFERENCED.format(m="?"),
+                    (manifest, manifest, manifest),
+                ).rowcount
+                conn.execute("DELETE FROM doomed WHERE manifest = ?", (manifest,))
+        with self._cache_lock:
+            self._cache.clear()
+        return dropped
 
     # -- numbers ---------------------------------------------------------------
 

@@ -23,7 +23,27 @@ def _parser() -> argparse.ArgumentParser:
     config.add_arguments(serve, server=True)
 
     stats = commands.add_parser("stats", help="print the store's numbers as JSON")
-    config.add_arguments(stats, server=False)
+    config.add_arguments(stats, server=False, also=config.LIFECYCLE_SETTINGS)
+    stats.add_argument(
+        "--objects",
+        action="store_true",
+        help="also each cache's unique and shared bytes, last access, the next eviction",
+    )
+
+    gc = commands.add_parser(
+        "gc", help="expire, evict past --max-size, sweep unreferenced chunks, compact packs"
+    )
+    config.add_arguments(gc, server=False, also=config.LIFECYCLE_SETTINGS)
+
+    fsck = commands.add_parser(
+        "fsck", help="verify every chunk and reference; exit 1 and name what is broken"
+    )
+    config.add_arguments(fsck, server=False)
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine corrupt chunks, trim torn pack tails, remove leftover files",
+    )
     return parser
 
 
@@ -45,9 +65,28 @@ def main(argv: list[str] | None = None) -> int:
 
         repo = Repository.open(cfg)
         try:
-            json.dump(repo.stats(), sys.stdout, indent=2)
+            json.dump(repo.stats(objects=args.objects), sys.stdout, indent=2)
             print()
         finally:
             repo.close()
         return 0
+    if args.command in ("gc", "fsck"):
+        from cachesrv.repository import Repository
+
+        repo = Repository.open(cfg)
+        try:
+            if args.command == "gc":
+                json.dump(repo.collector().run().as_dict(), sys.stdout, indent=2)
+                print()
+                return 0
+            from cachesrv.lifecycle.fsck import fsck
+
+            report = fsck(repo.local_store, repo.catalog, repair=args.repair)
+            json.dump(report.as_dict(), sys.stdout, indent=2)
+            print()
+            for problem in report.problems:
+                print(f"cachesrv fsck: {problem}", file=sys.stderr)
+            return 0 if report.clean else 1
+        finally:
+            repo.close()
     return 2

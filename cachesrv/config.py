@@ -37,6 +37,23 @@ class Config:
     # Worker processes that take uploads off the event loop's process (0: threads only).
     ingest_workers: int = 2
     log_level: str = "info"
+    # Lifecycle (cachesrv.lifecycle): evict least recently used names once the packs hold
+    # more than max_size bytes; refuse uploads with 507 past hard_limit (default
+    # max_size * 1.2; with neither set, only a really full disk refuses them).
+    max_size: int | None = None
+    hard_limit: int | None = None
+    ttl: float | None = 7 * 86400.0  # seconds since last read or write; 0: forever
+    gc_interval: float = 600.0  # seconds between background collections; 0: never
+    gc_grace: float = 300.0  # seconds a deleted version stays readable for other processes
+    # GC spares chunks an upload looked up this recently; an upload that runs longer
+    # re-pins them, and fails (never publishes a broken object) if one was swept.
+    upload_pin_ttl: float = 600.0
+
+    @property
+    def effective_hard_limit(self) -> int | None:
+        if self.hard_limit is not None:
+            return self.hard_limit or None
+        return int(self.max_size * 1.2) if self.max_size else None
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,30 @@ def _credentials(value: str) -> tuple[str, str] | None:
         return None
     user, _, password = value.partition(":")
     return (user, password)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(value: str) -> int:
+    """``10G``, ``512M``, ``1.5T``, ``4096`` (binary units; a trailing ``B``/``iB`` is fine)."""
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = float(text[: len(text) - len(unit)])
+    if number < 0:
+        raise ValueError(f"{value!r} is negative")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` or plain seconds."""
+    text = value.strip().lower()
+    unit = text[-1:] if text[-1:] in _TIME_UNITS and not text[-1:].isdigit() else ""
+    number = float(text[: len(text) - len(unit)])
+    if number < 0:
+        raise ValueError(f"{value!r} is negative")
+    return number * _TIME_UNITS[unit]
 
 
 def _positive_int(value: str) -> int:
@@ -93,7 +134,46 @@ SETTINGS: tuple[_Setting, ...] = (
         "worker processes for uploads (0: in-process threads)",
     ),
     _Setting("log_level", ("CACHESRV_LOG_LEVEL",), str, "debug, info, warning or error"),
+    _Setting(
+        "max_size",
+        ("CACHESRV_MAX_SIZE",),
+        parse_size,
+        "evict least recently used caches past this many bytes on disk (10G, 500M)",
+    ),
+    _Setting(
+        "hard_limit",
+        ("CACHESRV_HARD_LIMIT",),
+        parse_size,
+        "refuse uploads (507) past this many bytes on disk; default max-size x 1.2, 0: none",
+    ),
+    _Setting(
+        "ttl",
+        ("CACHESRV_TTL",),
+        parse_duration,
+        "delete caches not read nor written for this long (7d, 12h); 0: never",
+    ),
+    _Setting(
+        "gc_interval",
+        ("CACHESRV_GC_INTERVAL",),
+        parse_duration,
+        "time between background collections (10m); 0: no background GC",
+    ),
+    _Setting(
+        "gc_grace",
+        ("CACHESRV_GC_GRACE",),
+        parse_duration,
+        "a deleted or overwritten version's chunks are kept this long (5m)",
+    ),
+    _Setting(
+        "upload_pin_ttl",
+        ("CACHESRV_UPLOAD_PIN_TTL",),
+        parse_duration,
+        "GC spares chunks an in-flight upload looked up this recently (10m)",
+    ),
 )
+
+# Settings that the offline tools (gc, stats) honour too.
+LIFECYCLE_SETTINGS = ("max_size", "ttl", "gc_grace")
 
 _CHUNK_SETTINGS = (
     ("chunk_min", "CACHESRV_CHUNK_MIN", "min_size"),
@@ -102,10 +182,12 @@ _CHUNK_SETTINGS = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser, server: bool) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, server: bool, also: tuple[str, ...] = ()
+) -> None:
     """Add the flags of every setting a subcommand honours (all default to None: unset)."""
     for setting in SETTINGS:
-        if not server and setting.name not in ("data", "log_level"):
+        if not server and setting.name not in ("data", "log_level", *also):
             continue
         flag = "--" + setting.name.replace("_", "-")
         envs = ", ".join(setting.env)
@@ -146,4 +228,8 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         if raw is not None:
             chunk[attr] = raw
     values["chunking"] = ChunkParams(**chunk)
+    if values.get("ttl") == 0:
+        values["ttl"] = None
+    if values.get("max_size") == 0:
+        values["max_size"] = None
     return Config(**values)

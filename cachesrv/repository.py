@@ -5,11 +5,15 @@ This is what the HTTP layer and the CLI hold; it knows nothing of HTTP.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from cachesrv.catalog import Catalog
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, Upload
+from cachesrv.lifecycle import ManifestPins
+from cachesrv.lifecycle.access import AccessLog
+from cachesrv.lifecycle.gc import Collector, GcReport, Limits
 from cachesrv.restore import ChunkReader
 from cachesrv.store import ChunkStore
 from cachesrv.store.local import LocalChunkStore
@@ -43,6 +47,9 @@ class Repository:
     reader: ChunkReader
     counters: Counters = field(default_factory=Counters)
     workers: WorkerPool | None = None  # set by the server; CLI tools ingest in-process
+    access: AccessLog = field(default_factory=AccessLog)  # read times, flushed in batches
+    pins: ManifestPins = field(default_factory=ManifestPins)  # manifests being served
+    last_gc: GcReport | None = None
 
     @classmethod
     def open(cls, config: Config) -> Repository:
@@ -72,7 +79,74 @@ class Repository:
             return RemoteUpload(self.workers, worker)
         return Upload(self.ingest_session(), self.config.ingest_batch_bytes)
 
-    def stats(self) -> dict[str, object]:
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def local_store(self) -> LocalChunkStore:
+        assert isinstance(self.store, LocalChunkStore), "lifecycle needs the local store"
+        return self.store
+
+    def limits(self) -> Limits:
+        cfg = self.config
+        return Limits(max_size=cfg.max_size, ttl=cfg.ttl, grace=cfg.gc_grace)
+
+    def collector(self) -> Collector:
+        return Collector(self.local_store, self.catalog, self.limits(), self.pins.manifests)
+
+    def apply_store_settings(self) -> None:
+        """Publish the hard limit and pin lifetime to every process writing to this store
+        (the server's job: the offline tools leave them as the server set them)."""
+        self.local_store.set_hard_limit(self.config.effective_hard_limit)
+        self.local_store.set_pin_ttl(self.config.upload_pin_ttl)
+
+    def pack_bytes(self) -> int:
+        row = self.local_store.db.conn.execute(
+            "SELECT value FROM totals WHERE name = 'pack_bytes'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def admits(self, length: int | None) -> bool:
+        """Whether an upload of ``length`` body bytes (None: unknown) may start."""
+        limit = self.config.effective_hard_limit
+        return limit is None or self.pack_bytes() + (length or 0) <= limit
+
+    def lifecycle_stats(self, objects: bool = False) -> dict[str, object]:
+        cfg = self.config
+        quarantined = self.local_store.db.conn.execute(
+            "SELECT count(DISTINCT id) FROM quarantine"
+        ).fetchone()[0]
+        result: dict[str, object] = {
+            "max_size": cfg.max_size,
+            "hard_limit": cfg.effective_hard_limit,
+            "ttl": cfg.ttl,
+            "gc_grace": cfg.gc_grace,
+            "pack_bytes": self.pack_bytes(),
+            "quarantined_chunks": quarantined,
+            "last_gc": self.last_gc.as_dict() if self.last_gc else None,
+        }
+        if objects:
+            result.update(self._usage_by_name())
+        return result
+
+    def _usage_by_name(self) -> dict[str, object]:
+        collector = self.collector()
+        try:
+            for _ in collector._mark(time.time() - self.config.gc_grace):
+                pass
+            usage = collector.usage_by_name()
+            plan: list[dict[str, object]] = []
+            if self.config.max_size:
+                names, _, _ = collector.plan_eviction(self.config.max_size)
+                plan = [u.as_dict() for u in names]
+        finally:
+            collector._close()
+        return {
+            "objects": [u.as_dict() for u in usage],
+            # what eviction would remove now if the packs were over max_size (LRU first)
+            "next_eviction": plan,
+        }
+
+    def stats(self, objects: bool = False) -> dict[str, object]:
         totals = self.catalog.totals()
         chunks = self.store.stats()
         logical = totals["logical_bytes"]
@@ -102,6 +176,7 @@ class Repository:
                 "chunk_cache_hits": self.reader.hits,
                 "chunk_cache_misses": self.reader.misses,
             },
+            "lifecycle": self.lifecycle_stats(objects),
         }
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from cachesrv.config import Config
 from cachesrv.http.app import App
+from cachesrv.lifecycle import service as lifecycle_service
 from cachesrv.repository import Repository
 
 log = logging.getLogger("cachesrv")
@@ -43,12 +44,20 @@ async def _until_signal() -> None:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
     repo = Repository.open(config)
+    repo.apply_store_settings()
     repo.start_workers()
     try:
         log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
         app: Any = App(repo)  # an ASGI callable; hypercorn's type for it is narrower
-        trio.run(
-            lambda: hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
-        )
+        trio.run(_serve_with_lifecycle, app, repo, config)
     finally:
         repo.close()
+
+
+async def _serve_with_lifecycle(app: Any, repo: Repository, config: Config) -> None:
+    """The HTTP server and the lifecycle task (GC, access times) in one nursery:
+    when serving ends the lifecycle task is cancelled between two increments."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lifecycle_service.run, repo)
+        await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
+        nursery.cancel_scope.cancel()

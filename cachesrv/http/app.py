@@ -142,6 +142,9 @@ class App:
         method, path = request.method, request.path
         if method in WRITE_METHODS:
             self._authorize(request)
+        if method in ("PUT", "POST") and not self.repo.admits(request.content_length):
+            # refused before a byte of the body is read; the previous version stays
+            raise HttpError(507, "Insufficient Storage: the store is at its hard limit")
         if path.startswith(CACHE_PREFIX):
             await self._cache_entry(request, send, path[len(CACHE_PREFIX) :])
         elif path.startswith("/-/") or path == "/-":
@@ -349,6 +352,7 @@ class App:
                 return
             raise HttpError(404, "Not Found")
         content_type = mimetypes.guess_type(ref.name)[0] or "application/octet-stream"
+        self.repo.access.touch("object", ref.name)
         await self._send_object(request, send, ref, content_type, [])
 
     async def _send_object(
@@ -401,6 +405,7 @@ class App:
             await send({"type": "http.response.body", "body": b""})
             return
         self.repo.counters.downloads += 1
+        body = self.repo.pins.hold(manifest, body)  # GC keeps its chunks until the end
         await self._stream(send, status, common, body, ref)
 
     async def _stream(
@@ -466,6 +471,7 @@ class App:
                 _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
                 _h("Cachesrv-Age", max(0, math.floor(time.time() - ref.mtime))),
             ]
+            self.repo.access.touch("entry", ref.name)
             await self._send_object(request, send, ref, "application/x-tar", extra)
         elif method in ("PUT", "POST"):
             replace = request.arg("replace") in ("1", "true", "True")
@@ -515,7 +521,8 @@ class App:
             body = await trio.to_thread.run_sync(self.metrics.render)
             await _send_simple(send, 200, body, metrics.CONTENT_TYPE)
         elif path == "/-/stats":
-            stats = await trio.to_thread.run_sync(self.repo.stats)
+            objects = request.arg("objects") in ("1", "true")  # per-object: a full mark
+            stats = await trio.to_thread.run_sync(lambda: self.repo.stats(objects=objects))
             await send_json(send, 200, stats)
         elif path in ("/-/", "/-"):
             stats = await trio.to_thread.run_sync(self.repo.stats)

@@ -22,7 +22,9 @@ a new one, so an index row never points past what was really written.
 :meth:`missing` also *pins* the ids it is asked about (``pins`` table, with a
 time): an upload that deduplicates against a stored chunk only references it,
 and its manifest is published later; GC never sweeps a chunk pinned within
-:data:`PIN_TTL` of its start, whatever process the upload runs in.
+:attr:`pin_ttl` of its start, whatever process the upload runs in (the
+server publishes both ``pin_ttl`` and the hard limit in the ``settings`` table,
+which every process sharing the directory re-reads within a second).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ MAGIC = b"CSC1"
 RECORD_HEADER = struct.Struct("<4s32sII")
 PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
 _LOOKUP_BATCH = 500
-# A pin protects a chunk from GC for this long; an upload re-pins what it
-# references when its pins are older than half of it (lookups and finish).
-PIN_TTL = 3600.0
+# A pin protects a chunk from GC for this long (default; see settings); an upload
+# re-pins what it references when its pins are older than half of it (lookups and
+# finish), so the finish-to-publish step has pin_ttl / 2.
+PIN_TTL = 600.0
 _PIN_CACHE_LIMIT = 100_000
 _LIMIT_RECHECK_SECONDS = 1.0
 _LIMIT_RECHECK_BYTES = 4 << 20
@@ -113,6 +116,7 @@ class LocalChunkStore:
         self._usage = 0  # committed pack bytes at the last check
         self._written_since_check = 0
         self._checked_at = -1e9
+        self.pin_ttl = PIN_TTL
         self._init_pack_bytes()
 
     def _init_pack_bytes(self) -> None:
@@ -173,33 +177,44 @@ class LocalChunkStore:
         self._buffered = 0
         self._pending.clear()
 
+    def _refresh_settings(self, now: float) -> None:
+        conn = self.db.conn
+        settings = dict(conn.execute("SELECT name, value FROM settings").fetchall())
+        self._limit = int(settings.get("hard_limit") or 0) or None
+        pin_ttl = settings.get("pin_ttl")
+        self.pin_ttl = PIN_TTL if pin_ttl is None else float(pin_ttl)
+        (self._usage,) = conn.execute(
+            "SELECT value FROM totals WHERE name = 'pack_bytes'"
+        ).fetchone()
+        self._checked_at, self._written_since_check = now, 0
+
     def _check_limit(self, size: int) -> None:
         now = time.monotonic()
         if (
             now - self._checked_at > _LIMIT_RECHECK_SECONDS
             or self._written_since_check > _LIMIT_RECHECK_BYTES
         ):
-            conn = self.db.conn
-            row = conn.execute("SELECT value FROM settings WHERE name = 'hard_limit'").fetchone()
-            self._limit = int(row[0]) if row and row[0] else None
-            (self._usage,) = conn.execute(
-                "SELECT value FROM totals WHERE name = 'pack_bytes'"
-            ).fetchone()
-            self._checked_at, self._written_since_check = now, 0
+            self._refresh_settings(now)
         if self._limit is not None and self._usage + self._written_since_check + size > self._limit:
-            raise OSError(
-                errno.ENOSPC, f"the store is at its hard limit of {self._limit} bytes"
-            )
+            raise OSError(errno.ENOSPC, f"the store is at its hard limit of {self._limit} bytes")
         self._written_since_check += size
 
     def set_hard_limit(self, limit: int | None) -> None:
         """Refuse puts (ENOSPC) once the packs hold this many bytes; every process sharing
         the directory reads it from the index within a second."""
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO settings VALUES ('hard_limit', ?)", (limit or 0,)
-            )
+            conn.execute("INSERT OR REPLACE INTO settings VALUES ('hard_limit', ?)", (limit or 0,))
         self._checked_at = -1e9
+
+    def set_pin_ttl(self, seconds: float) -> None:
+        """How long a pin protects a chunk from GC (see the module docstring)."""
+        with self.db.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings VALUES ('pin_ttl', ?)", (seconds,))
+        self._checked_at = -1e9
+
+    def current_pin_ttl(self) -> float:
+        row = self.db.conn.execute("SELECT value FROM settings WHERE name = 'pin_ttl'").fetchone()
+        return PIN_TTL if row is None or row[0] is None else float(row[0])
 
     def put(self, chunk_id: bytes, raw_size: int, frame: bytes) -> None:
         with self._lock:
@@ -261,9 +276,12 @@ class LocalChunkStore:
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         ids = set(ids)
         now = time.time()
+        if time.monotonic() - self._checked_at > _LIMIT_RECHECK_SECONDS:
+            with self._lock:
+                self._refresh_settings(time.monotonic())
         with self._lock:
             wanted = {i for i in ids if i not in self._pending}
-            stale = [i for i in ids if self._pinned.get(i, 0.0) < now - PIN_TTL / 2]
+            stale = [i for i in ids if self._pinned.get(i, 0.0) < now - self.pin_ttl / 2]
         if stale:
             # Pin and look up in one write transaction: a GC sweep (also one) either
             # sees the pins or ran before, and then the lookup sees the chunk gone.

@@ -1,0 +1,38 @@
+"""Read times, kept cheap: a GET records into a dict; a flush writes them all at once.
+
+A SQLite write per GET would put an fsync on the read path; instead the server's
+lifecycle task flushes every few seconds (and at shutdown). A crash loses at most
+that much of access history, which only makes eviction slightly less exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cachesrv.catalog import Catalog
+
+
+class AccessLog:
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def touch(self, namespace: str, name: str) -> None:
+        """``namespace`` is ``"object"`` (a path) or ``"entry"`` (a cache key)."""
+        now = time.time()
+        with self._lock:
+            self._seen[(namespace, name)] = now
+
+    def flush(self, catalog: Catalog) -> int:
+        with self._lock:
+            seen, self._seen = self._seen, {}
+        if seen:
+            try:
+                catalog.touch(seen)
+            except BaseException:
+                with self._lock:  # keep them for the next flush
+                    for key, when in seen.items():
+                        self._seen[key] = max(when, self._seen.get(key, 0.0))
+                raise
+        return len(seen)

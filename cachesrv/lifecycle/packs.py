@@ -1,0 +1,273 @@
+"""Pack files of the local chunk store: what is live in each, compaction, leftovers.
+
+A pack is *active* while its writer holds an exclusive ``flock`` on it (see
+``cachesrv.store.local``); nothing here touches an active pack. A writer locks its
+file before it lists it in ``packs``, so a listed pack that is not locked is
+finished; an unlisted file is left alone for :data:`MIN_AGE` (a writer creates the
+file a moment before it locks it).
+
+Compaction copies a pack's live records to a new pack, fsyncs it, repoints the
+index rows in one transaction (only rows still pointing at the old place), then
+unlinks the old pack. A reader that already has the old pack open keeps reading
+it; one that looks the chunk up afterwards finds the new place. A crash at any
+point leaves either the old rows (the new pack is an unindexed leftover) or the
+new ones (the old pack is an unindexed leftover); both are removed later.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachesrv.store.local import MAGIC, RECORD_HEADER, LocalChunkStore
+
+MIN_AGE = 60.0  # seconds before an unindexed file may be a dead writer's
+COPY_STEP = 8 << 20  # bytes copied per compaction increment
+
+
+def pack_in_use(path: Path) -> bool:
+    """Whether a writer holds the pack (a missing file is not in use)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # also drops our lock
+    return False
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    pack: int
+    name: str
+    file_bytes: int
+    live_bytes: int  # records (header + frame) the index points into
+    live_chunks: int
+    active: bool
+    age: float
+
+    @property
+    def live_fraction(self) -> float:
+        return self.live_bytes / self.file_bytes if self.file_bytes else 0.0
+
+
+def usage(store: LocalChunkStore) -> list[PackUsage]:
+    """Every pack the index knows, with its live bytes (one grouped scan of the index)."""
+    conn = store.db.conn
+    live = {
+        pack: (count, total + count * RECORD_HEADER.size)
+        for pack, count, total in conn.execute(
+            "SELECT pack, count(*), sum(length) FROM chunks GROUP BY pack"
+        )
+    }
+    now = time.time()
+    result = []
+    for pack, name in store.pack_names().items():
+        path = store.pack_dir / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            size, age = 0, now
+        else:
+            size, age = st.st_size, now - st.st_mtime
+        count, live_bytes = live.get(pack, (0, 0))
+        result.append(PackUsage(pack, name, size, live_bytes, count, pack_in_use(path), age))
+    return result
+
+
+def remove_leftovers(store: LocalChunkStore, min_age: float = MIN_AGE) -> tuple[int, int]:
+    """Unlink packs no index row points into and files the index does not know, when
+    no writer holds them; returns (files, bytes) removed."""
+    removed = freed = 0
+    known = {name for name in store.pack_names().values()}
+    for entry in usage(store):
+        if entry.live_chunks or entry.active:
+            continue
+        with store.db.transaction() as conn:
+            # a row may have appeared since usage() read the index: only an unused pack goes
+            if conn.execute(
+                "SELECT 1 FROM chunks WHERE pack = ? LIMIT 1", (entry.pack,)
+            ).fetchone():
+                continue
+            conn.execute("DELETE FROM packs WHERE id = ?", (entry.pack,))
+            conn.execute("DELETE FROM quarantine WHERE pack = ?", (entry.pack,))
+        freed += _unlink(store.pack_dir / entry.name)
+        removed += 1
+    now = time.time()
+    for path in store.pack_dir.iterdir():
+        if path.name in known:
+            continue
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age >= min_age and not pack_in_use(path):
+            freed += _unlink(path)
+            removed += 1
+    if removed:
+        _fsync_dir(store.pack_dir)
+    return removed, freed
+
+
+def recount_pack_bytes(store: LocalChunkStore) -> int:
+    """Set the ``pack_bytes`` total (the hard limit's measure) to what is on disk."""
+    with store.db.transaction() as conn:  # commits wait: none lands between stat and set
+        total = sum(p.stat().st_size for p in store.pack_dir.glob("*.pack"))
+        conn.execute("UPDATE totals SET value = ? WHERE name = 'pack_bytes'", (total,))
+    return total
+
+
+def compact(store: LocalChunkStore, pack: PackUsage) -> Iterator[int]:
+    """Move the live records of ``pack`` to a new pack, in increments (yields bytes
+    copied so far). Ends with the old pack unlinked and its bytes reclaimed."""
+    old_path = store.pack_dir / pack.name
+    rows = store.db.conn.execute(
+        "SELECT id, offset, length, raw_size FROM chunks WHERE pack = ? ORDER BY offset",
+        (pack.pack,),
+    ).fetchall()
+    name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.pack"
+    new_path = store.pack_dir / name
+    out = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        with store.db.transaction() as conn:
+            cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
+        new_pack = cursor.lastrowid
+        _fsync_dir(store.pack_dir)
+        src = os.open(old_path, os.O_RDONLY)
+        moved: list[tuple[bytes, int, int]] = []  # id, old frame offset, new frame offset
+        bad: list[tuple[bytes, int, int, int]] = []
+        position = copied = since_yield = 0
+        try:
+            for chunk_id, offset, length, raw_size in rows:
+                record = os.pread(src, RECORD_HEADER.size + length, offset - RECORD_HEADER.size)
+                magic, rid, raw, flen = (
+                    RECORD_HEADER.unpack_from(record)
+                    if len(record) >= RECORD_HEADER.size
+                    else (b"", b"", 0, 0)
+                )
+                if (magic, rid, raw, flen) != (MAGIC, chunk_id, raw_size, length) or len(
+                    record
+                ) != RECORD_HEADER.size + length:
+                    bad.append((chunk_id, offset, length, raw_size))
+                    continue
+                _write_all(out, record)
+                moved.append((chunk_id, offset, position + RECORD_HEADER.size))
+                position += len(record)
+                copied += len(record)
+                since_yield += len(record)
+                if since_yield >= COPY_STEP:
+                    since_yield = 0
+                    yield copied
+        finally:
+            os.close(src)
+        os.fsync(out)
+        with store.db.transaction() as conn:
+            for chunk_id, old_offset, new_offset in moved:
+                conn.execute(
+                    "UPDATE chunks SET pack = ?, offset = ? "
+                    "WHERE id = ? AND pack = ? AND offset = ?",
+                    (new_pack, new_offset, chunk_id, pack.pack, old_offset),
+                )
+            for chunk_id, offset, length, raw_size in bad:
+                # not what the index says is there: never served, never copied
+                if conn.execute(
+                    "DELETE FROM chunks WHERE id = ? AND pack = ? AND offset = ?",
+                    (chunk_id, pack.pack, offset),
+                ).rowcount:
+                    conn.execute(
+                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            chunk_id,
+                            pack.pack,
+                            offset,
+                            length,
+                            raw_size,
+                            "bad record header",
+                            time.time(),
+                        ),
+                    )
+                    _add_totals(conn, -1, -length, -raw_size)
+            left = conn.execute(
+                "SELECT count(*) FROM chunks WHERE pack = ?", (pack.pack,)
+            ).fetchone()[0]
+            if not left:
+                conn.execute("DELETE FROM packs WHERE id = ?", (pack.pack,))
+                conn.execute("DELETE FROM quarantine WHERE pack = ?", (pack.pack,))
+                conn.execute(
+                    "UPDATE totals SET value = value + ? WHERE name = 'pack_bytes'",
+                    (position - pack.file_bytes,),
+                )
+        if not left:
+            _unlink(old_path)
+            _fsync_dir(store.pack_dir)
+    finally:
+        os.close(out)  # drops the lock: the new pack is an ordinary, finished pack
+    yield copied
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int  # of the frame
+    chunk_id: bytes
+    raw_size: int
+    length: int
+
+
+def scan(path: Path) -> tuple[list[Record], int, int]:
+    """The well-formed records of a pack from its start, the offset where they stop,
+    and the file size (a torn tail is everything after the stop)."""
+    records = []
+    size = path.stat().st_size
+    position = 0
+    with open(path, "rb") as f:
+        while position + RECORD_HEADER.size <= size:
+            f.seek(position)
+            header = f.read(RECORD_HEADER.size)
+            magic, chunk_id, raw_size, length = RECORD_HEADER.unpack(header)
+            end = position + RECORD_HEADER.size + length
+            if magic != MAGIC or end > size:
+                break
+            records.append(Record(position + RECORD_HEADER.size, chunk_id, raw_size, length))
+            position = end
+    return records, position, size
+
+
+def _add_totals(conn: object, chunks: int, stored: int, raw: int) -> None:
+    for name, delta in (("chunks", chunks), ("stored_bytes", stored), ("raw_bytes", raw)):
+        conn.execute("UPDATE totals SET value = value + ? WHERE name = ?", (delta, name))  # type: ignore[attr-defined]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
