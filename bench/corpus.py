@@ -307,12 +307,12 @@ func BenchNextDay(u *URL) string { return "next day: " + u.String() }
 
 def build_go(root: Path = CORPUS_ROOT, keep_work: bool = False) -> Corpus:
     """Build (or reuse) the Go build-cache corpus. Takes several minutes on 2 cores."""
-    out = root / f"go-v{GO_VERSION_TAG}"
+    src_root = find_go_root()
+    version = (src_root / "VERSION").read_text().splitlines()[0].strip()
+    out = root / f"go-{version}-v{GO_VERSION_TAG}"  # another toolchain, another corpus
     cached = _load(out)
     if cached is not None:
         return cached
-    src_root = find_go_root()
-    version = (src_root / "VERSION").read_text().splitlines()[0].strip()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     if work.exists():
