@@ -1,4 +1,4 @@
-"""``cachesrv``: serve, and the tools that work on a store (stats, ...)."""
+"""``cachesrv``: serve, and the tools that work on a store (stats, gc, fsck, analyze)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="quarantine corrupt chunks, trim torn pack tails, remove leftover files",
     )
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="replay tarballs through the chunker to size a volume (writes nothing)",
+        description="Replay tarballs, in order (day 1, day 2, ...), as successive uploads "
+        "and report dedup, compression and stored bytes per version.",
+    )
+    analyze.add_argument("files", nargs="+", metavar="TAR", help="files to replay ('-': stdin)")
+    analyze.add_argument("--plain", action="store_true", help="plain CDC, not tar-aware")
+    analyze.add_argument(
+        "--no-zstd-compare", action="store_true", help="skip compressing each file whole"
+    )
+    config.add_arguments(analyze, server=False, also=("compression_level",), chunking=True)
     return parser
 
 
@@ -89,4 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.clean else 1
         finally:
             repo.close()
+    if args.command == "analyze":
+        from cachesrv.analyze import analyze, render
+
+        reports, store = analyze(
+            args.files,
+            cfg.chunking,
+            cfg.compression_level,
+            tar_aware=not args.plain,
+            compare_zstd=not args.no_zstd_compare,
+        )
+        print(render(reports, store, cfg.chunking))
+        return 0
     return 2

@@ -183,9 +183,14 @@ _CHUNK_SETTINGS = (
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, server: bool, also: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser,
+    server: bool,
+    also: tuple[str, ...] = (),
+    chunking: bool | None = None,
 ) -> None:
-    """Add the flags of every setting a subcommand honours (all default to None: unset)."""
+    """Add the flags of every setting a subcommand honours (all default to None: unset).
+
+    The FastCDC size flags come with ``server`` unless ``chunking`` says otherwise."""
     for setting in SETTINGS:
         if not server and setting.name not in ("data", "log_level", *also):
             continue
@@ -194,7 +199,7 @@ def add_arguments(
         parser.add_argument(
             flag, dest=setting.name, default=None, help=f"{setting.help} (env {envs})"
         )
-    if server:
+    if server if chunking is None else chunking:
         for name, env, attr in _CHUNK_SETTINGS:
             default = getattr(ChunkParams(), attr)
             parser.add_argument(
