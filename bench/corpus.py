@@ -47,7 +47,7 @@ from pathlib import Path
 CORPUS_ROOT = Path(__file__).resolve().parent / ".corpus"
 
 #: Bump when a generator changes so that stale cached corpora are rebuilt.
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 GO_VERSION_TAG = 1
 
 MIB = 1 << 20
@@ -118,14 +118,16 @@ def _compressible(rng: random.Random, size: int) -> bytes:
     """``size`` bytes that zstd -3 compresses ~4x and that share nothing with other calls.
 
     Runs of fresh 2-bit-entropy bytes (~3.2x on their own), a quarter of them replaced by
-    copies of an earlier run of the same buffer (LZ matches within the zstd window).
+    copies of one of the 8 runs before (LZ matches a few KiB back), so that compressing
+    each 64 KiB chunk alone does about as well as compressing the whole file, as with
+    real build outputs.
     """
     out = bytearray()
     runs: list[tuple[int, int]] = []
     while len(out) < size:
         n = rng.randint(256, 4096)
         if runs and rng.random() < 0.25:
-            start, length = runs[rng.randrange(max(0, len(runs) - 256), len(runs))]
+            start, length = runs[rng.randrange(max(0, len(runs) - 8), len(runs))]
             out += out[start : start + length]
         else:
             runs.append((len(out), n))
