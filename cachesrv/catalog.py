@@ -142,6 +142,18 @@ class Catalog:
             (stored.manifest_id, stored.body, stored.manifest.size, now),
         )
 
+    @classmethod
+    def _put_name(
+        cls, conn: sqlite3.Connection, table: str, name: str, stored: StoredManifest, now: float
+    ) -> None:
+        """Point ``name`` in ``objects`` or ``entries`` at a (new) version, uploaded now."""
+        cls._insert_manifest(conn, stored, now)
+        manifest = stored.manifest
+        conn.execute(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
+            (name, stored.manifest_id, manifest.size, manifest.digest, now, now),
+        )
+
     def live_manifest_ids(self) -> set[bytes]:
         conn = self.db.conn
         ids = {row[0] for row in conn.execute("SELECT manifest FROM objects")}
@@ -157,12 +169,7 @@ class Catalog:
         with self.db.transaction() as conn:
             for path, stored in items:
                 _check_tree(conn, path)
-                self._insert_manifest(conn, stored, now)
-                manifest = stored.manifest
-                conn.execute(
-                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
-                    (path, stored.manifest_id, manifest.size, manifest.digest, now, now),
-                )
+                self._put_name(conn, "objects", path, stored, now)
         return now
 
     def get(self, path: str) -> Ref | None:
@@ -218,12 +225,7 @@ class Catalog:
             if row is not None and not replace:
                 if max_age is None or now - row[0] <= max_age:
                     raise EntryExists(key)
-            self._insert_manifest(conn, stored, now)
-            manifest = stored.manifest
-            conn.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                (key, stored.manifest_id, manifest.size, manifest.digest, now, now),
-            )
+            self._put_name(conn, "entries", key, stored, now)
         return now
 
     def find_entry(

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import mimetypes
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -87,6 +88,12 @@ async def send_html(send: Any, status: int, text: str, headers: Headers = ()) ->
     await _send_simple(send, status, text.encode(), "text/html; charset=UTF-8", headers)
 
 
+def _disk_full(exc: Exception) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)  # SQLite's SQLITE_FULL, e.g. at publish
+
+
 class App:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -119,8 +126,8 @@ class App:
             if started[0]:
                 raise
             await send_json(tracked_send, exc.status, {"message": exc.message}, exc.headers)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or started[0]:
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not _disk_full(exc) or started[0]:
                 raise
             log.error("%s %s: disk full: %s", request.method, request.path, exc)
             await send_json(
