@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "serve":
+        from cachesrv.malloc import bound_heap
         from cachesrv.server import serve
+
+        bound_heap()
 
         serve(cfg)
         return 0

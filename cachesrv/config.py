@@ -31,11 +31,11 @@ class Config:
     # zstd level for chunks written on the request path.
     compression_level: int = 3
     # Verified, decompressed chunks kept in memory for restores.
-    chunk_cache_bytes: int = 32 * MiB
+    chunk_cache_bytes: int = 16 * MiB
     # Body bytes handed to the ingest worker at once (bigger units of work per GIL release).
     ingest_batch_bytes: int = 1 * MiB
     # Worker processes that take uploads off the event loop's process (0: threads only).
-    ingest_workers: int = 2
+    ingest_workers: int = 1
     log_level: str = "info"
     # Lifecycle (cachesrv.lifecycle): evict least recently used names once the packs hold
     # more than max_size bytes; refuse uploads with 507 past hard_limit (default
@@ -182,6 +182,9 @@ _CHUNK_SETTINGS = (
 )
 
 
+_DEFAULTS = Config()
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     server: bool,
@@ -196,8 +199,10 @@ def add_arguments(
             continue
         flag = "--" + setting.name.replace("_", "-")
         envs = ", ".join(setting.env)
+        default = getattr(_DEFAULTS, setting.name)
+        shown = "" if default is None else f"; default {default}"
         parser.add_argument(
-            flag, dest=setting.name, default=None, help=f"{setting.help} (env {envs})"
+            flag, dest=setting.name, default=None, help=f"{setting.help} (env {envs}{shown})"
         )
     if server if chunking is None else chunking:
         for name, env, attr in _CHUNK_SETTINGS:

@@ -22,58 +22,67 @@ from cachesrv.store import ChunkStore, decode_frame
 
 log = logging.getLogger(__name__)
 
-BATCH_BYTES = 1 << 20  # raw bytes per hand-over to a worker thread (x restores = memory)
-SEND_BYTES = 512 << 10  # bytes per send to the client
+BATCH_BYTES = 512 << 10  # raw bytes per hand-over to a worker thread (x restores = memory)
+SEND_BYTES = 256 << 10  # bytes per send to the client
 
 
 class ChunkReader:
-    """Verified chunk reads through a byte-bounded LRU cache. Thread-safe."""
+    """Verified chunk reads through a byte-bounded LRU cache. Thread-safe.
+
+    The cache holds raw chunks (plain restores) and stored zstd frames (``Content-Encoding:
+    zstd`` restores), each verified once when read from disk; its size counts both.
+    """
 
     def __init__(self, store: ChunkStore, cache_bytes: int) -> None:
         self.store = store
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, bool], bytes] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def read(self, chunk_id: bytes) -> bytes:
+    def _recall(self, key: tuple[bytes, bool]) -> bytes | None:
         with self._lock:
-            data = self._cache.get(chunk_id)
-            if data is not None:
-                self._cache.move_to_end(chunk_id)
-                self.hits += 1
-                return data
-            self.misses += 1
-        data = self.store.read(chunk_id)
-        if len(data) <= self.cache_bytes // 8:
-            with self._lock:
-                if chunk_id not in self._cache:
-                    self._cache[chunk_id] = data
-                    self._cached += len(data)
-                while self._cached > self.cache_bytes:
-                    _, evicted = self._cache.popitem(last=False)
-                    self._cached -= len(evicted)
+            value = self._cache.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def _remember(self, key: tuple[bytes, bool], value: bytes) -> None:
+        if len(value) > self.cache_bytes // 8:
+            return  # one huge chunk must not flush the whole cache
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = value
+                self._cached += len(value)
+            while self._cached > self.cache_bytes:
+                _, evicted = self._cache.popitem(last=False)
+                self._cached -= len(evicted)
+
+    def read(self, chunk_id: bytes) -> bytes:
+        data = self._recall((chunk_id, False))
+        if data is None:
+            data = self.store.read(chunk_id)
+            self._remember((chunk_id, False), data)
         return data
 
     def read_many(self, ids: Iterable[bytes]) -> list[bytes]:
         return [self.read(i) for i in ids]
 
-    def read_frames(self, ids: Iterable[bytes]) -> list[bytes]:
-        """Stored zstd frames, each verified by decoding it (the decoded chunk is cached)."""
-        frames = []
-        for chunk_id in ids:
+    def read_frame(self, chunk_id: bytes) -> bytes:
+        """The stored zstd frame, verified by decoding it once."""
+        frame = self._recall((chunk_id, True))
+        if frame is None:
             frame, raw_size = self.store.read_frame(chunk_id)
-            with self._lock:
-                known = chunk_id in self._cache
-            if not known:
-                data = decode_frame(chunk_id, frame, raw_size)
-                with self._lock:
-                    if chunk_id not in self._cache and raw_size <= self.cache_bytes // 8:
-                        self._cache[chunk_id] = data
-                        self._cached += raw_size
-            frames.append(frame)
-        return frames
+            decode_frame(chunk_id, frame, raw_size)
+            self._remember((chunk_id, True), frame)
+        return frame
+
+    def read_frames(self, ids: Iterable[bytes]) -> list[bytes]:
+        return [self.read_frame(i) for i in ids]
 
 
 def _batches(

@@ -30,6 +30,7 @@ import trio
 
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import IngestSession, IngestStats
+from cachesrv.malloc import bound_heap
 from cachesrv.manifest import Manifest
 
 FRAME = struct.Struct("<cI")
@@ -112,6 +113,7 @@ def _main() -> None:
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
     args = parser.parse_args()
+    bound_heap()
     sock = socket.socket(fileno=args.fd)
     try:
         worker_main(sock, args.data, ChunkParams(*args.chunk), args.level)

@@ -315,3 +315,32 @@ def test_concurrent_uploads_to_one_path_both_complete_last_wins(server: Server) 
         t.join()
     assert [p.returncode for p in procs] == [0, 0]
     assert curl("-f", f"{server.url}/same.bin").stdout in (a, b)
+
+
+def test_16_concurrent_restores_keep_server_memory_bounded(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "obj.bin"
+    with open(source, "wb") as out:
+        for piece in stream_bytes(150 * MB, seed=21):
+            out.write(piece)
+    digest = blake3.blake3(source.read_bytes()).digest()
+    assert curl("-f", "-T", str(source), f"{server.url}/obj.bin").returncode == 0
+    digests: list[bytes] = []
+    lock = threading.Lock()
+
+    def restore(compressed: bool) -> None:
+        if compressed:  # curl decodes the zstd frames; the bytes must still match
+            result = download_digest(f"{server.url}/obj.bin", "--compressed")
+        else:
+            result = download_digest(f"{server.url}/obj.bin")
+        with lock:
+            digests.append(result)
+
+    threads = [threading.Thread(target=restore, args=(i % 2 == 0,)) for i in range(16)]
+    with watch(server.proc.pid, server.data) as seen:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+    assert digests == [digest] * 16
+    peak = int(seen["peak"])  # type: ignore[call-overload]
+    assert peak < 150 * 1024 * 1024, f"server tree peaked at {peak / 2**20:.0f} MiB"
