@@ -29,7 +29,7 @@ class Config:
     grace_period: float = 30.0
     chunking: ChunkParams = field(default_factory=ChunkParams)
     # zstd level for chunks written on the request path.
-    compression_level: int = 3
+    compression_level: int = 1
     # Verified, decompressed chunks kept in memory for restores.
     chunk_cache_bytes: int = 16 * MiB
     # Body bytes handed to the ingest worker at once (bigger units of work per GIL release).

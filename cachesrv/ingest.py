@@ -25,6 +25,10 @@ from cachesrv.store import ChunkMissing, ChunkSink, chunk_id
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
 # so that manifests stay small whatever the upload.
 INLINE_LIMIT = 64 * 1024
+# New chunks are compressed together once this many raw bytes are queued: one call
+# compresses them all on several threads (zstd releases the GIL once for the batch;
+# a thread per chunk would wait for the GIL after every chunk, DESIGN.md's convoy).
+COMPRESS_BATCH = 4 << 20
 
 
 @dataclass
@@ -40,14 +44,22 @@ class IngestSession:
     """Blocking: feed bytes, then finish() for the manifest. Not thread-safe itself."""
 
     def __init__(
-        self, store: ChunkSink, params: ChunkParams, level: int = 3, tar_aware: bool = True
+        self,
+        store: ChunkSink,
+        params: ChunkParams,
+        level: int = 3,
+        tar_aware: bool = True,
+        threads: int = 1,
     ) -> None:
         self.store = store
         self.splitter = Splitter(params, tar_aware=tar_aware)
         self.compressor = zstandard.ZstdCompressor(level=level)
+        self.threads = threads
         self.hasher = blake3.blake3()
         self.pieces: list[Piece] = []
         self.stats = IngestStats()
+        self._queued: dict[bytes, bytes] = {}  # new chunks awaiting compression
+        self._queued_bytes = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self.hasher.update(data)
@@ -56,6 +68,7 @@ class IngestSession:
 
     def finish(self) -> Manifest:
         self._absorb(self.splitter.finish())
+        self._compress_queued()
         self.store.commit()
         # Every chunk is still there (and pinned again if its pin is old): GC cannot have
         # swept one this upload deduplicated against, nor a failed write dropped one.
@@ -84,14 +97,28 @@ class IngestSession:
                     self.pieces.append(Piece(size, inline=bytes(piece.data)))
                 continue
             self.stats.chunks += 1
-            if cid in missing:
+            if cid in missing and cid not in self._queued:
                 missing.discard(cid)
-                frame = self.compressor.compress(piece.data)
-                self.store.put(cid, size, frame)
+                self._queued[cid] = bytes(piece.data)
+                self._queued_bytes += size
                 self.stats.new_chunks += 1
                 self.stats.new_bytes += size
-                self.stats.stored_bytes += len(frame)
             self.pieces.append(Piece(size, chunk_id=cid))
+        if self._queued_bytes >= COMPRESS_BATCH:
+            self._compress_queued()
+
+    def _compress_queued(self) -> None:
+        ids = list(self._queued)
+        chunks: list[bytes | bytearray | memoryview] = list(self._queued.values())
+        self._queued, self._queued_bytes = {}, 0
+        if self.threads > 1 and len(chunks) > 1:
+            batch = self.compressor.multi_compress_to_buffer(chunks, threads=self.threads)
+            frames = [batch[i].tobytes() for i in range(len(batch))]
+        else:
+            frames = [self.compressor.compress(chunk) for chunk in chunks]
+        for cid, chunk, frame in zip(ids, chunks, frames, strict=True):
+            self.store.put(cid, len(chunk), frame)
+            self.stats.stored_bytes += len(frame)
 
 
 class Upload:

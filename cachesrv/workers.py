@@ -59,7 +59,9 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
     sock.sendall(FRAME.pack(kind, len(payload)) + payload)
 
 
-def worker_main(sock: socket.socket, data: Path, params: ChunkParams, level: int) -> None:
+def worker_main(
+    sock: socket.socket, data: Path, params: ChunkParams, level: int, threads: int = 2
+) -> None:
     from cachesrv.store.local import LocalChunkStore
 
     store = LocalChunkStore(data)
@@ -77,7 +79,9 @@ def worker_main(sock: socket.socket, data: Path, params: ChunkParams, level: int
                 return
             if kind == b"B":
                 options = json.loads(bytes(payload))
-                session = IngestSession(store, params, level, options.get("tar_aware", True))
+                session = IngestSession(
+                    store, params, level, options.get("tar_aware", True), threads=threads
+                )
                 failure = None
             elif kind == b"D":
                 if session is not None and failure is None:
