@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ./pub
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The full benchmark (builds a real Go build cache corpus once, minutes; see bench/README.md).
+bench: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run --corpus go --json bench/results/go.json
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick --json bench/results/quick.json
 
 clean:
 	rm -rf $(VENV) *.egg-info
