@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 import zstandard
@@ -63,26 +63,30 @@ class ChunkReader:
                 self._cached -= len(evicted)
 
     def read(self, chunk_id: bytes) -> bytes:
-        data = self._recall((chunk_id, False))
-        if data is None:
-            data = self.store.read(chunk_id)
-            self._remember((chunk_id, False), data)
-        return data
+        return self.read_many([chunk_id])[0]
 
-    def read_many(self, ids: Iterable[bytes]) -> list[bytes]:
-        return [self.read(i) for i in ids]
+    def read_many(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Raw chunks, in order: cached ones from memory, the rest read together."""
+        return self._read(ids, frames=False)
 
-    def read_frame(self, chunk_id: bytes) -> bytes:
-        """The stored zstd frame, verified by decoding it once."""
-        frame = self._recall((chunk_id, True))
-        if frame is None:
-            frame, raw_size = self.store.read_frame(chunk_id)
-            decode_frame(chunk_id, frame, raw_size)
-            self._remember((chunk_id, True), frame)
-        return frame
+    def read_frames(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Stored zstd frames, in order, each verified by decoding it once."""
+        return self._read(ids, frames=True)
 
-    def read_frames(self, ids: Iterable[bytes]) -> list[bytes]:
-        return [self.read_frame(i) for i in ids]
+    def _read(self, ids: Sequence[bytes], frames: bool) -> list[bytes]:
+        found = [self._recall((i, frames)) for i in ids]
+        wanted = [i for i, value in zip(ids, found, strict=True) if value is None]
+        if wanted:
+            read = iter(self.store.read_frames(wanted))
+            for index, value in enumerate(found):
+                if value is None:
+                    chunk_id = ids[index]
+                    frame, raw_size = next(read)
+                    data = decode_frame(chunk_id, frame, raw_size)
+                    value = frame if frames else data
+                    self._remember((chunk_id, frames), value)
+                    found[index] = value
+        return found  # type: ignore[return-value]
 
 
 def _batches(

@@ -8,7 +8,7 @@ know which one is in use. Every read is verified against the chunk's id.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,9 @@ class ChunkStore(ChunkSink, Protocol):
 
     def read(self, chunk_id: bytes) -> bytes:
         """The raw bytes of a chunk, verified against its id."""
+
+    def read_frames(self, ids: Sequence[bytes]) -> list[tuple[bytes, int]]:
+        """:meth:`read_frame` for many chunks at once, in order."""
 
     def iter_ids(self) -> Iterator[bytes]:
         """Every stored chunk id."""

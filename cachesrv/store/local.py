@@ -38,7 +38,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cachesrv.db import Database
@@ -357,6 +357,30 @@ class LocalChunkStore:
                 continue
             return os.pread(fd, length, offset), raw_size
         raise AssertionError("unreachable")
+
+    def read_frames(self, ids: Sequence[bytes]) -> list[tuple[bytes, int]]:
+        """Frames and raw sizes of many chunks, located with one index query per batch
+        (a restore of a Go cache reads thousands of tiny chunks: a query each dominated)."""
+        located: dict[bytes, Location] = {}
+        conn = self.db.conn
+        for batch in _batched(dict.fromkeys(ids), _LOOKUP_BATCH):
+            marks = ",".join("?" * len(batch))
+            for chunk_id, *location in conn.execute(
+                f"SELECT id, pack, offset, length, raw_size FROM chunks WHERE id IN ({marks})",
+                batch,
+            ):
+                located[chunk_id] = tuple(location)  # type: ignore[assignment]
+        frames = []
+        for chunk_id in ids:
+            location = located.get(chunk_id)
+            try:
+                if location is None:
+                    raise FileNotFoundError  # not indexed (any more): the slow path says why
+                pack, offset, length, raw_size = location
+                frames.append((os.pread(self._read_fd(pack), length, offset), raw_size))
+            except FileNotFoundError:
+                frames.append(self.read_frame(chunk_id))
+        return frames
 
     def forget_packs(self, live: set[int]) -> list[int]:
         """Stop caching read fds of packs not in ``live``; returns the fds to close later
