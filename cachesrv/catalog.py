@@ -131,7 +131,7 @@ class Catalog:
         manifest = Manifest.decode(row[0])
         with self._cache_lock:
             self._cache[manifest_id] = manifest
-            while len(self._cache) > 16:
+            while len(self._cache) > 4:  # a Go cache's decoded manifest is ~10 MB
                 self._cache.popitem(last=False)
         return manifest
 

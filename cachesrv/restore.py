@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import trio
 import zstandard
@@ -33,9 +33,12 @@ class ChunkReader:
     zstd`` restores), each verified once when read from disk; its size counts both.
     """
 
-    def __init__(self, store: ChunkStore, cache_bytes: int) -> None:
+    def __init__(self, store: ChunkStore, cache_bytes: int, threads: int = 3) -> None:
         self.store = store
         self.cache_bytes = cache_bytes
+        # Reads of all restores share a few threads: two cores gain nothing from more, and
+        # each thread holds its own SQLite connections and zstd context (memory).
+        self.limiter = trio.CapacityLimiter(threads)
         self._cache: OrderedDict[tuple[bytes, bool], bytes] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
@@ -89,19 +92,29 @@ class ChunkReader:
         return found  # type: ignore[return-value]
 
 
-def _batches(
-    manifest: Manifest, start: int, end: int
-) -> list[list[tuple[bytes | None, bytes | None, int, int]]]:
-    """Split the byte range into batches: (chunk id or None, inline bytes, lo, hi)."""
-    batches: list[list[tuple[bytes | None, bytes | None, int, int]]] = [[]]
+Slice = tuple[bytes | None, bytes | None, int, int]  # chunk id or None, inline bytes, lo, hi
+
+
+def _batches(manifest: Manifest, start: int, end: int) -> Iterator[list[Slice]]:
+    """The byte range in batches of about BATCH_BYTES, made as they are needed (a Go
+    cache's manifest has ~20k pieces: listing them all per restore cost MBs each)."""
+    batch: list[Slice] = []
     size = 0
     for piece, lo, hi in manifest.span(start, end):
         if size >= BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append((piece.chunk_id, piece.inline, lo, hi))
+            yield batch
+            batch, size = [], 0
+        batch.append((piece.chunk_id, piece.inline, lo, hi))
         size += hi - lo
-    return batches
+    yield batch
+
+
+async def _in_thread(
+    reader: ChunkReader, read: Callable[[Sequence[bytes]], list[bytes]], ids: list[bytes]
+) -> list[bytes]:
+    if not ids:
+        return []
+    return await trio.to_thread.run_sync(read, ids, limiter=reader.limiter)
 
 
 async def restore_stream(
@@ -115,7 +128,7 @@ async def restore_stream(
     end = manifest.size if end is None else end
     for batch in _batches(manifest, start, end):
         ids = [cid for cid, _, _, _ in batch if cid is not None]
-        chunks = iter(await trio.to_thread.run_sync(reader.read_many, ids) if ids else [])
+        chunks = iter(await _in_thread(reader, reader.read_many, ids))
         out: list[bytes] = []
         pending = 0
         for cid, inline, lo, hi in batch:
@@ -139,7 +152,7 @@ async def restore_zstd(reader: ChunkReader, manifest: Manifest) -> AsyncIterator
     compressor = zstandard.ZstdCompressor(level=1)
     for batch in _batches(manifest, 0, manifest.size):
         ids = [cid for cid, _, _, _ in batch if cid is not None]
-        frames = iter(await trio.to_thread.run_sync(reader.read_frames, ids) if ids else [])
+        frames = iter(await _in_thread(reader, reader.read_frames, ids))
         out: list[bytes] = []
         pending = 0
         for cid, inline, _, _ in batch:
