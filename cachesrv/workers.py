@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -36,6 +37,17 @@ from cachesrv.manifest import Manifest
 FRAME = struct.Struct("<cI")
 SOCKET_BUFFER = 4 << 20
 SEND_BATCH = 256 << 10  # forward body bytes in batches: fewer syscalls, the worker keeps up
+
+
+RECYCLE_RSS = 48 << 20  # an idle worker above this is replaced (a fresh one is ~31 MB)
+
+
+def _resident_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0  # not Linux, or gone: nothing to measure
 
 
 class WorkerFailed(Exception):
@@ -219,6 +231,12 @@ class WorkerPool:
         if worker.broken:  # mid-frame or dead: its stream cannot be trusted again
             worker.proc.kill()
             worker.proc.wait()
+            worker._sock.close()
+            worker = Worker(*self._spawn_args)
+        elif _resident_bytes(worker.proc.pid) > RECYCLE_RSS:
+            # A big upload leaves ~30 MB of fragmented heap behind (pin cache, pieces);
+            # a fresh worker is cheaper than carrying it into the next restore's budget.
+            # Closing the socket makes it exit; subprocess reaps it later, no waiting here.
             worker._sock.close()
             worker = Worker(*self._spawn_args)
         self._idle.append(worker)
