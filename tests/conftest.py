@@ -128,6 +128,19 @@ def server(start_server: StartServer) -> Server:
     return start_server()
 
 
+def http_request(
+    method: str, url: str, body: bytes | None = None, timeout: float = 60
+) -> tuple[int, bytes]:
+    """Status and body of one request, an HTTP error status included (no curl process:
+    for tests that make thousands of requests)."""
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 def curl(
     *args: str, input: bytes | None = None, check: bool = False, timeout: float = 300
 ) -> subprocess.CompletedProcess[bytes]:

@@ -21,19 +21,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import clean_env, free_port, wait_ready
+from conftest import clean_env, free_port, http_request, wait_ready
 
 BUDGET = 45.0  # seconds of kill/restart rounds
 MiB = 1 << 20
 
 
-def _request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def _crash_request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    return http_request(method, url, body, timeout=30)
 
 
 class History:
@@ -80,7 +75,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) ->
     while time.monotonic() < deadline:
         proc, url = _start(data, log)
         for path, history in histories.items():  # what the last crash left
-            status, body = _request("GET", f"{url}/{path}")
+            status, body = _crash_request("GET", f"{url}/{path}")
             state = _digest(body) if status == 200 else None
             assert status in (200, 404), (path, status, body[:200])
             assert state in history.allowed(), (rounds, path, status)
@@ -99,7 +94,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) ->
                     op: list[object] = [None, False]
                     history.ops.append(op)
                     try:
-                        status, _ = _request("DELETE", f"{url}/upload?path={path}")
+                        status, _ = _crash_request("DELETE", f"{url}/upload?path={path}")
                     except (OSError, urllib.error.URLError, http.client.HTTPException):
                         return
                     op[1] = status in (202, 404)
@@ -109,7 +104,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) ->
                 op = [_digest(body), False]
                 history.ops.append(op)
                 try:
-                    status, _ = _request("PUT", f"{url}/{path}", body)
+                    status, _ = _crash_request("PUT", f"{url}/{path}", body)
                 except (OSError, urllib.error.URLError, http.client.HTTPException):
                     return  # the server died under us: this one is unacknowledged
                 op[1] = status == 201
@@ -130,7 +125,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) ->
 
     proc, url = _start(data, log)
     for path, history in histories.items():
-        status, body = _request("GET", f"{url}/{path}")
+        status, body = _crash_request("GET", f"{url}/{path}")
         assert (_digest(body) if status == 200 else None) in history.allowed(), path
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0

@@ -16,11 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from conftest import Server, StartServer
+from conftest import Server, StartServer, http_request
 
 from cachesrv.catalog import StoredManifest
 from cachesrv.config import Config
@@ -30,15 +28,6 @@ from cachesrv.repository import Repository
 
 MiB = 1 << 20
 DURATION = 12.0
-
-
-def _request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _digest(data: bytes) -> str:
@@ -68,7 +57,7 @@ def test_gc_loop_during_uploads_overwrites_deletes_and_downloads(
         while not stop.is_set():
             path = rng.choice(paths)
             if rng.random() < 0.2:
-                status, _ = _request("DELETE", f"{server.url}/upload?path={path}")
+                status, _ = http_request("DELETE", f"{server.url}/upload?path={path}")
                 if status in (202, 404):
                     with lock:
                         final[path] = None
@@ -78,7 +67,7 @@ def test_gc_loop_during_uploads_overwrites_deletes_and_downloads(
             body = content(rng)
             with lock:
                 published.setdefault(path, set()).add(_digest(body))
-            status, answer = _request("PUT", f"{server.url}/{path}", body)
+            status, answer = http_request("PUT", f"{server.url}/{path}", body)
             if status != 201:
                 errors.append(f"PUT {path}: {status} {answer[:200]!r}")
                 continue
@@ -94,7 +83,7 @@ def test_gc_loop_during_uploads_overwrites_deletes_and_downloads(
                 time.sleep(0.01)
                 continue
             path = rng.choice(paths)
-            status, body = _request("GET", f"{server.url}/{path}")
+            status, body = http_request("GET", f"{server.url}/{path}")
             if status == 200:
                 with lock:
                     known = _digest(body) in published[path]
@@ -124,12 +113,12 @@ def test_gc_loop_during_uploads_overwrites_deletes_and_downloads(
     assert not errors, errors[:10]
 
     for path, digest in final.items():
-        status, body = _request("GET", f"{server.url}/{path}")
+        status, body = http_request("GET", f"{server.url}/{path}")
         if digest is None:
             assert status == 404, path
         else:
             assert status == 200 and _digest(body) == digest, path
-    stats = json.loads(_request("GET", f"{server.url}/-/stats")[1])
+    stats = json.loads(http_request("GET", f"{server.url}/-/stats")[1])
     assert stats["lifecycle"]["last_gc"] is not None
     swept = [int(n) for n in re.findall(r"gc: (\d+) chunks", server.log_text())]
     assert sum(swept) > 0, "the server's collections swept nothing: the test proves nothing"
