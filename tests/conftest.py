@@ -148,3 +148,9 @@ def curl(
     return subprocess.run(
         ["curl", "-sS", *args], input=input, capture_output=True, check=check, timeout=timeout
     )
+
+
+def status(*args: str, input: bytes | None = None) -> int:
+    """The HTTP status of one real curl request (the body is discarded)."""
+    result = curl("-w", "%{http_code}", "-o", "/dev/null", *args, input=input)
+    return int(result.stdout or 0)

@@ -7,7 +7,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import Server, StartServer, curl
+from conftest import Server, StartServer, curl, status
 
 
 def save(server: Server, key: str, data: bytes, query: str = "") -> int:
@@ -102,17 +102,15 @@ def test_delete_entry(server: Server) -> None:
 def test_keyed_writes_need_credentials(start_server: StartServer) -> None:
     server = start_server(env={"UPLOADER_UPLOAD_CREDENTIALS": "u:p"})
     assert save(server, "k", b"x") == 401
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-u",
-        "u:p",
-        "-T",
-        "-",
-        f"{server.url}/-/cache/k",
-        input=b"x",
+    assert (
+        status(
+            "-u",
+            "u:p",
+            "-T",
+            "-",
+            f"{server.url}/-/cache/k",
+            input=b"x",
+        )
+        == 201
     )
-    assert result.stdout == b"201"
     assert fetch(server, "k")[2] == b"x"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import Server, StartServer, curl
+from conftest import Server, StartServer, curl, status
 
 
 def upload(server: Server, path: str, data: bytes, *extra: str) -> tuple[int, bytes]:
@@ -86,17 +86,15 @@ def test_overwrite_replaces_silently(server: Server) -> None:
 def test_leading_slash_and_query_path_are_accepted(server: Server) -> None:
     assert upload(server, "/lead/x.txt", b"a")[0] == 201
     assert get(server, "lead/x.txt")[2] == b"a"
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-F",
-        "file=@-",
-        f"{server.url}/upload?path=q/y.txt",
-        input=b"qq",
+    assert (
+        status(
+            "-F",
+            "file=@-",
+            f"{server.url}/upload?path=q/y.txt",
+            input=b"qq",
+        )
+        == 201
     )
-    assert result.stdout == b"201"
     assert get(server, "q/y.txt")[2] == b"qq"
 
 
@@ -300,18 +298,16 @@ def test_delete_upload_removes_recursively(server: Server) -> None:
 
 def test_delete_upload_with_empty_path_is_400_and_deletes_nothing(server: Server) -> None:
     upload(server, "keep", b"1")
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "DELETE",
-        "-F",
-        "path=",
-        f"{server.url}/upload",
+    assert (
+        status(
+            "-X",
+            "DELETE",
+            "-F",
+            "path=",
+            f"{server.url}/upload",
+        )
+        == 400
     )
-    assert result.stdout == b"400"
     assert get(server, "keep")[2] == b"1"
 
 
@@ -320,8 +316,8 @@ def test_delete_old_files(server: Server) -> None:
     upload(server, "logs/sub/b.txt", b"b")
     url = f"{server.url}/delete?path=logs&days=1"
     result = curl("-w", "\n%{http_code}", "-X", "DELETE", url)
-    body, _, status = result.stdout.rpartition(b"\n")
-    assert status == b"202"
+    body, _, code = result.stdout.rpartition(b"\n")
+    assert code == b"202"
     assert body.decode() == "There are NO Old Files more than 1 days to be deleted 💇"
     result = curl("-w", "\n%{http_code}", "-X", "DELETE", f"{server.url}/delete?path=logs&days=0")
     body, _, _ = result.stdout.rpartition(b"\n")
@@ -338,16 +334,14 @@ def test_delete_old_files(server: Server) -> None:
     body, _, _ = result.stdout.rpartition(b"\n")
     assert body.decode() == "Old Files/child directories more than 0 days has been deleted 💇"
     assert get(server, "logs/sub/b.txt")[0] == 404
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "DELETE",
-        f"{server.url}/delete?path=logs&days=0&recursive=maybe",
+    assert (
+        status(
+            "-X",
+            "DELETE",
+            f"{server.url}/delete?path=logs&days=0&recursive=maybe",
+        )
+        == 400
     )
-    assert result.stdout == b"400"
 
 
 def test_unknown_methods_are_405_with_allow(server: Server) -> None:
@@ -360,51 +354,29 @@ def test_unknown_methods_are_405_with_allow(server: Server) -> None:
 
 def test_put_raw_body_content_length_and_chunked(server: Server) -> None:
     data = os.urandom(200_000)
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-T",
-        "-",
-        f"{server.url}/p/chunked.bin",
-        input=data,
-    )  # curl -T - sends chunked
-    assert result.stdout == b"201"
+    # curl -T - sends chunked
+    assert status("-T", "-", f"{server.url}/p/chunked.bin", input=data) == 201
     assert get(server, "p/chunked.bin")[2] == data
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PUT",
-        "--data-binary",
-        "@-",
-        f"{server.url}/p/length.bin",
-        input=data,
-    )
-    assert result.stdout == b"201"
+    url = f"{server.url}/p/length.bin"
+    assert status("-X", "PUT", "--data-binary", "@-", url, input=data) == 201
     assert get(server, "p/length.bin")[2] == data
 
 
 def test_put_with_gzip_content_encoding_stores_the_decoded_stream(server: Server) -> None:
     data = b"tar-ish content " * 10_000
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Encoding: gzip",
-        "--data-binary",
-        "@-",
-        f"{server.url}/g.tar",
-        input=gzip.compress(data),
+    assert (
+        status(
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "@-",
+            f"{server.url}/g.tar",
+            input=gzip.compress(data),
+        )
+        == 201
     )
-    assert result.stdout == b"201"
     assert get(server, "g.tar")[2] == data
 
 
@@ -414,37 +386,33 @@ def test_put_with_zstd_content_encoding_of_several_frames(server: Server) -> Non
         zstandard.ZstdCompressor().compress(data[i : i + 100_000])
         for i in range(0, len(data), 100_000)
     )
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Encoding: zstd",
-        "--data-binary",
-        "@-",
-        f"{server.url}/z.tar",
-        input=body,
+    assert (
+        status(
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Encoding: zstd",
+            "--data-binary",
+            "@-",
+            f"{server.url}/z.tar",
+            input=body,
+        )
+        == 201
     )
-    assert result.stdout == b"201"
     assert get(server, "z.tar")[2] == data
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Encoding: gzip",
-        "--data-binary",
-        "@-",
-        f"{server.url}/bad.tar",
-        input=b"not gzip at all",
+    assert (
+        status(
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "@-",
+            f"{server.url}/bad.tar",
+            input=b"not gzip at all",
+        )
+        == 400
     )
-    assert result.stdout == b"400"
     assert get(server, "bad.tar")[0] == 404
 
 
@@ -497,21 +465,19 @@ class TestCredentials:
             assert curl("-w", "%{http_code}", "-o", "/dev/null", *args, input=b"x").stdout == b"401"
 
     def test_password_may_contain_colons_and_reads_stay_open(self, secured: Server) -> None:
-        result = curl(
-            "-w",
-            "%{http_code}",
-            "-o",
-            "/dev/null",
-            "-u",
-            "ci:s3cr:et",
-            "-F",
-            "path=a",
-            "-F",
-            "file=@-",
-            f"{secured.url}/upload",
-            input=b"x",
+        assert (
+            status(
+                "-u",
+                "ci:s3cr:et",
+                "-F",
+                "path=a",
+                "-F",
+                "file=@-",
+                f"{secured.url}/upload",
+                input=b"x",
+            )
+            == 201
         )
-        assert result.stdout == b"201"
         assert curl("-f", f"{secured.url}/a").stdout == b"x"
         assert curl("-fsI", f"{secured.url}/a").returncode == 0
 
