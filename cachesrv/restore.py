@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 import trio
 import zstandard
@@ -117,6 +117,24 @@ async def _in_thread(
     return await trio.to_thread.run_sync(read, ids, limiter=reader.limiter)
 
 
+def _part(data: bytes, lo: int, hi: int) -> bytes:
+    return data if (lo, hi) == (0, len(data)) else data[lo:hi]
+
+
+def _in_sends(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """Join consecutive parts into sends of about SEND_BYTES (fewer, larger ASGI messages)."""
+    out: list[bytes] = []
+    pending = 0
+    for part in parts:
+        out.append(part)
+        pending += len(part)
+        if pending >= SEND_BYTES:
+            yield b"".join(out)
+            out, pending = [], 0
+    if out:
+        yield b"".join(out)
+
+
 async def restore_stream(
     reader: ChunkReader, manifest: Manifest, start: int = 0, end: int | None = None
 ) -> AsyncIterator[bytes]:
@@ -129,18 +147,12 @@ async def restore_stream(
     for batch in _batches(manifest, start, end):
         ids = [cid for cid, _, _, _ in batch if cid is not None]
         chunks = iter(await _in_thread(reader, reader.read_many, ids))
-        out: list[bytes] = []
-        pending = 0
-        for cid, inline, lo, hi in batch:
-            data = next(chunks) if cid is not None else inline
-            assert data is not None
-            out.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
-            pending += hi - lo
-            if pending >= SEND_BYTES:
-                yield b"".join(out)
-                out, pending = [], 0
-        if out:
-            yield b"".join(out)
+        parts = (
+            _part(next(chunks) if cid is not None else inline or b"", lo, hi)
+            for cid, inline, lo, hi in batch
+        )
+        for data in _in_sends(parts):
+            yield data
 
 
 async def restore_zstd(reader: ChunkReader, manifest: Manifest) -> AsyncIterator[bytes]:
@@ -153,14 +165,9 @@ async def restore_zstd(reader: ChunkReader, manifest: Manifest) -> AsyncIterator
     for batch in _batches(manifest, 0, manifest.size):
         ids = [cid for cid, _, _, _ in batch if cid is not None]
         frames = iter(await _in_thread(reader, reader.read_frames, ids))
-        out: list[bytes] = []
-        pending = 0
-        for cid, inline, _, _ in batch:
-            frame = next(frames) if cid is not None else compressor.compress(inline or b"")
-            out.append(frame)
-            pending += len(frame)
-            if pending >= SEND_BYTES:
-                yield b"".join(out)
-                out, pending = [], 0
-        if out:
-            yield b"".join(out)
+        parts = (
+            next(frames) if cid is not None else compressor.compress(inline or b"")
+            for cid, inline, _, _ in batch
+        )
+        for data in _in_sends(parts):
+            yield data
