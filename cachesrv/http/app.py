@@ -353,14 +353,18 @@ class App:
             )
             return
         if ref is None:
-            self.repo.counters.not_found += 1
-            if head:
-                await _send_simple(send, 404, b"", "application/json", head=True)
-                return
-            raise HttpError(404, "Not Found")
+            await self._not_found(request, send, "Not Found")
+            return
         content_type = mimetypes.guess_type(ref.name)[0] or "application/octet-stream"
         self.repo.access.touch("object", ref.name)
         await self._send_object(request, send, ref, content_type, [])
+
+    async def _not_found(self, request: Request, send: Any, message: str) -> None:
+        """404: a JSON message for GET, an empty body for HEAD (as the old server did)."""
+        self.repo.counters.not_found += 1
+        if request.method != "HEAD":
+            raise HttpError(404, message)
+        await _send_simple(send, 404, b"", "application/json", head=True)
 
     async def _send_object(
         self, request: Request, send: Any, ref: Ref, content_type: str, extra: Headers
@@ -468,11 +472,8 @@ class App:
             exact = request.arg("exact") in ("1", "true", "True")
             ref = catalog.find_entry(key, restore_keys, exact=exact)
             if ref is None:
-                self.repo.counters.not_found += 1
-                if method == "HEAD":
-                    await _send_simple(send, 404, b"", "application/json", head=True)
-                    return
-                raise HttpError(404, f"no cache entry matches {key!r}")
+                await self._not_found(request, send, f"no cache entry matches {key!r}")
+                return
             extra = [
                 _h("Cachesrv-Key", quote(ref.name, safe="/:@,+=")),
                 _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
