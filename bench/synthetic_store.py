@@ -14,7 +14,7 @@ import zstandard
 
 from cachesrv.catalog import Catalog, StoredManifest
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import chunk_id
+from cachesrv.store import chunk_id, encode_chunk
 from cachesrv.store.local import LocalChunkStore
 
 
@@ -30,7 +30,7 @@ def build(data: Path, objects: int, chunks_per_object: int, chunk_size: int = 64
         for _ in range(chunks_per_object):
             raw = os.urandom(chunk_size)
             cid = chunk_id(raw)
-            store.put(cid, len(raw), compressor.compress(raw))
+            store.put(cid, encode_chunk(compressor, raw))
             pieces.append(Piece(len(raw), chunk_id=cid))
         # the digest is not checked by the store: any 32 bytes do for a synthetic object
         manifest = Manifest(chunk_size * chunks_per_object, os.urandom(32), tuple(pieces))

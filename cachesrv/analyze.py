@@ -20,7 +20,7 @@ import zstandard
 
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import IngestSession
-from cachesrv.store import StoreStats
+from cachesrv.store import Frame, StoreStats
 
 READ_BYTES = 1 << 20
 
@@ -34,8 +34,8 @@ class SizingStore:
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         return {i for i in ids if i not in self.sizes}
 
-    def put(self, chunk_id: bytes, raw_size: int, frame: bytes) -> None:
-        self.sizes.setdefault(chunk_id, (raw_size, len(frame)))
+    def put(self, chunk_id: bytes, frame: Frame) -> None:
+        self.sizes.setdefault(chunk_id, (frame.raw_size, len(frame.data)))
 
     def commit(self) -> None:
         return None

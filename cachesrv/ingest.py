@@ -19,7 +19,7 @@ import zstandard
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import ChunkMissing, ChunkSink, chunk_id
+from cachesrv.store import ChunkMissing, ChunkSink, choose_codec, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -116,9 +116,10 @@ class IngestSession:
             frames = [batch[i].tobytes() for i in range(len(batch))]
         else:
             frames = [self.compressor.compress(chunk) for chunk in chunks]
-        for cid, chunk, frame in zip(ids, chunks, frames, strict=True):
-            self.store.put(cid, len(chunk), frame)
-            self.stats.stored_bytes += len(frame)
+        for cid, chunk, compressed in zip(ids, chunks, frames, strict=True):
+            frame = choose_codec(chunk, compressed)
+            self.store.put(cid, frame)
+            self.stats.stored_bytes += len(frame.data)
 
 
 class Upload:

@@ -18,7 +18,7 @@ import trio
 import zstandard
 
 from cachesrv.manifest import Manifest
-from cachesrv.store import ChunkStore, decode_frame
+from cachesrv.store import ChunkStore, Codec, check_frame, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class ChunkReader:
         return self._read(ids, frames=False)
 
     def read_frames(self, ids: Sequence[bytes]) -> list[bytes]:
-        """Stored zstd frames, in order, each verified by decoding it once."""
+        """zstd frames, in order: stored ones verified by their frame digest (decoded where
+        they have none); raw-stored chunks verified and compressed on the fly."""
         return self._read(ids, frames=True)
 
     def _read(self, ids: Sequence[bytes], frames: bool) -> list[bytes]:
@@ -84,13 +85,27 @@ class ChunkReader:
             for index, value in enumerate(found):
                 if value is None:
                     chunk_id = ids[index]
-                    frame, raw_size = next(read)
-                    data = decode_frame(chunk_id, frame, raw_size)
-                    value = frame if frames else data
+                    frame = next(read)
+                    if not frames:
+                        value = decode_frame(chunk_id, frame)
+                    elif frame.codec == Codec.RAW:
+                        value = _zstd_of(decode_frame(chunk_id, frame))
+                    else:
+                        check_frame(chunk_id, frame)
+                        value = frame.data
                     self._remember((chunk_id, frames), value)
                     found[index] = value
         return found  # type: ignore[return-value]
 
+
+def _zstd_of(data: bytes) -> bytes:
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=1)
+    return compressor.compress(data)
+
+
+_local = threading.local()
 
 Slice = tuple[bytes | None, bytes | None, int, int]  # chunk id or None, inline bytes, lo, hi
 

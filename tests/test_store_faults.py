@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cachesrv.store import chunk_id
+from cachesrv.store import choose_codec, chunk_id
 from cachesrv.store import local as local_store
 from cachesrv.store.local import LocalChunkStore
 
@@ -25,7 +25,7 @@ def _chunk(n: int, size: int = 3000) -> tuple[bytes, bytes, bytes]:
 
 def _put(store: LocalChunkStore, chunks: list[tuple[bytes, bytes, bytes]]) -> None:
     for cid, data, frame in chunks:
-        store.put(cid, len(data), frame)
+        store.put(cid, choose_codec(data, frame))
 
 
 def _assert_consistent(store: LocalChunkStore) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from cachesrv.catalog import NAMESPACES, Catalog
 from cachesrv.manifest import Manifest, ManifestError
-from cachesrv.store import ChunkError, decode_frame
-from cachesrv.store.local import RECORD_HEADER, LocalChunkStore
+from cachesrv.store import ChunkError, Codec, Frame, check_frame, decode_frame
+from cachesrv.store.local import RECORD_HEADER, RECORD_MAGICS, LocalChunkStore
 
 from . import packs
 
@@ -67,7 +67,7 @@ def _check_chunks(
     fds: dict[int, int] = {}
     bad = []
     try:
-        for chunk_id, (pack, offset, length, raw_size) in store.iter_locations():
+        for chunk_id, (pack, offset, length, raw_size, codec, digest) in store.iter_locations():
             report.chunks_checked += 1
             if pack not in sizes:
                 path = store.pack_dir / names.get(pack, "?")
@@ -86,9 +86,15 @@ def _check_chunks(
                 header = os.pread(fds[pack], RECORD_HEADER.size, offset - RECORD_HEADER.size)
                 frame = os.pread(fds[pack], length, offset)
                 try:
-                    if RECORD_HEADER.unpack(header)[1] != chunk_id:
+                    magic, named, _, _ = RECORD_HEADER.unpack(header)
+                    if named != chunk_id:
                         raise ChunkError("its record header names another chunk")
-                    decode_frame(chunk_id, frame, raw_size)
+                    if magic != RECORD_MAGICS[Codec(codec)]:
+                        raise ChunkError("its record header says another codec")
+                    stored = Frame(frame, raw_size, Codec(codec), digest)
+                    if digest is not None:
+                        check_frame(chunk_id, stored)  # what zstd restores rely on
+                    decode_frame(chunk_id, stored)  # and what the bytes really are
                 except ChunkError as exc:
                     reason = str(exc)
             if reason is not None:

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachesrv.store.local import MAGIC, RECORD_HEADER, LocalChunkStore
+from cachesrv.store import Codec
+from cachesrv.store.local import CODEC_OF_MAGIC, RECORD_HEADER, RECORD_MAGICS, LocalChunkStore
 
 MIN_AGE = 60.0  # seconds before an unindexed file may be a dead writer's
 COPY_STEP = 8 << 20  # bytes copied per compaction increment
@@ -134,7 +135,7 @@ def compact(store: LocalChunkStore, pack: PackUsage) -> Iterator[int]:
     copied so far). Ends with the old pack unlinked and its bytes reclaimed."""
     old_path = store.pack_dir / pack.name
     rows = store.db.conn.execute(
-        "SELECT id, offset, length, raw_size FROM chunks WHERE pack = ? ORDER BY offset",
+        "SELECT id, offset, length, raw_size, codec FROM chunks WHERE pack = ? ORDER BY offset",
         (pack.pack,),
     ).fetchall()
     name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.pack"
@@ -151,14 +152,15 @@ def compact(store: LocalChunkStore, pack: PackUsage) -> Iterator[int]:
         bad: list[tuple[bytes, int, int, int]] = []
         position = copied = since_yield = 0
         try:
-            for chunk_id, offset, length, raw_size in rows:
+            for chunk_id, offset, length, raw_size, codec in rows:
                 record = os.pread(src, RECORD_HEADER.size + length, offset - RECORD_HEADER.size)
                 magic, rid, raw, flen = (
                     RECORD_HEADER.unpack_from(record)
                     if len(record) >= RECORD_HEADER.size
                     else (b"", b"", 0, 0)
                 )
-                if (magic, rid, raw, flen) != (MAGIC, chunk_id, raw_size, length) or len(
+                expected = (RECORD_MAGICS[Codec(codec)], chunk_id, raw_size, length)
+                if (magic, rid, raw, flen) != expected or len(
                     record
                 ) != RECORD_HEADER.size + length:
                     bad.append((chunk_id, offset, length, raw_size))
@@ -238,7 +240,7 @@ def scan(path: Path) -> tuple[list[Record], int, int]:
             header = f.read(RECORD_HEADER.size)
             magic, chunk_id, raw_size, length = RECORD_HEADER.unpack(header)
             end = position + RECORD_HEADER.size + length
-            if magic != MAGIC or end > size:
+            if magic not in CODEC_OF_MAGIC or end > size:
                 break
             records.append(Record(position + RECORD_HEADER.size, chunk_id, raw_size, length))
             position = end

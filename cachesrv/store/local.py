@@ -2,8 +2,9 @@
 
 Layout under ``<data>/chunks/``::
 
-    packs/<name>.pack   records: MAGIC | id (32) | raw size (u32) | frame size (u32) | frame
-    index.sqlite        chunk id -> (pack, offset, length, raw size)
+    packs/<name>.pack   records: magic | id (32) | raw size (u32) | stored size (u32) | bytes
+                        (magic ``CSC1``: a zstd frame; ``CSR1``: the raw chunk)
+    index.sqlite        chunk id -> (pack, offset, length, raw size, codec, frame digest)
 
 A file per chunk costs ~180 µs of CPU each on ext4 (DESIGN.md), and a Go
 cache has thousands of 175-byte files: chunks are appended to packs instead.
@@ -42,9 +43,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import ChunkCorrupt, ChunkMissing, StoreStats, decode_frame
+from cachesrv.store import ChunkCorrupt, ChunkMissing, Codec, Frame, StoreStats, decode_frame
 
-MAGIC = b"CSC1"
+MAGIC = b"CSC1"  # a record holding a zstd frame
+MAGIC_RAW = b"CSR1"  # a record holding the raw chunk
+RECORD_MAGICS = {Codec.ZSTD: MAGIC, Codec.RAW: MAGIC_RAW}
+CODEC_OF_MAGIC = {magic: codec for codec, magic in RECORD_MAGICS.items()}
 RECORD_HEADER = struct.Struct("<4s32sII")
 PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
 _LOOKUP_BATCH = 500
@@ -66,7 +70,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     pack INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     length INTEGER NOT NULL,
-    raw_size INTEGER NOT NULL
+    raw_size INTEGER NOT NULL,
+    codec INTEGER NOT NULL DEFAULT 0,  -- cachesrv.store.Codec
+    digest BLOB  -- frame digest of the stored bytes; NULL for chunks stored before digests
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,
@@ -93,7 +99,13 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
-Location = tuple[int, int, int, int]  # pack, offset of the frame, frame length, raw size
+# pack, offset of the stored bytes, their length, raw size, codec, frame digest
+Location = tuple[int, int, int, int, int, bytes | None]
+_LOCATION = "pack, offset, length, raw_size, codec, digest"
+
+
+def _frame(data: bytes, location: Location) -> Frame:
+    return Frame(data, location[3], Codec(location[4]), location[5])
 
 
 class LocalChunkStore:
@@ -118,6 +130,7 @@ class LocalChunkStore:
         self._checked_at = -1e9
         self.pin_ttl = PIN_TTL
         self._init_pack_bytes()
+        self._add_frame_columns()
 
     def _init_pack_bytes(self) -> None:
         # Stores made before pack_bytes was counted: measure once (a stat per pack).
@@ -126,6 +139,16 @@ class LocalChunkStore:
             return
         disk = sum(p.stat().st_size for p in self.pack_dir.glob("*.pack"))
         conn.execute("INSERT OR IGNORE INTO totals VALUES ('pack_bytes', ?)", (disk,))
+
+    def _add_frame_columns(self) -> None:
+        # Indexes made before codecs and frame digests: old rows are zstd, digest unknown.
+        conn = self.db.conn
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+        with self.db.transaction():
+            if "codec" not in columns:
+                conn.execute("ALTER TABLE chunks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
+            if "digest" not in columns:
+                conn.execute("ALTER TABLE chunks ADD COLUMN digest BLOB")
 
     # -- writing -------------------------------------------------------------
 
@@ -216,7 +239,7 @@ class LocalChunkStore:
         row = self.db.conn.execute("SELECT value FROM settings WHERE name = 'pin_ttl'").fetchone()
         return PIN_TTL if row is None or row[0] is None else float(row[0])
 
-    def put(self, chunk_id: bytes, raw_size: int, frame: bytes) -> None:
+    def put(self, chunk_id: bytes, frame: Frame) -> None:
         with self._lock:
             if chunk_id in self._pending:
                 return
@@ -225,13 +248,22 @@ class LocalChunkStore:
                 if self._pending:
                     self._commit_locked()
                 self._open_pack()
-            self._check_limit(RECORD_HEADER.size + len(frame))
-            header = RECORD_HEADER.pack(MAGIC, chunk_id, raw_size, len(frame))
+            data = frame.data
+            self._check_limit(RECORD_HEADER.size + len(data))
+            magic = RECORD_MAGICS[frame.codec]
+            header = RECORD_HEADER.pack(magic, chunk_id, frame.raw_size, len(data))
             offset = self._pack_size + len(header)
-            self._buffer += (header, frame)
-            self._buffered += len(header) + len(frame)
-            self._pack_size = offset + len(frame)
-            self._pending[chunk_id] = (self._pack_id, offset, len(frame), raw_size)
+            self._buffer += (header, data)
+            self._buffered += len(header) + len(data)
+            self._pack_size = offset + len(data)
+            self._pending[chunk_id] = (
+                self._pack_id,
+                offset,
+                len(data),
+                frame.raw_size,
+                int(frame.codec),
+                frame.digest,
+            )
             if self._buffered >= 1 << 20 or len(self._buffer) >= 512:
                 self._flush_buffer()
 
@@ -250,18 +282,19 @@ class LocalChunkStore:
             self._abandon_pack()
             raise
         added = stored = raw = 0
-        appended = sum(RECORD_HEADER.size + length for _, _, length, _ in self._pending.values())
+        appended = sum(RECORD_HEADER.size + location[2] for location in self._pending.values())
         try:
             with _disk_full_as_oserror(), self.db.transaction() as conn:
-                for chunk_id, (pack, offset, length, raw_size) in self._pending.items():
+                for chunk_id, location in self._pending.items():
                     cursor = conn.execute(
-                        "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                        (chunk_id, pack, offset, length, raw_size),
+                        f"INSERT OR IGNORE INTO chunks (id, {_LOCATION}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (chunk_id, *location),
                     )
                     if cursor.rowcount:
                         added += 1
-                        stored += length
-                        raw += raw_size
+                        stored += location[2]
+                        raw += location[3]
                 _add_totals(conn, added, stored, raw)
                 conn.execute(
                     "UPDATE totals SET value = value + ? WHERE name = 'pack_bytes'", (appended,)
@@ -316,7 +349,7 @@ class LocalChunkStore:
 
     def _locate(self, chunk_id: bytes) -> Location:
         row = self.db.conn.execute(
-            "SELECT pack, offset, length, raw_size FROM chunks WHERE id = ?", (chunk_id,)
+            f"SELECT {_LOCATION} FROM chunks WHERE id = ?", (chunk_id,)
         ).fetchone()
         if row is None:
             quarantined = self.db.conn.execute(
@@ -345,9 +378,10 @@ class LocalChunkStore:
                     self._read_fds[pack] = fd
         return fd
 
-    def read_frame(self, chunk_id: bytes) -> tuple[bytes, int]:
+    def read_frame(self, chunk_id: bytes) -> Frame:
         for attempt in range(3):
-            pack, offset, length, raw_size = self._locate(chunk_id)
+            location = self._locate(chunk_id)
+            pack, offset, length = location[:3]
             try:
                 fd = self._read_fd(pack)
             except FileNotFoundError:
@@ -355,10 +389,10 @@ class LocalChunkStore:
                 if attempt == 2:
                     raise ChunkMissing(f"chunk {chunk_id.hex()}: its pack is gone") from None
                 continue
-            return os.pread(fd, length, offset), raw_size
+            return _frame(os.pread(fd, length, offset), location)
         raise AssertionError("unreachable")
 
-    def read_frames(self, ids: Sequence[bytes]) -> list[tuple[bytes, int]]:
+    def read_frames(self, ids: Sequence[bytes]) -> list[Frame]:
         """Frames and raw sizes of many chunks, located with one index query per batch
         (a restore of a Go cache reads thousands of tiny chunks: a query each dominated)."""
         located: dict[bytes, Location] = {}
@@ -366,7 +400,7 @@ class LocalChunkStore:
         for batch in _batched(dict.fromkeys(ids), _LOOKUP_BATCH):
             marks = ",".join("?" * len(batch))
             for chunk_id, *location in conn.execute(
-                f"SELECT id, pack, offset, length, raw_size FROM chunks WHERE id IN ({marks})",
+                f"SELECT id, {_LOCATION} FROM chunks WHERE id IN ({marks})",
                 batch,
             ):
                 located[chunk_id] = tuple(location)  # type: ignore[assignment]
@@ -376,8 +410,8 @@ class LocalChunkStore:
             try:
                 if location is None:
                     raise FileNotFoundError  # not indexed (any more): the slow path says why
-                pack, offset, length, raw_size = location
-                frames.append((os.pread(self._read_fd(pack), length, offset), raw_size))
+                pack, offset, length = location[:3]
+                frames.append(_frame(os.pread(self._read_fd(pack), length, offset), location))
             except FileNotFoundError:
                 frames.append(self.read_frame(chunk_id))
         return frames
@@ -390,8 +424,7 @@ class LocalChunkStore:
             return [self._read_fds.pop(p) for p in gone]
 
     def read(self, chunk_id: bytes) -> bytes:
-        frame, raw_size = self.read_frame(chunk_id)
-        return decode_frame(chunk_id, frame, raw_size)
+        return decode_frame(chunk_id, self.read_frame(chunk_id))
 
     def iter_ids(self) -> Iterator[bytes]:
         cursor = self.db.conn.execute("SELECT id FROM chunks")
@@ -400,7 +433,7 @@ class LocalChunkStore:
 
     def iter_locations(self) -> Iterator[tuple[bytes, Location]]:
         """Every indexed chunk with where it lives (for fsck and compaction)."""
-        cursor = self.db.conn.execute("SELECT id, pack, offset, length, raw_size FROM chunks")
+        cursor = self.db.conn.execute(f"SELECT id, {_LOCATION} FROM chunks")
         for chunk_id, *location in cursor:
             yield chunk_id, tuple(location)  # type: ignore[misc]
 
