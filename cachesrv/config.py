@@ -30,8 +30,10 @@ class Config:
     chunking: ChunkParams = field(default_factory=ChunkParams)
     # zstd level for chunks written on the request path.
     compression_level: int = 1
-    # Verified, decompressed chunks kept in memory for restores.
-    chunk_cache_bytes: int = 16 * MiB
+    # Decoded, verified spans of recent objects kept on disk for restores (0: none).
+    hot_cache_bytes: int = 2 * 1024 * MiB
+    # Worker processes that run restores off the event loop's process (0: threads).
+    restore_workers: int = 1
     # Body bytes handed to the ingest worker at once (bigger units of work per GIL release).
     ingest_batch_bytes: int = 1 * MiB
     # Worker processes that take uploads off the event loop's process (0: threads only).
@@ -122,10 +124,16 @@ SETTINGS: tuple[_Setting, ...] = (
         "compression_level", ("CACHESRV_COMPRESSION_LEVEL",), int, "zstd level for new chunks"
     ),
     _Setting(
-        "chunk_cache_bytes",
-        ("CACHESRV_CHUNK_CACHE_BYTES",),
+        "hot_cache_bytes",
+        ("CACHESRV_HOT_CACHE_BYTES",),
+        parse_size,
+        "disk for decoded copies of recent objects, so restores skip decoding (2G); 0: none",
+    ),
+    _Setting(
+        "restore_workers",
+        ("CACHESRV_RESTORE_WORKERS",),
         int,
-        "bytes of verified chunks kept in memory for restores",
+        "worker processes for restores (0: in-process threads)",
     ),
     _Setting(
         "ingest_workers",

@@ -15,8 +15,11 @@ from pathlib import Path
 
 
 class Database:
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, durable: bool = True) -> None:
+        """``durable=False`` (a cache): commits are not fsynced; WAL still keeps the file
+        consistent, a crash may lose the last commits."""
         self.path = path
+        self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -30,7 +33,7 @@ class Database:
                 self.path, timeout=60, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=60000")
             self._local.conn = conn
             with self._lock:

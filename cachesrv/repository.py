@@ -1,4 +1,4 @@
-"""The store as a whole: chunk store + catalog + hot-chunk reader, opened from a Config.
+"""The store as a whole: chunk store + catalog + hot cache + restores, opened from a Config.
 
 This is what the HTTP layer and the CLI hold; it knows nothing of HTTP.
 """
@@ -14,7 +14,9 @@ from cachesrv.ingest import IngestSession, IngestStats, Upload
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
 from cachesrv.lifecycle.gc import Collector, GcReport, Limits
-from cachesrv.restore import ChunkReader
+from cachesrv.restore.hot import HotCache
+from cachesrv.restore.job import Source
+from cachesrv.restore.workers import RestorePool
 from cachesrv.store import ChunkStore
 from cachesrv.store.local import LocalChunkStore
 from cachesrv.workers import RemoteUpload, WorkerPool
@@ -44,7 +46,8 @@ class Repository:
     config: Config
     store: ChunkStore
     catalog: Catalog
-    reader: ChunkReader
+    hot: HotCache | None
+    restores: RestorePool
     counters: Counters = field(default_factory=Counters)
     workers: WorkerPool | None = None  # set by the server; CLI tools ingest in-process
     access: AccessLog = field(default_factory=AccessLog)  # read times, flushed in batches
@@ -55,20 +58,35 @@ class Repository:
     def open(cls, config: Config) -> Repository:
         config.data.mkdir(parents=True, exist_ok=True)
         store = LocalChunkStore(config.data)
-        return cls(
-            config, store, Catalog(config.data), ChunkReader(store, config.chunk_cache_bytes)
+        catalog = Catalog(config.data)
+        hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
+        restores = RestorePool(
+            config.data,
+            config.hot_cache_bytes,
+            config.restore_workers,
+            Source(store, catalog, hot),
+            config.log_level,
         )
+        return cls(config, store, catalog, hot, restores)
 
     def ingest_session(self, tar_aware: bool = True) -> IngestSession:
         return IngestSession(
-            self.store, self.config.chunking, self.config.compression_level, tar_aware=tar_aware
+            self.store,
+            self.config.chunking,
+            self.config.compression_level,
+            tar_aware=tar_aware,
+            hot=self.hot,
         )
 
     def start_workers(self) -> None:
         if self.config.ingest_workers > 0:
             cfg = self.config
             self.workers = WorkerPool(
-                cfg.data, cfg.chunking, cfg.compression_level, cfg.ingest_workers
+                cfg.data,
+                cfg.chunking,
+                cfg.compression_level,
+                cfg.hot_cache_bytes,
+                cfg.ingest_workers,
             )
 
     def upload(self) -> Upload | RemoteUpload:
@@ -105,10 +123,19 @@ class Repository:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def hot_bytes(self) -> int:
+        return self.hot.hot_bytes() if self.hot is not None else 0
+
     def admits(self, length: int | None) -> bool:
-        """Whether an upload of ``length`` body bytes (None: unknown) may start."""
+        """Whether an upload of ``length`` body bytes (None: unknown) may start. The hot
+        cache counts against the hard limit, and gives its room up first."""
         limit = self.config.effective_hard_limit
-        return limit is None or self.pack_bytes() + (length or 0) <= limit
+        if limit is None:
+            return True
+        need = self.pack_bytes() + (length or 0)
+        if need + self.hot_bytes() > limit and self.hot is not None:
+            self.hot.trim(max(limit - need, 0))
+        return need + self.hot_bytes() <= limit
 
     def lifecycle_stats(self, objects: bool = False) -> dict[str, object]:
         cfg = self.config
@@ -151,12 +178,15 @@ class Repository:
         chunks = self.store.stats()
         logical = totals["logical_bytes"]
         c = self.counters
+        hot_bytes = self.hot_bytes()
+        restored = self.restores.stats
         return {
             **totals,
             "stored_bytes": chunks.stored_bytes,
             "chunks": chunks.chunks,
             "chunk_raw_bytes": chunks.raw_bytes,
-            "disk_bytes": chunks.disk_bytes,
+            "hot_bytes": hot_bytes,
+            "disk_bytes": chunks.disk_bytes + hot_bytes,
             # logical bytes per unique raw byte (what dedup saves) and raw per stored (zstd)
             "dedup_ratio": round(logical / chunks.raw_bytes, 3) if chunks.raw_bytes else None,
             "compression_ratio": (
@@ -173,8 +203,8 @@ class Repository:
                 "downloads": c.downloads,
                 "not_found": c.not_found,
                 "corrupt_chunks": c.corrupt_chunks,
-                "chunk_cache_hits": self.reader.hits,
-                "chunk_cache_misses": self.reader.misses,
+                "hot_span_hits": restored.hot_hits,
+                "hot_span_misses": restored.hot_misses,
             },
             "lifecycle": self.lifecycle_stats(objects),
         }
@@ -184,3 +214,5 @@ class Repository:
             self.workers.close()
         self.store.close()
         self.catalog.close()
+        if self.hot is not None:
+            self.hot.close()

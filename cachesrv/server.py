@@ -58,6 +58,7 @@ async def _serve_with_lifecycle(app: Any, repo: Repository, config: Config) -> N
     """The HTTP server and the lifecycle task (GC, access times) in one nursery:
     when serving ends the lifecycle task is cancelled between two increments."""
     async with trio.open_nursery() as nursery:
+        await nursery.start(repo.restores.run)
         await nursery.start(lifecycle_service.run, repo)
         await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
         nursery.cancel_scope.cancel()

@@ -72,11 +72,18 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
 
 
 def worker_main(
-    sock: socket.socket, data: Path, params: ChunkParams, level: int, threads: int = 2
+    sock: socket.socket,
+    data: Path,
+    params: ChunkParams,
+    level: int,
+    hot_bytes: int,
+    threads: int = 2,
 ) -> None:
+    from cachesrv.restore.hot import HotCache
     from cachesrv.store.local import LocalChunkStore
 
     store = LocalChunkStore(data)
+    hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
     header = memoryview(bytearray(FRAME.size))
     buffer = memoryview(bytearray(SEND_BATCH * 2))
     session: IngestSession | None = None
@@ -92,7 +99,7 @@ def worker_main(
             if kind == b"B":
                 options = json.loads(bytes(payload))
                 session = IngestSession(
-                    store, params, level, options.get("tar_aware", True), threads=threads
+                    store, params, level, options.get("tar_aware", True), threads=threads, hot=hot
                 )
                 failure = None
             elif kind == b"D":
@@ -120,6 +127,8 @@ def worker_main(
                 _send(sock, b"K")
     finally:
         store.close()
+        if hot is not None:
+            hot.close()
 
 
 def _main() -> None:
@@ -128,11 +137,12 @@ def _main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
+    parser.add_argument("--hot-bytes", type=int, required=True)
     args = parser.parse_args()
     bound_heap()
     sock = socket.socket(fileno=args.fd)
     try:
-        worker_main(sock, args.data, ChunkParams(*args.chunk), args.level)
+        worker_main(sock, args.data, ChunkParams(*args.chunk), args.level, args.hot_bytes)
     except (ConnectionError, KeyboardInterrupt):
         pass
 
@@ -143,7 +153,7 @@ def _main() -> None:
 class Worker:
     """One worker process and the server's end of its socket."""
 
-    def __init__(self, data: Path, params: ChunkParams, level: int) -> None:
+    def __init__(self, data: Path, params: ChunkParams, level: int, hot_bytes: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -160,6 +170,8 @@ class Worker:
             *map(str, params),
             "--level",
             str(level),
+            "--hot-bytes",
+            str(hot_bytes),
         ]
         self.proc = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
         theirs.close()
@@ -213,8 +225,10 @@ class Worker:
 class WorkerPool:
     """Worker processes, one upload at a time each; a broken worker is replaced."""
 
-    def __init__(self, data: Path, params: ChunkParams, level: int, size: int) -> None:
-        self._spawn_args = (data, params, level)
+    def __init__(
+        self, data: Path, params: ChunkParams, level: int, hot_bytes: int, size: int
+    ) -> None:
+        self._spawn_args = (data, params, level, hot_bytes)
         self._idle = [Worker(*self._spawn_args) for _ in range(size)]
         self._available = trio.Semaphore(size)
         self.size = size

@@ -43,7 +43,7 @@ def _chunk_location(data: Path, path: str) -> tuple[bytes, Path, int, int]:
 def test_corrupt_chunk_is_named_quarantined_refused_and_healed_by_reupload(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    server = start_server(args=["--gc-interval", "0"])
+    server = start_server(args=["--gc-interval", "0", "--hot-cache-bytes", "0"])
     damaged, intact = os.urandom(700 << 10), os.urandom(500 << 10)
     assert curl("-f", "-T", "-", f"{server.url}/a.bin", input=damaged).returncode == 0
     assert curl("-f", "-T", "-", f"{server.url}/b.bin", input=intact).returncode == 0
@@ -69,7 +69,7 @@ def test_corrupt_chunk_is_named_quarantined_refused_and_healed_by_reupload(
     assert after.returncode == 1 and "object 'a.bin'" in after.stderr
     assert "quarantined" in after.stderr
 
-    server = start_server(args=["--gc-interval", "0"], data=server.data)
+    server = start_server(args=["--gc-interval", "0", "--hot-cache-bytes", "0"], data=server.data)
     got = curl("-s", "-w", "\n%{http_code}", f"{server.url}/a.bin")
     body, _, status = got.stdout.rpartition(b"\n")
     assert status == b"500"
@@ -83,7 +83,7 @@ def test_corrupt_chunk_is_named_quarantined_refused_and_healed_by_reupload(
 
 
 def test_torn_tail_is_a_note_and_repair_trims_it(start_server: StartServer) -> None:
-    server = start_server(args=["--gc-interval", "0"])
+    server = start_server(args=["--gc-interval", "0", "--hot-cache-bytes", "0"])
     data = os.urandom(300 << 10)
     assert curl("-f", "-T", "-", f"{server.url}/t.bin", input=data).returncode == 0
     server.stop()
@@ -98,5 +98,5 @@ def test_torn_tail_is_a_note_and_repair_trims_it(start_server: StartServer) -> N
     assert _fsck(server.data, "--repair").returncode == 0
     assert pack.stat().st_size == size
     assert json.loads(_fsck(server.data).stdout)["notes"] == []
-    server = start_server(args=["--gc-interval", "0"], data=server.data)
+    server = start_server(args=["--gc-interval", "0", "--hot-cache-bytes", "0"], data=server.data)
     assert curl("-f", f"{server.url}/t.bin").stdout == data

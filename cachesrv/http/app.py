@@ -23,7 +23,7 @@ import mimetypes
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -37,9 +37,8 @@ from cachesrv.http.paths import clean_key, clean_path
 from cachesrv.http.request import Request
 from cachesrv.http.targz import extract_targz
 from cachesrv.ingest import Upload
-from cachesrv.manifest import Manifest
 from cachesrv.repository import Repository
-from cachesrv.restore import restore_stream, restore_zstd
+from cachesrv.restore.job import Job
 from cachesrv.store import ChunkError
 from cachesrv.workers import RemoteUpload
 
@@ -372,7 +371,7 @@ class App:
         """A stored object with honest HTTP: validators, conditionals, Range, zstd."""
         headers = request.headers
         head = request.method == "HEAD"
-        manifest: Manifest = self.repo.catalog.manifest(ref.manifest_id)  # pinned for the response
+        size = ref.size
         zstd = conditional.accepts_zstd(headers) and "range" not in headers
         etag = f'"{ref.etag}.zst"' if zstd else f'"{ref.etag}"'
         common = [
@@ -388,14 +387,14 @@ class App:
             await send({"type": "http.response.body", "body": b""})
             return
         try:
-            span = conditional.byte_range(headers, manifest.size, etag, ref.mtime)
+            span = conditional.byte_range(headers, size, etag, ref.mtime)
         except conditional.Unsatisfiable:
             await _send_simple(
                 send,
                 416,
                 b"",
                 content_type,
-                [*common, _h("Content-Range", f"bytes */{manifest.size}")],
+                [*common, _h("Content-Range", f"bytes */{size}")],
                 head,
             )
             return
@@ -403,53 +402,54 @@ class App:
         if zstd:
             status = 200
             common.append(_h("Content-Encoding", "zstd"))
-            body = restore_zstd(self.repo.reader, manifest)
+            job = Job(ref.manifest_id, ref.digest, size, zstd=True)
         else:
-            start, end = span or (0, manifest.size)
+            start, end = span or (0, size)
             status = 206 if span else 200
             if span:
-                common.append(_h("Content-Range", f"bytes {start}-{end - 1}/{manifest.size}"))
+                common.append(_h("Content-Range", f"bytes {start}-{end - 1}/{size}"))
             common.append(_h("Content-Length", end - start))
-            body = restore_stream(self.repo.reader, manifest, start, end)
+            job = Job(ref.manifest_id, ref.digest, size, start, end)
         if head:
             await send({"type": "http.response.start", "status": status, "headers": common})
             await send({"type": "http.response.body", "body": b""})
             return
         self.repo.counters.downloads += 1
-        body = self.repo.pins.hold(manifest, body)  # GC keeps its chunks until the end
+        try:
+            manifest = await trio.to_thread.run_sync(self.repo.catalog.manifest, ref.manifest_id)
+        except KeyError:  # collected between the lookup and now: it is gone
+            await self._not_found(request, send, "Not Found")
+            return
+        # GC keeps the manifest's chunks until the response ends, in whatever process
+        # the job runs
+        body = self.repo.pins.hold(manifest, self.repo.restores.stream(job))
         await self._stream(send, status, common, body, ref)
 
     async def _stream(
-        self, send: Any, status: int, headers: Headers, body: AsyncIterator[bytes], ref: Ref
+        self,
+        send: Any,
+        status: int,
+        headers: Headers,
+        body: AsyncIterator[bytes | bytearray],
+        ref: Ref,
     ) -> None:
-        # The first piece is read before the status line, so a broken object is a clean 500.
-        try:
-            first = await anext(body, b"")
-        except ChunkError as exc:
-            self._corrupt(ref, exc)
-            raise HttpError(500, f"stored object {ref.name!r} is damaged: {exc}") from exc
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        # The next pieces are read (in worker threads) while this one is being sent.
-        ahead_send, ahead_receive = trio.open_memory_channel[bytes](1)
-
-        async def read_ahead() -> None:
-            async with ahead_send:
-                async for data in body:
-                    await ahead_send.send(data)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_ahead)
+        # The restore job runs ahead of the client by its socket's buffer (cachesrv.restore).
+        async with aclosing(body):  # type: ignore[type-var]
+            # The first piece comes before the status line: a broken object is a clean 500.
+            try:
+                first = await anext(body, b"")
+            except ChunkError as exc:
+                self._corrupt(ref, exc)
+                raise HttpError(500, f"stored object {ref.name!r} is damaged: {exc}") from exc
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            try:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
-                async with ahead_receive:
-                    async for data in ahead_receive:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-        except BaseExceptionGroup as group:
-            corrupt = group.subgroup(ChunkError)
-            if corrupt is not None:
-                self._corrupt(ref, corrupt.exceptions[0])  # type: ignore[arg-type]
-            # Headers are gone: abort the connection so the client sees a failed transfer.
-            raise
+                async for data in body:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            except ChunkError as exc:
+                # Headers are gone: abort the connection so the client sees a failed transfer.
+                self._corrupt(ref, exc)
+                raise
         await send({"type": "http.response.body", "body": b""})
 
     def _corrupt(self, ref: Ref, exc: ChunkError) -> None:

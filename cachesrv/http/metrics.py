@@ -23,7 +23,8 @@ _GAUGES = {
     "stored_bytes": "Compressed bytes of the unique chunks",
     "chunks": "Unique chunks",
     "chunk_raw_bytes": "Uncompressed bytes of the unique chunks",
-    "disk_bytes": "Bytes of pack files on disk",
+    "hot_bytes": "Bytes of the hot cache (decoded copies of recent objects) on disk",
+    "disk_bytes": "Bytes on disk: pack files and the hot cache",
 }
 _COUNTERS = {
     "uploads": "Uploads completed",
@@ -33,8 +34,8 @@ _COUNTERS = {
     "downloads": "Downloads started",
     "not_found": "Reads of names that do not exist",
     "corrupt_chunks": "Chunks that failed verification when read",
-    "chunk_cache_hits": "Hot-chunk cache hits",
-    "chunk_cache_misses": "Hot-chunk cache misses",
+    "hot_span_hits": "Restored MiB spans served from the hot cache",
+    "hot_span_misses": "Restored MiB spans decoded from the chunk store",
 }
 
 

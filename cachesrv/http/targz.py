@@ -36,9 +36,7 @@ class _ObjectReader(io.RawIOBase):
             piece = next(self._pieces, None)
             if piece is None:
                 return 0
-            data = (
-                piece.inline if piece.chunk_id is None else self._repo.reader.read(piece.chunk_id)
-            )
+            data = piece.inline if piece.chunk_id is None else self._repo.store.read(piece.chunk_id)
             self._current = memoryview(data or b"")
         n = min(len(buffer), len(self._current))
         buffer[:n] = self._current[:n]

@@ -39,7 +39,9 @@ class ManifestPins:
         self._manifests: dict[int, Manifest] = {}
         self._lock = threading.Lock()
 
-    async def hold(self, manifest: Manifest, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def hold(
+        self, manifest: Manifest, body: AsyncIterator[bytes | bytearray]
+    ) -> AsyncIterator[bytes | bytearray]:
         """``body``, with ``manifest`` pinned until it is exhausted or closed."""
         key = id(manifest)
         with self._lock:

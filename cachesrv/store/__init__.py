@@ -49,7 +49,7 @@ class Codec(enum.IntEnum):
 RAW_BELOW = 0.03
 
 
-def frame_digest(stored: bytes | memoryview) -> bytes:
+def frame_digest(stored: bytes | bytearray | memoryview) -> bytes:
     """The digest recorded for stored bytes when they are written (checked on read)."""
     return blake3.blake3(stored, max_threads=1).digest(length=16)
 

@@ -1,0 +1,283 @@
+"""One restore, blocking: a byte range of a stored object in, verified bytes out on a socket.
+
+A job runs in a restore worker process (or, with ``--restore-workers 0``, in a
+thread of the server): it reads the manifest, serves each span of the object
+from the hot cache when it is there and verifies (one ``pread`` and one digest
+per MiB), else decodes it from the chunk store (a batch of frames per span,
+``multi_decompress_to_buffer``, every chunk checked against its id) and adds it
+to the hot cache. ``Content-Encoding: zstd`` jobs send the stored frames as
+they are, each verified by its frame digest, without decoding them.
+
+The output is a stream of frames on a socket, ``kind (1) | length (u32 LE) |
+payload``: ``D`` data, then ``E`` (JSON numbers) at the end, or ``X`` (a
+message) as soon as anything cannot be served. The server sends its status line
+only after the first ``D``, so damage found at the start is a clean 500; after
+that an ``X`` aborts the response, so the client sees a failed transfer, never
+wrong bytes. The socket's buffer is the read-ahead: the job runs ahead of the
+client by as much as it holds, and blocks (back-pressure) when it is full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import zstandard
+
+from cachesrv.catalog import Catalog
+from cachesrv.manifest import Manifest
+from cachesrv.restore.hot import SPAN, HotCache, Written
+from cachesrv.store import (
+    ChunkCorrupt,
+    ChunkError,
+    ChunkStore,
+    Codec,
+    Frame,
+    check_frame,
+    chunk_id,
+    decode_frame,
+)
+
+log = logging.getLogger("cachesrv.restore")
+
+FRAME = struct.Struct("<cI")
+DATA, END, FAIL = b"D", b"E", b"X"
+ZSTD_BATCH = 64  # content pieces per read of stored frames, at most
+ZSTD_FRAME = struct.Struct("<IBI")  # magic, descriptor (single segment, 4-byte size), size
+ZSTD_MAGIC = 0xFD2FB528
+RAW_BLOCK = 128 << 10  # largest zstd block
+RECORD_EVERY = 32  # spans: newly hot spans become visible to other restores this often
+
+
+@dataclass(frozen=True)
+class Job:
+    manifest_id: bytes
+    digest: bytes  # the object's BLAKE3 (hot-cache key)
+    size: int
+    start: int = 0
+    end: int = -1  # exclusive; -1: the object's end
+    zstd: bool = False
+    piece: int = SPAN  # bytes per frame sent (smaller when many restores share memory)
+
+    def encode(self) -> bytes:
+        fields = asdict(self)
+        fields["manifest_id"], fields["digest"] = self.manifest_id.hex(), self.digest.hex()
+        return json.dumps(fields).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Job:
+        fields = json.loads(data)
+        fields["manifest_id"] = bytes.fromhex(fields["manifest_id"])
+        fields["digest"] = bytes.fromhex(fields["digest"])
+        return cls(**fields)
+
+
+@dataclass
+class JobStats:
+    hot_hits: int = 0  # spans served from the hot cache
+    hot_misses: int = 0  # spans decoded from the chunk store
+    corrupt: int = 0  # chunks that failed verification
+
+
+@dataclass
+class Source:
+    """What jobs read, one per process: chunks, manifests and the hot cache."""
+
+    store: ChunkStore
+    catalog: Catalog
+    hot: HotCache | None
+    stats: JobStats = field(default_factory=JobStats)  # totals of this process
+
+
+def run(source: Source, job: Job, out: socket.socket) -> JobStats:
+    """Serve ``job`` onto ``out`` (blocking); returns its numbers. Never raises for a
+    broken object or a peer that went away: those end the stream."""
+    stats = JobStats()
+    try:
+        manifest = source.catalog.manifest(job.manifest_id)
+        parts = (
+            _zstd(source, manifest, job.piece) if job.zstd else _plain(source, job, manifest, stats)
+        )
+        for part in parts:
+            send_frame(out, DATA, part)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the response ended early (client gone): nothing more to send
+    except (ChunkError, KeyError) as exc:
+        if isinstance(exc, ChunkCorrupt):
+            stats.corrupt += 1
+        message = str(exc) if isinstance(exc, ChunkError) else "its manifest is gone"
+        log.error("restore of %s: %s", job.manifest_id.hex()[:16], message)
+        _try_send(out, FAIL, message.encode())
+    except Exception as exc:  # a bug must not take the worker down with it
+        log.exception("restore of %s failed", job.manifest_id.hex()[:16])
+        _try_send(out, FAIL, f"restore failed: {exc}".encode())
+    else:
+        _try_send(out, END, json.dumps(asdict(stats)).encode())
+    for name, value in asdict(stats).items():
+        setattr(source.stats, name, getattr(source.stats, name) + value)
+    return stats
+
+
+def send_frame(sock: socket.socket, kind: bytes, payload: bytes | memoryview = b"") -> None:
+    views = [memoryview(FRAME.pack(kind, len(payload))), memoryview(payload)]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent and views:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+        views = [v for v in views if len(v)]
+
+
+def _try_send(sock: socket.socket, kind: bytes, payload: bytes) -> None:
+    try:
+        send_frame(sock, kind, payload)
+    except OSError:
+        pass
+
+
+# -- plain (identity) restores ----------------------------------------------------
+
+
+def _plain(source: Source, job: Job, manifest: Manifest, stats: JobStats) -> Iterator[memoryview]:
+    end = manifest.size if job.end < 0 else job.end
+    if end <= job.start:
+        return
+    hot = source.hot
+    known = hot.lookup(job.digest) if hot is not None else {}
+    cold = _ColdReader(source.store)
+    written: list[Written] = []
+    try:
+        for index in range(job.start // SPAN, (end - 1) // SPAN + 1):
+            lo, hi = index * SPAN, min((index + 1) * SPAN, manifest.size)
+            span = known.get(index)
+            data = hot.read(job.digest, index, span) if hot is not None and span else None
+            if data is None:
+                data = cold.read(manifest, lo, hi)
+                stats.hot_misses += 1
+                if hot is not None:
+                    added = hot.append(index, data)
+                    if added is not None:
+                        written.append(added)
+                    if len(written) >= RECORD_EVERY:
+                        hot.record(job.digest, written)
+                        written = []
+            else:
+                stats.hot_hits += 1
+            view = memoryview(data)[max(job.start - lo, 0) : min(end, hi) - lo]
+            for at in range(0, len(view), job.piece):
+                yield view[at : at + job.piece]
+    finally:
+        if hot is not None:
+            hot.record(job.digest, written)
+
+
+class _ColdReader:
+    """Spans decoded from the chunk store: one batch read and decode per span; the chunk
+    that straddles two spans is decoded once."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.decompressor = zstandard.ZstdDecompressor()
+        self._last: tuple[bytes, bytes] | None = None
+
+    def read(self, manifest: Manifest, lo: int, hi: int) -> bytes:
+        pieces = list(manifest.span(lo, hi))
+        last = self._last
+        wanted = [
+            p.chunk_id
+            for p, _, _ in pieces
+            if p.chunk_id is not None and (last is None or p.chunk_id != last[0])
+        ]
+        chunks = self._decode(list(dict.fromkeys(wanted)))
+        if last is not None:
+            chunks[last[0]] = last[1]
+        parts: list[bytes | memoryview] = []
+        for piece, a, b in pieces:
+            data = piece.inline if piece.chunk_id is None else chunks[piece.chunk_id]
+            assert data is not None
+            parts.append(data if (a, b) == (0, len(data)) else memoryview(data)[a:b])
+            if piece.chunk_id is not None:
+                self._last = (piece.chunk_id, data)
+        return b"".join(parts)
+
+    def _decode(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        if not ids:
+            return {}
+        frames = self.store.read_frames(ids)
+        packed = [i for i, f in enumerate(frames) if f.codec == Codec.ZSTD]
+        decoded: dict[int, bytes] = {}
+        if packed:
+            sizes = struct.pack(f"<{len(packed)}Q", *(frames[i].raw_size for i in packed))
+            try:
+                batch = self.decompressor.multi_decompress_to_buffer(
+                    [frames[i].data for i in packed], decompressed_sizes=sizes
+                )
+                decoded = {i: batch[k].tobytes() for k, i in enumerate(packed)}
+            except zstandard.ZstdError:
+                # one frame is damaged: decode one by one, which names it
+                decoded = {i: decode_frame(ids[i], frames[i]) for i in packed}
+        chunks = {}
+        for i, (cid, frame) in enumerate(zip(ids, frames, strict=True)):
+            data = decoded.get(i, frame.data)
+            if len(data) != frame.raw_size or chunk_id(data) != cid:
+                raise ChunkCorrupt(f"chunk {cid.hex()}: content does not match its id")
+            chunks[cid] = data
+        return chunks
+
+
+# -- Content-Encoding: zstd restores ---------------------------------------------
+
+
+def _zstd(source: Source, manifest: Manifest, piece_bytes: int) -> Iterator[bytes]:
+    """The whole object as concatenated zstd frames: stored frames as they are (verified
+    by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
+    frames of raw blocks (no compression: zstd would not have saved anything)."""
+    compressor = zstandard.ZstdCompressor(level=1)
+    pieces = manifest.pieces
+    start = 0
+    while start < len(pieces):
+        stop, content, raw = start, 0, 0
+        while stop < len(pieces) and content < ZSTD_BATCH and raw < piece_bytes:
+            content += pieces[stop].chunk_id is not None
+            raw += pieces[stop].size
+            stop += 1
+        batch = pieces[start:stop]
+        ids = [p.chunk_id for p in batch if p.chunk_id is not None]
+        frames = iter(source.store.read_frames(ids) if ids else [])
+        out: list[bytes | memoryview] = []
+        for piece in batch:
+            if piece.chunk_id is None:
+                assert piece.inline is not None
+                out.append(compressor.compress(piece.inline))
+                continue
+            frame: Frame = next(frames)
+            if frame.codec == Codec.RAW:
+                out += raw_frame(decode_frame(piece.chunk_id, frame))
+            else:
+                check_frame(piece.chunk_id, frame)
+                out.append(frame.data)
+        yield b"".join(out)
+        start = stop
+
+
+def raw_frame(data: bytes) -> list[bytes | memoryview]:
+    """``data`` as one zstd frame of raw (stored, uncompressed) blocks: what a decoder
+    reads back as ``data``, made without running the compressor."""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = [ZSTD_FRAME.pack(ZSTD_MAGIC, 0xA0, len(data))]
+    at = 0
+    while True:
+        block = view[at : at + RAW_BLOCK]
+        at += len(block)
+        last = at >= len(data)
+        header = (len(block) << 3) | int(last)  # block type 0: raw
+        parts += (header.to_bytes(3, "little"), block)
+        if last:
+            return parts

@@ -1,0 +1,78 @@
+"""A restore worker process: takes jobs from the server, runs each in a thread of its own.
+
+Started by :class:`cachesrv.restore.workers.RestorePool` as
+``python -m cachesrv.restore.process``; see that module for why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cachesrv.restore.job import Job, Source, run
+
+JOB_THREADS = 32  # concurrent jobs per worker process (more wait for a thread)
+
+
+def worker_main(control: socket.socket, source: Source) -> None:
+    """Take jobs until the server closes the control socket."""
+    with ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="restore") as threads:
+        while True:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+            if not message:
+                return
+            out = socket.socket(fileno=fds[0])
+            threads.submit(serve_job, source, Job.decode(message), out)
+
+
+def serve_job(source: Source, job: Job, out: socket.socket) -> None:
+    with out:
+        out.setblocking(True)
+        run(source, job, out)
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="cachesrv restore worker (started by the server)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--hot-bytes", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s restore-worker %(levelname)s %(message)s"
+    )
+    from cachesrv.malloc import bound_heap
+
+    bound_heap()
+    source = open_source(args.data, args.hot_bytes)
+    control = socket.socket(fileno=args.fd)
+    control.setblocking(True)  # the server's end is non-blocking, and so was the fd
+    try:
+        worker_main(control, source)
+    except (ConnectionError, KeyboardInterrupt):
+        pass
+    finally:
+        close_source(source)
+
+
+def open_source(data: Path, hot_bytes: int) -> Source:
+    from cachesrv.catalog import Catalog
+    from cachesrv.restore.hot import HotCache
+    from cachesrv.store.local import LocalChunkStore
+
+    hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
+    return Source(LocalChunkStore(data), Catalog(data), hot)
+
+
+def close_source(source: Source) -> None:
+    source.store.close()
+    source.catalog.close()
+    if source.hot is not None:
+        source.hot.close()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,198 @@
+"""Where restore jobs run: worker processes, or threads of the server.
+
+The server's process is busy in Python sending responses (hypercorn + h11):
+the ceiling app spends ~0.33 core-seconds per GB doing only that. Reading,
+verifying and decoding in the same process convoys on the GIL (DESIGN.md), so
+jobs run in restore worker processes: the server sends a job over a
+``SOCK_SEQPACKET`` control socket together with one end of a fresh socket pair
+(``SCM_RIGHTS``), and the worker runs it in a thread of its own, writing frames
+(:mod:`cachesrv.restore.job`) that the server forwards to the client. Per MiB
+the server then does one ``recv_into`` and one send; the worker does the rest
+on the other core, and many restores at once share the worker's threads.
+
+With ``--restore-workers 0`` the same jobs run in threads of the server itself.
+Either way the jobs and the worker processes live in a nursery the server owns
+(:meth:`RestorePool.run`); a worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import json
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from cachesrv.restore.job import DATA, END, FAIL, FRAME, Job, JobStats, Source
+from cachesrv.restore.process import serve_job
+from cachesrv.store import ChunkCorrupt
+
+log = logging.getLogger("cachesrv.restore")
+
+SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its client
+# Past this many restores at once, jobs send smaller frames: the server holds about two
+# frames per restore (the frame and h11's copy of it), and memory is one budget.
+BUSY = 2
+
+
+class RestoreFailed(ChunkCorrupt):
+    """A restore job could not serve the object (damaged or missing data, worker died)."""
+
+
+# -- the server side --------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.control: trio.socket.SocketType | None = None
+        self.lock = trio.Lock()  # one job message at a time on the control socket
+        self.active = 0
+
+
+class RestorePool:
+    """Runs restore jobs; :meth:`run` must be running (in the server's nursery)."""
+
+    def __init__(
+        self, data: Path, hot_bytes: int, workers: int, source: Source, log_level: str = "info"
+    ) -> None:
+        self.data = data
+        self.hot_bytes = hot_bytes
+        self.source = source  # this process's, for jobs run in threads here
+        self.log_level = log_level
+        self._workers = [_Worker() for _ in range(workers)]
+        self._nursery: trio.Nursery | None = None
+        self.active = 0  # restores streaming now, in every process
+        self.stats = JobStats()  # totals reported by finished jobs, in every process
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers, keep them running until cancelled, then stop them."""
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                await nursery.start(self._supervise, worker)
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()  # jobs in threads run in this nursery
+
+    async def _supervise(
+        self, worker: _Worker, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        while True:
+            ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            command = [
+                sys.executable,
+                "-m",
+                "cachesrv.restore.process",
+                "--fd",
+                str(theirs.fileno()),
+                "--data",
+                str(self.data),
+                "--hot-bytes",
+                str(self.hot_bytes),
+                "--log-level",
+                self.log_level,
+            ]
+            process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),))
+            theirs.close()
+            worker.control = ours
+            if not started:
+                started = True
+                task_status.started()
+            try:
+                await process.wait()
+            finally:
+                worker.control = None
+                ours.close()  # EOF: the worker finishes what it runs, then exits
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(10):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+            log.error("restore worker exited with %s; starting another", process.returncode)
+            await trio.sleep(0.5)
+
+    async def stream(self, job: Job) -> AsyncIterator[bytearray]:
+        """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
+        cannot be served (before the first piece: nothing was sent yet)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for sock in (ours, theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        ours.setblocking(False)
+        reader = trio.socket.from_stdlib_socket(ours)
+        if self.active >= BUSY:
+            job = dataclasses.replace(job, piece=job.piece // 4)
+        self.active += 1
+        try:
+            worker = await self._hand_over(job, theirs)
+        except BaseException:
+            self.active -= 1
+            raise
+        try:
+            async for data in _frames(reader, self.stats):
+                yield data
+        finally:
+            reader.close()  # a job still sending gets EPIPE and stops
+            self.active -= 1
+            if worker is not None:
+                worker.active -= 1
+
+    async def _hand_over(self, job: Job, theirs: socket.socket) -> _Worker | None:
+        """Give the job to the least busy worker process, else run it in a thread here."""
+        for worker in sorted(self._workers, key=_load):
+            control = worker.control
+            if control is None:
+                continue
+            fds = array.array("i", [theirs.fileno()])
+            try:
+                async with worker.lock:
+                    await control.sendmsg(
+                        [job.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+                    )
+            except OSError as exc:  # it died: its supervisor starts another
+                log.warning("restore worker unavailable (%s); trying elsewhere", exc)
+                continue
+            theirs.close()
+            worker.active += 1
+            return worker
+        assert self._nursery is not None, "RestorePool.run is not running"
+        self._nursery.start_soon(trio.to_thread.run_sync, serve_job, self.source, job, theirs)
+        return None
+
+
+def _load(worker: _Worker) -> int:
+    return worker.active
+
+
+async def _frames(sock: trio.socket.SocketType, totals: JobStats) -> AsyncIterator[bytearray]:
+    header = memoryview(bytearray(FRAME.size))
+    while True:
+        await _receive_into(sock, header)
+        kind, length = FRAME.unpack(header)
+        payload = bytearray(length)
+        await _receive_into(sock, memoryview(payload))
+        if kind == DATA:
+            yield payload
+        elif kind == END:
+            for name, value in json.loads(payload).items():
+                setattr(totals, name, getattr(totals, name) + value)
+            return
+        elif kind == FAIL:
+            raise RestoreFailed(payload.decode(errors="replace"))
+        else:
+            raise RestoreFailed(f"restore job sent an unknown frame {kind!r}")
+
+
+async def _receive_into(sock: trio.socket.SocketType, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = await sock.recv_into(view[got:])
+        if n == 0:
+            raise RestoreFailed("the restore job ended early (its worker died?)")
+        got += n
