@@ -990,8 +990,10 @@ def format_table(doc: dict[str, object]) -> str:
             cells[f.row] = {}
         if f.name in figs:
             cells[f.row].setdefault(f.column, f.name)
-    header = ("figure", "hypercorn ceiling [or baseline]", "cachesrv (ratio)", "target",
-              "go-simple-uploader (ratio)")
+    server = str(doc.get("meta", {}).get("server", "cachesrv"))  # type: ignore[union-attr]
+    header = ("figure", "hypercorn ceiling [or baseline]",
+              f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)",
+              "target", "go-simple-uploader (ratio)")
     rows = [header]
     for row in order:
         names = cells[row]
