@@ -19,8 +19,8 @@ go-simple-uploader (fresh directory) in the same run. Reported per server and ki
 requests completed, errors (transport errors, wrong lengths, unexpected statuses), 503
 answers apart (a concurrency limit may answer 503 + Retry-After; the client then waits
 min(Retry-After, 1 s)), p50/p99 latency; RSS of the server's process tree sampled every
-0.5 s: peak, and the mean over the last minute (the whole load if shorter) next to the
-first one, to show whether memory stays flat; the client's CPU use.
+0.5 s: peak, and the mean over the last minute (the last third if the load is shorter than
+3 minutes) next to the first one, to show whether memory stays flat; the client's CPU use.
 
 Everything is bounded: each client stops at the deadline or after ``max_requests``
 requests, every request has a socket timeout, threads are joined with a timeout.
@@ -411,7 +411,9 @@ def _rss_figures(srv: ServerProcess, t_start: float, t_end: float) -> dict[str, 
     points = [(t, r) for t, r in srv.sampler.points_since(t_start) if t <= t_end + 0.5]
     if not points:
         return {}
-    window = min(60.0, t_end - t_start)
+    # the last minute; for a load shorter than 3 minutes, the last third (so that the first
+    # window and the last one differ and show whether memory grows)
+    window = min(60.0, (t_end - t_start) / 3)
     last = [r for t, r in points if t >= t_end - window]
     first = [r for t, r in points if t <= t_start + window]
     step = max(1, len(points) // 120)  # at most ~120 points in the JSON

@@ -272,8 +272,8 @@ for _col, _p, _who in ((CEILING, "load_ceiling_", "the ceiling app (client check
                  "(sampled every 50 ms).", None, 150 if _is_srv else None,
                  higher_is_better=False, row="load: peak RSS", column=_col, needs=NEEDS_LOAD),
             _fig(f"{_p}rss_last_minute_MB", "MB", _LOAD + f"{_who}: mean RSS over the last "
-                 "minute of the load (the whole load if shorter); next to the peak it shows "
-                 "whether memory stays flat.", None, higher_is_better=False,
+                 "minute of the load (its last third if it is shorter than 3 minutes); next to "
+                 "the peak it shows whether memory stays flat.", None, higher_is_better=False,
                  row="load: RSS mean, last minute", column=_col, needs=NEEDS_LOAD),
         ]
 FIGURES_BY_NAME = {f.name: f for f in FIGURES}
