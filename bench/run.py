@@ -1,11 +1,12 @@
-"""The cachesrv benchmark: upload, restore, memory and storage figures of the server under
-test, each next to a baseline measured in the same run on the same machine.
+"""The cachesrv benchmark: upload, restore, memory and storage figures of cachesrv, side by
+side with the hypercorn ceiling app and go-simple-uploader (the Go server cachesrv
+replaces), all measured in the same run on the same machine with the same curl commands.
 
 Run from the repository root::
 
+    python -m bench.run --corpus go --json bench/results/go.json   # make bench: the full run
     python -m bench.run                         # synthetic corpus (64 MiB), 3 runs
-    python -m bench.run --corpus go --json bench/results/go.json   # the real Go cache corpus
-    python -m bench.run --quick                 # CI: 4 MiB synthetic corpus, 1 run
+    python -m bench.run --quick                 # CI: 4 MiB synthetic, 1 run, no peer, no load
 
 Clients are real ``curl`` processes (as CI uses), one per request. Servers are
 subprocesses on 127.0.0.1 on free ports, started fresh (empty store) for each run and
@@ -13,20 +14,29 @@ always stopped (SIGTERM, then SIGKILL to their process group), also on Ctrl-C an
 
 Every figure is the median over ``--runs`` runs; MB is 10^6 bytes; a throughput is the
 tar's size divided by curl's ``time_total`` for the request (whole request, response
-included), so plain and compressed transfers compare on logical bytes. One run does:
+included), so plain and compressed transfers compare on logical (decoded) bytes. One run:
 
-1. Baseline app (``bench.baseline``): PUT v1, multipart POST v1, GET v2 from RAM, and GET
-   v2 through the emulated 1 Gbit/s link.
-2. Server, fresh store: multipart v1 (cold), multipart v2 to the same path (warm).
-3. Server, fresh store: PUT v1 (cold), PUT v2 (warm), the restore figures (the first GET
-   is the first read after the uploads), then (first run only, untimed) a byte-exact check
-   of what GET returns, plain and ``--compressed``, then 16 concurrent restores.
-4. Baseline app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
+1. Ceiling app (``bench.baseline``): PUT v1, multipart POST v1, 4 GETs of v2 from RAM,
+   8 concurrent GETs, one GET through the emulated 1 Gbit/s link.
+2. cachesrv, fresh store: multipart v1 (cold), stats, multipart v2 to the same path
+   (warm), stats; the first GET of v2 after the uploads, three more GETs, 8 concurrent
+   GETs, ``--compressed`` through 1 and 10 Gbit/s; the zstd body is saved for the sendfile
+   baseline; (first run only, untimed) a byte-exact check of GET, plain and
+   ``--compressed``; then 16 concurrent GETs (half ``--compressed``).
+3. cachesrv, fresh store: PUT v1 (cold), PUT v2 (warm).
+4. Sendfile baseline (``bench.sendfile_server``): ``curl --compressed`` at 10 Gbit/s of
+   the saved zstd body: what curl itself can decode.
+5. go-simple-uploader (``bench.peer``; not with ``--no-peer``/``--quick``), fresh
+   directory: the same steps as 2 (it has no compression and no PUT).
+6. Ceiling app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
 
-After each upload the harness waits until ``/-/stats`` stops changing (background work
-done) before the next step. The server's RSS peak per phase goes to the JSON's notes.
+Then, once (not with ``--quick``): the load benchmark (``bench.load``) against the ceiling
+app, cachesrv and the peer.
 
-The figures (``FIGURES`` below holds each one's definition, baseline and target).
+Before reading stored bytes the harness waits until ``/-/stats`` reports
+``background_pending_bytes == 0`` (background recompression done), or, if the server has
+no such field, until the stats stop changing. RSS peaks per phase go to the JSON's notes.
+Figures that could not be measured are listed in ``figures_skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -34,24 +44,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import psutil
 
@@ -59,12 +65,31 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import corpus as corpus_mod  # noqa: E402
+from bench import load as load_mod  # noqa: E402
+from bench import peer as peer_mod  # noqa: E402
+from bench.procs import (  # noqa: E402,F401  (re-exported: the names run.py always had)
+    MB,
+    REPO_ROOT,
+    RssSampler,
+    ServerProcess,
+    free_port,
+    fresh_dir,
+    http_get,
+    log,
+    python_env,
+    raise_on_sigterm,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MB = 1_000_000
 LINK_BYTES_PER_S = 125_000_000  # 1 Gbit/s, exactly (curl's "125M" would be 125 MiB/s)
+LINK10_BYTES_PER_S = 1_250_000_000  # 10 Gbit/s
 OBJECT_PATH = "ci/cache.tar"
+CONCURRENT_GETS = 8
 CONCURRENT_RESTORES = 16
+NEXT_GETS = 3
+
+# Table columns (where a figure is printed) and what a figure needs to be measured.
+CEILING, CACHESRV, PEER, CORPUS = "ceiling", "cachesrv", "peer", "corpus"
+NEEDS_PEER, NEEDS_LOAD, NEEDS_ZSTD_BODY = "peer", "load", "zstd_body"
 
 
 # --------------------------------------------------------------------------- figures
@@ -72,7 +97,10 @@ CONCURRENT_RESTORES = 16
 
 @dataclass(frozen=True)
 class Figure:
-    """One reported number, how it is measured, what it is compared to and its target."""
+    """One reported number, how it is measured, what it is compared to and its target.
+
+    ``row`` and ``column`` place it in the printed table; ``needs`` names what it cannot
+    be measured without (``peer``, ``load``, ``zstd_body``), for ``figures_skipped``."""
 
     name: str
     unit: str
@@ -80,231 +108,175 @@ class Figure:
     baseline: str | None = None  # name of the baseline figure the ratio is taken against
     target: float | None = None  # on the ratio (or on the value when there is no baseline)
     higher_is_better: bool = True
+    row: str = ""
+    column: str = CACHESRV
+    needs: str | None = None
+    may_be_zero: bool = False  # counts (errors, 503s): 0 is a valid, even the best, value
 
+
+def _fig(*args: object, **kw: object) -> Figure:
+    return Figure(*args, **kw)  # type: ignore[arg-type]
+
+
+_GET_DOC = ("GET of v2 (plain, identity encoding), one curl client, loopback")
+_PEER = "go-simple-uploader (built from ../shared/peers), fresh directory: "
 
 FIGURES: list[Figure] = [
-    # ---- baselines (measured on the baseline app / the corpus files themselves)
-    Figure("ceiling_put_MBps", "MB/s",
-           "Baseline app: PUT of v1.tar, body received and discarded unparsed "
-           "(PUT receive ceiling of hypercorn-trio on this machine); measured at the "
-           "start and at the end of every run, the median of all."),
-    Figure("ceiling_multipart_MBps", "MB/s",
-           "Baseline app: multipart POST of v1.tar (curl -F), body received and discarded "
-           "unparsed (multipart receive ceiling); start and end of every run."),
-    Figure("ceiling_get_MBps", "MB/s",
-           "Baseline app: GET of v2.tar's bytes held in RAM, sent in 1 MiB pieces "
-           "(send ceiling)."),
-    Figure("link_baseline_x", "x link",
-           "Baseline app: GET of v2 through the emulated 1 Gbit/s link (curl --limit-rate "
-           "125000000), as a multiple of the link rate; ~1.0 shows the emulation is honest."),
-    Figure("tar_v1_MB", "MB", "Size of v1.tar."),
-    Figure("tar_v2_MB", "MB", "Size of v2.tar."),
-    Figure("zstd3_v1_MB", "MB", "Size of v1.tar compressed whole with the zstd CLI at -3."),
-    Figure("zstd3_v2_MB", "MB", "Size of v2.tar compressed whole with the zstd CLI at -3."),
-    Figure("zstd3_v1_v2_MB", "MB", "zstd3_v1_MB + zstd3_v2_MB: what two separate "
-           "compressed tarballs would take; the baseline of the stored bytes."),
-    # ---- server under test
-    Figure("cold_multipart_MBps", "MB/s",
-           "Multipart POST /upload of v1.tar into a fresh, empty store (all data new).",
-           "ceiling_multipart_MBps", 0.60),
-    Figure("cold_put_MBps", "MB/s",
-           "PUT of v1.tar into a fresh, empty store (all data new).",
-           "ceiling_put_MBps"),
-    Figure("warm_multipart_MBps", "MB/s",
-           "Multipart POST of v2.tar to the same path after v1 (most chunks already "
-           "stored; starts once the store's stats have settled).",
-           "ceiling_multipart_MBps", 0.85),
-    Figure("warm_put_MBps", "MB/s",
-           "PUT of v2.tar to the same path after v1 (most chunks already stored).",
-           "ceiling_put_MBps", 0.85),
-    Figure("restore_MBps", "MB/s",
-           "GET of v2 (plain, identity encoding), one client, loopback; the first read "
-           "of v2 after the uploads.",
-           "ceiling_get_MBps", 0.70),
-    Figure("restore_compressed_MBps", "MB/s",
-           "GET of v2 with curl --compressed (Accept-Encoding incl. zstd), in logical "
-           "(decoded) bytes per second.", "ceiling_get_MBps"),
-    Figure("restore_1gbit_x", "x link",
-           "GET of v2, plain, through an emulated 1 Gbit/s link (curl --limit-rate "
-           "125000000): logical bytes/s over the link rate.", "link_baseline_x"),
-    Figure("restore_1gbit_compressed_x", "x link",
-           "GET of v2 with --compressed through the emulated 1 Gbit/s link: logical "
-           "bytes/s over the link rate (>1 only by sending fewer bytes than the tar).",
-           None, 2.5),
-    Figure("restore16_MBps", "MB/s",
-           f"{CONCURRENT_RESTORES} concurrent GETs of v2 (half plain, half --compressed): "
-           "logical bytes of all of them over the wall time.", "ceiling_get_MBps"),
-    Figure("peak_rss_MB", "MB",
-           "Peak RSS summed over the server's whole process tree (sampled every 50 ms "
-           "with psutil) during the uploads (cold+warm, multipart and PUT) and the "
-           "single-client restores.", None, 150, higher_is_better=False),
-    Figure("restore16_peak_rss_MB", "MB",
-           f"Peak RSS of the server's process tree during the {CONCURRENT_RESTORES} "
-           "concurrent restores.", None, 150, higher_is_better=False),
-    Figure("stored_after_v1_MB", "MB",
-           "stored_bytes from /-/stats after v1 (PUT run), once the numbers settle.",
-           "zstd3_v1_MB"),
-    Figure("stored_after_v2_MB", "MB",
-           "stored_bytes from /-/stats after v1 and v2, once settled; ratio = "
-           "stored / (zstd3(v1) + zstd3(v2)).",
-           "zstd3_v1_v2_MB", 0.55, higher_is_better=False),
+    # ---- the corpus
+    _fig("tar_v1_MB", "MB", "Size of v1.tar.", row="v1.tar", column=CORPUS),
+    _fig("tar_v2_MB", "MB", "Size of v2.tar.", row="v2.tar", column=CORPUS),
+    _fig("zstd3_v1_MB", "MB", "Size of v1.tar compressed whole with the zstd CLI at -3.",
+         row="zstd -3 of v1.tar", column=CORPUS),
+    _fig("zstd3_v2_MB", "MB", "Size of v2.tar compressed whole with the zstd CLI at -3.",
+         row="zstd -3 of v2.tar", column=CORPUS),
+    # ---- uploads
+    _fig("ceiling_put_MBps", "MB/s",
+         "Ceiling app: PUT of v1.tar, body received and discarded unparsed (PUT receive "
+         "ceiling of hypercorn-trio on this machine); measured at the start and at the end "
+         "of every run, the median of all.", row="PUT v1, cold", column=CEILING),
+    _fig("cold_put_MBps", "MB/s", "PUT of v1.tar into a fresh, empty store (all data new).",
+         "ceiling_put_MBps", row="PUT v1, cold"),
+    _fig("warm_put_MBps", "MB/s",
+         "PUT of v2.tar to the same path after v1 (most chunks already stored; starts once "
+         "background work is done).", "ceiling_put_MBps", row="PUT v2, warm"),
+    _fig("ceiling_multipart_MBps", "MB/s",
+         "Ceiling app: multipart POST of v1.tar (curl -F), body received and discarded "
+         "unparsed (multipart receive ceiling); start and end of every run.",
+         row="multipart v1, cold", column=CEILING),
+    _fig("cold_multipart_MBps", "MB/s",
+         "Multipart POST /upload of v1.tar into a fresh, empty store (all data new).",
+         "ceiling_multipart_MBps", 0.60, row="multipart v1, cold"),
+    _fig("peer_cold_multipart_MBps", "MB/s", _PEER + "multipart POST /upload of v1.tar.",
+         "ceiling_multipart_MBps", row="multipart v1, cold", column=PEER, needs=NEEDS_PEER),
+    _fig("warm_multipart_MBps", "MB/s",
+         "Multipart POST of v2.tar to the same path after v1 (most chunks already stored; "
+         "starts once background work is done).",
+         "ceiling_multipart_MBps", 0.75, row="multipart v2, warm"),
+    _fig("peer_warm_multipart_MBps", "MB/s", _PEER + "multipart POST of v2.tar to the same "
+         "path after v1 (it overwrites the file).", "ceiling_multipart_MBps",
+         row="multipart v2, warm", column=PEER, needs=NEEDS_PEER),
+    # ---- restores
+    _fig("ceiling_get_MBps", "MB/s",
+         "Ceiling app: GET of v2.tar's bytes held in RAM, sent in 1 MiB pieces (send "
+         "ceiling); the median of 4 GETs per run.", row="GET v2, first read", column=CEILING),
+    _fig("restore_first_MBps", "MB/s",
+         f"{_GET_DOC}; the first read of v2 after the uploads (once background work is "
+         "done).", "ceiling_get_MBps", 0.70, row="GET v2, first read"),
+    _fig("peer_restore_first_MBps", "MB/s", _PEER + f"{_GET_DOC}; the first read after "
+         "the uploads.", "ceiling_get_MBps", row="GET v2, first read", column=PEER,
+         needs=NEEDS_PEER),
+    _fig("restore_next3_MBps", "MB/s",
+         f"{_GET_DOC}; the median of the {NEXT_GETS} GETs right after the first one.",
+         "ceiling_get_MBps", 0.70, row="GET v2, median of next 3"),
+    _fig("peer_restore_next3_MBps", "MB/s", _PEER + f"{_GET_DOC}; the median of the "
+         f"{NEXT_GETS} GETs after the first one.", "ceiling_get_MBps",
+         row="GET v2, median of next 3", column=PEER, needs=NEEDS_PEER),
+    _fig("ceiling_get8_MBps", "MB/s",
+         f"Ceiling app: {CONCURRENT_GETS} concurrent curl GETs of v2 from RAM: their "
+         "logical bytes over the wall time (first start to last end).",
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate", column=CEILING),
+    _fig("restore8_MBps", "MB/s",
+         f"{CONCURRENT_GETS} concurrent plain GETs of v2: logical bytes of all of them over "
+         "the wall time.", "ceiling_get8_MBps", 0.70,
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate"),
+    _fig("peer_restore8_MBps", "MB/s", _PEER + f"{CONCURRENT_GETS} concurrent plain GETs "
+         "of v2, aggregate.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate", column=PEER, needs=NEEDS_PEER),
+    _fig("link_baseline_x", "x link",
+         "Ceiling app: plain GET of v2 through the emulated 1 Gbit/s link (curl --limit-rate "
+         "125000000), as a multiple of the link rate; ~1.0 shows the emulation is honest.",
+         row="--compressed, 1 Gbit/s link", column=CEILING),
+    _fig("restore_1gbit_compressed_x", "x link",
+         "curl --compressed --limit-rate 125000000 (1 Gbit/s) of v2: decoded bytes (v2's "
+         "size) / time_total / link rate (>1 only by sending fewer bytes than the tar).",
+         None, 3.5, row="--compressed, 1 Gbit/s link"),
+    _fig("peer_restore_1gbit_compressed_x", "x link", _PEER + "the same curl --compressed "
+         "--limit-rate 125000000 (it answers plain: no compression).", None,
+         row="--compressed, 1 Gbit/s link", column=PEER, needs=NEEDS_PEER),
+    _fig("sendfile_10gbit_compressed_x", "x link",
+         "Sendfile baseline: a stdlib server sending, with os.sendfile and Content-Encoding: "
+         "zstd, the exact zstd body cachesrv answered for v2 (saved with curl -H "
+         "'Accept-Encoding: zstd'); curl --compressed --limit-rate 1250000000 (10 Gbit/s): "
+         "decoded bytes / time_total / link rate. This is curl's own decoding limit.",
+         row="--compressed, 10 Gbit/s link", column=CEILING, needs=NEEDS_ZSTD_BODY),
+    _fig("restore_10gbit_compressed_x", "x link",
+         "curl --compressed --limit-rate 1250000000 (10 Gbit/s) of v2: decoded bytes / "
+         "time_total / link rate; ratio to the sendfile baseline.",
+         "sendfile_10gbit_compressed_x", 0.9, row="--compressed, 10 Gbit/s link"),
+    _fig("peer_restore_10gbit_compressed_x", "x link", _PEER + "the same curl --compressed "
+         "--limit-rate 1250000000 (plain answer).", "sendfile_10gbit_compressed_x",
+         row="--compressed, 10 Gbit/s link", column=PEER, needs=NEEDS_PEER),
+    _fig("restore16_MBps", "MB/s",
+         f"{CONCURRENT_RESTORES} concurrent GETs of v2 (half plain, half --compressed): "
+         "logical bytes of all of them over the wall time; ratio to the ceiling app's "
+         f"{CONCURRENT_GETS}-concurrent aggregate.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)"),
+    _fig("peer_restore16_MBps", "MB/s", _PEER + f"{CONCURRENT_RESTORES} concurrent GETs of "
+         "v2, the same curl commands.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)", column=PEER,
+         needs=NEEDS_PEER),
+    # ---- memory
+    _fig("peak_rss_MB", "MB",
+         "Peak RSS summed over the server's whole process tree (psutil, every 50 ms), the "
+         "highest of all phases: uploads (multipart and PUT, cold and warm), single and "
+         f"{CONCURRENT_GETS}-concurrent GETs, compressed GETs (per phase in notes).",
+         None, 150, higher_is_better=False, row="peak RSS: uploads and GETs"),
+    _fig("peer_peak_rss_MB", "MB", _PEER + "peak RSS of its process over the same phases.",
+         None, row="peak RSS: uploads and GETs", column=PEER, needs=NEEDS_PEER),
+    _fig("restore16_peak_rss_MB", "MB",
+         f"Peak RSS of the server's process tree during the {CONCURRENT_RESTORES} "
+         "concurrent restores.", None, 150, higher_is_better=False,
+         row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs"),
+    _fig("peer_restore16_peak_rss_MB", "MB", _PEER + "the same.", None,
+         row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs", column=PEER,
+         needs=NEEDS_PEER),
+    # ---- storage
+    _fig("zstd3_v1_v2_MB", "MB", "zstd3_v1_MB + zstd3_v2_MB: what two separate compressed "
+         "tarballs would take; the baseline of the stored bytes.",
+         row="zstd -3 of both", column=CORPUS),
+    _fig("stored_after_v1_MB", "MB",
+         "stored_bytes from /-/stats after v1 (multipart, fresh store), once background "
+         "work is done; ratio to zstd3_v1_MB.", "zstd3_v1_MB", row="stored bytes, v1"),
+    _fig("stored_after_v2_MB", "MB",
+         "stored_bytes from /-/stats after v1 and v2, once background work is done; ratio "
+         "= stored / (zstd3(v1) + zstd3(v2)).", "zstd3_v1_v2_MB", 0.55,
+         higher_is_better=False, row="stored bytes, v1 + v2"),
+    _fig("peer_stored_MB", "MB", _PEER + "bytes of the files in its directory after v1 and "
+         "v2 (it keeps the last upload, uncompressed).", "zstd3_v1_v2_MB",
+         higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
 ]
+_LOAD = ("Load benchmark (bench.load, profile in meta), once per bench run, fresh server: ")
+for _col, _p, _who in ((CEILING, "load_ceiling_", "the ceiling app (client check)"),
+                       (CACHESRV, "load_", "cachesrv"), (PEER, "load_peer_", "the peer")):
+    _is_srv = _col == CACHESRV
+    FIGURES += [
+        _fig(f"{_p}requests", "requests", _LOAD + f"{_who}: requests completed, all kinds "
+             "(errors and 503 answers not counted).",
+             "load_peer_requests" if _is_srv else None, 0.6 if _is_srv else None,
+             row="load: requests completed", column=_col, needs=NEEDS_LOAD),
+        _fig(f"{_p}get_p99_ms", "ms", _LOAD + f"{_who}: p99 latency of the 5 MB GETs.",
+             "load_peer_get_p99_ms" if _is_srv else None, 2.0 if _is_srv else None,
+             higher_is_better=False, row="load: GET p99 latency", column=_col,
+             needs=NEEDS_LOAD),
+        _fig(f"{_p}errors", "count", _LOAD + f"{_who}: errors (transport errors, wrong "
+             "lengths, unexpected statuses; 503 answers apart).", None,
+             0 if _is_srv else None, higher_is_better=False, row="load: errors",
+             column=_col, needs=NEEDS_LOAD, may_be_zero=True),
+        _fig(f"{_p}503", "count", _LOAD + f"{_who}: 503 answers (a concurrency limit's "
+             "Retry-After; not errors).", None, row="load: 503 answers", column=_col,
+             needs=NEEDS_LOAD, may_be_zero=True),
+    ]
+    if _col != CEILING:
+        FIGURES += [
+            _fig(f"{_p}peak_rss_MB", "MB", _LOAD + f"{_who}: peak RSS of the process tree "
+                 "(sampled every 50 ms).", None, 150 if _is_srv else None,
+                 higher_is_better=False, row="load: peak RSS", column=_col, needs=NEEDS_LOAD),
+            _fig(f"{_p}rss_last_minute_MB", "MB", _LOAD + f"{_who}: mean RSS over the last "
+                 "minute of the load (its last third if it is shorter than 3 minutes); next to "
+                 "the peak it shows whether memory stays flat.", None, higher_is_better=False,
+                 row="load: RSS mean, last minute", column=_col, needs=NEEDS_LOAD),
+        ]
 FIGURES_BY_NAME = {f.name: f for f in FIGURES}
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """A small GET with the standard library (stats, health): status and body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-class RssSampler:
-    """Samples the summed RSS of a process and all its descendants every ``interval`` s."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid = pid
-        self.interval = interval
-        self._peak = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._procs: dict[int, psutil.Process] = {}
-
-    def _sample(self) -> int:
-        try:
-            root = self._procs.get(self.pid) or psutil.Process(self.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        procs: dict[int, psutil.Process] = {}
-        total = 0
-        for p in tree:
-            p = self._procs.get(p.pid, p)  # reuse the object: cheaper and pid-reuse safe
-            try:
-                total += p.memory_info().rss
-                procs[p.pid] = p
-            except psutil.Error:
-                pass
-        self._procs = procs
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            rss = self._sample()
-            with self._lock:
-                self._peak = max(self._peak, rss)
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        """Start sampling in a daemon thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop sampling."""
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-    def take_peak(self) -> int:
-        """Peak bytes since the last call (includes one fresh sample), and reset it."""
-        rss = self._sample()
-        with self._lock:
-            peak, self._peak = max(self._peak, rss), 0
-        return peak
-
-
-class ServerProcess:
-    """A server subprocess in its own process group: started, awaited, always stopped."""
-
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path,
-                 env: dict[str, str] | None = None, ready_status: int | None = 200) -> None:
-        self.name = name
-        self.argv = argv
-        self.port = port
-        self.log_path = log_path
-        self.env = env
-        self.ready_status = ready_status  # None: any HTTP response means ready
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.sampler: RssSampler | None = None
-
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the process and return once ``/-/healthz`` answers."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT, env=self.env, start_new_session=True,
-            )
-        self.sampler = RssSampler(self.proc.pid)
-        self.sampler.start()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
-                                   f"it was ready; log:\n{self.log_tail()}")
-            try:
-                status, _ = http_get(self.port, "/-/healthz", timeout=1.0)
-                if self.ready_status is None or status == self.ready_status:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; log:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``grace`` seconds."""
-        if self.sampler is not None:
-            self.sampler.stop()
-        proc = self.proc
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the group is ours alone
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)  # also any worker that outlived its parent
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        self.proc = None
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of the server's output."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def peak_rss(self) -> int:
-        """Peak RSS of the process tree since the previous call."""
-        assert self.sampler is not None
-        return self.sampler.take_peak()
 
 
 # --------------------------------------------------------------------------- curl
@@ -334,16 +306,16 @@ class CurlResult:
                    enc.rstrip("]").strip().lower())
 
 
-def curl_cmd(args: Sequence[str], max_time: float) -> list[str]:
-    """curl argv: silent but showing errors, body to /dev/null, our -w line on stdout."""
-    return ["curl", "-sS", "-o", "/dev/null", "--max-time", f"{max_time:g}",
+def curl_cmd(args: Sequence[str], max_time: float, output: str = "/dev/null") -> list[str]:
+    """curl argv: silent but showing errors, body to ``output``, our -w line on stdout."""
+    return ["curl", "-sS", "-o", output, "--max-time", f"{max_time:g}",
             "-w", _WRITE_OUT, *args]
 
 
-def run_curl(args: Sequence[str], max_time: float, ok: tuple[int, ...] = (200, 201, 204)
-             ) -> CurlResult:
+def run_curl(args: Sequence[str], max_time: float, ok: tuple[int, ...] = (200, 201, 204),
+             output: str = "/dev/null") -> CurlResult:
     """Run one curl transfer and check its status."""
-    out = subprocess.run(curl_cmd(args, max_time), capture_output=True, text=True,
+    out = subprocess.run(curl_cmd(args, max_time, output), capture_output=True, text=True,
                          timeout=max_time + 30)
     if out.returncode != 0:
         raise RuntimeError(f"curl {' '.join(args)} failed ({out.returncode}): {out.stderr}")
@@ -369,40 +341,59 @@ def upload_put(port: int, src: Path, max_time: float) -> CurlResult:
     return run_curl(["-T", str(src), url(port, OBJECT_PATH)], max_time)
 
 
-def restore(port: int, max_time: float, compressed: bool = False,
-            limit_rate: int | None = None) -> CurlResult:
-    """GET the object, optionally ``--compressed`` and/or through a rate limit."""
+def _get_args(port: int, compressed: bool, limit_rate: int | None) -> list[str]:
     args = [url(port, OBJECT_PATH)]
     if compressed:
         args.insert(0, "--compressed")
     if limit_rate:
         args[:0] = ["--limit-rate", str(limit_rate)]
-    return run_curl(args, max_time, ok=(200,))
+    return args
 
 
-def restore_concurrent(port: int, n: int, max_time: float) -> float:
-    """``n`` concurrent GETs (every other one --compressed); returns wall seconds."""
-    procs: list[subprocess.Popen[str]] = []
+def restore(port: int, max_time: float, compressed: bool = False,
+            limit_rate: int | None = None) -> CurlResult:
+    """GET the object, optionally ``--compressed`` and/or through a rate limit."""
+    return run_curl(_get_args(port, compressed, limit_rate), max_time, ok=(200,))
+
+
+def restore_concurrent(port: int, n: int, max_time: float, mixed: bool = True,
+                       expect_plain_bytes: int | None = None) -> float:
+    """``n`` concurrent GETs (``mixed``: every other one --compressed); returns the wall
+    seconds from the first start to the last end. Plain ones must bring
+    ``expect_plain_bytes`` when given."""
+    procs: list[tuple[bool, subprocess.Popen[str]]] = []
     try:
         t0 = time.monotonic()
         for i in range(n):
-            args = [url(port, OBJECT_PATH)]
-            if i % 2:
-                args.insert(0, "--compressed")
-            procs.append(subprocess.Popen(curl_cmd(args, max_time), stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-        for p in procs:
+            compressed = mixed and i % 2 == 1
+            procs.append((compressed, subprocess.Popen(
+                curl_cmd(_get_args(port, compressed, None), max_time),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        for compressed, p in procs:
             out, err = p.communicate(timeout=max_time + 30)
             if p.returncode != 0:
                 raise RuntimeError(f"concurrent restore failed ({p.returncode}): {err}")
-            if CurlResult.parse(out).http_code != 200:
+            res = CurlResult.parse(out)
+            if res.http_code != 200:
                 raise RuntimeError(f"concurrent restore: HTTP {out}")
+            if (not compressed and expect_plain_bytes is not None
+                    and res.size_download != expect_plain_bytes):
+                raise RuntimeError(f"concurrent restore: {res.size_download} bytes, not "
+                                   f"{expect_plain_bytes}")
         return time.monotonic() - t0
     finally:
-        for p in procs:
+        for _, p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _header_value(header_file: Path, name: str) -> str:
+    value = ""
+    for line in header_file.read_text(errors="replace").splitlines():
+        if line.lower().startswith(name.lower() + ":"):
+            value = line.split(":", 1)[1].strip().lower()  # the last response's wins
+    return value
 
 
 def verify_restore(port: int, expected_sha256: str, compressed: bool, max_time: float) -> str:
@@ -423,16 +414,26 @@ def verify_restore(port: int, expected_sha256: str, compressed: bool, max_time: 
             _, err = p.communicate(timeout=max_time + 30)
         if p.returncode != 0:
             raise RuntimeError(f"verification GET failed ({p.returncode}): {err!r}")
-        encoding = ""
-        for line in Path(hdr.name).read_text(errors="replace").splitlines():
-            if line.lower().startswith("content-encoding:"):
-                encoding = line.split(":", 1)[1].strip().lower()
+        encoding = _header_value(Path(hdr.name), "content-encoding")
     finally:
         os.unlink(hdr.name)
     if h.hexdigest() != expected_sha256:
         raise RuntimeError(f"GET{' --compressed' if compressed else ''} returned bytes that "
                            "differ from the upload")
     return encoding
+
+
+def save_zstd_body(port: int, dest: Path, max_time: float) -> str:
+    """``curl -H 'Accept-Encoding: zstd' -o dest``: the body exactly as the server sent it
+    (curl does not decode without --compressed). Returns the Content-Encoding answered."""
+    hdr = dest.with_name(dest.name + ".headers")
+    try:
+        run_curl(["-H", "Accept-Encoding: zstd", "-D", str(hdr), url(port, OBJECT_PATH)],
+                 max_time, ok=(200,), output=str(dest))
+        return _header_value(hdr, "content-encoding")
+    finally:
+        with contextlib.suppress(OSError):
+            hdr.unlink()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -464,7 +465,8 @@ def zstd3_size(path: Path) -> int:
             size += len(chunk)
     if p.returncode != 0:
         raise RuntimeError(f"zstd -3 {path} failed")
-    cache.write_text(json.dumps({"key": key, "size": size}))
+    with contextlib.suppress(OSError):  # a read-only corpus directory: just not cached
+        cache.write_text(json.dumps({"key": key, "size": size}))
     return size
 
 
@@ -476,6 +478,16 @@ def prewarm(paths: Sequence[Path]) -> None:
                 pass
 
 
+def dir_bytes(root: Path) -> int:
+    """Sum of the sizes of the regular files under ``root``."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def read_stats(port: int) -> dict[str, object]:
     """``GET /-/stats`` as JSON."""
     status, body = http_get(port, "/-/stats", timeout=30)
@@ -484,10 +496,40 @@ def read_stats(port: int) -> dict[str, object]:
     return json.loads(body)
 
 
-def settled_stats(port: int, timeout: float) -> dict[str, object]:
-    """/-/stats once ``stored_bytes`` has stopped changing for 1 s (background work done)."""
-    deadline = time.monotonic() + timeout
+def find_field(doc: object, name: str) -> object | None:
+    """The value of key ``name`` at the top of a JSON document or nested in its objects."""
+    if isinstance(doc, dict):
+        if name in doc:
+            return doc[name]
+        for v in doc.values():
+            found = find_field(v, name)
+            if found is not None:
+                return found
+    return None
+
+
+def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = None
+                  ) -> dict[str, object]:
+    """/-/stats once background work is done.
+
+    If the stats have ``background_pending_bytes`` (bytes waiting for background
+    recompression), until it is 0; otherwise until ``stored_bytes`` and ``chunks`` have not
+    changed for 1 s. Bounded by ``timeout``; how it ended goes to ``notes``."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
     prev = read_stats(port)
+    if find_field(prev, "background_pending_bytes") is not None:
+        cur = prev
+        while time.monotonic() < deadline:
+            pending = find_field(cur, "background_pending_bytes")
+            if pending == 0:
+                _note_settle(notes, "background_pending_bytes == 0", t0)
+                return cur
+            time.sleep(0.1)
+            cur = read_stats(port)
+        _note_settle(notes, f"TIMEOUT, background_pending_bytes still "
+                     f"{find_field(cur, 'background_pending_bytes')}", t0)
+        return cur
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
@@ -496,9 +538,21 @@ def settled_stats(port: int, timeout: float) -> dict[str, object]:
                                                             prev.get("chunks")):
             stable_since = time.monotonic()
         elif time.monotonic() - stable_since >= 1.0:
+            _note_settle(notes, "stats unchanged for 1 s (no background_pending_bytes)", t0)
             return cur
         prev = cur
+    _note_settle(notes, "TIMEOUT, stats still changing", t0)
     return prev
+
+
+def _note_settle(notes: dict[str, object] | None, how: str, t0: float) -> None:
+    if notes is None:
+        return
+    waits = notes.setdefault("settle", [])
+    assert isinstance(waits, list)
+    waits.append({"how": how, "seconds": round(time.monotonic() - t0, 2)})
+    if how.startswith("TIMEOUT"):
+        log(f"warning: settling the stats: {how}")
 
 
 def mbps(nbytes: int, seconds: float) -> float:
@@ -522,157 +576,243 @@ class Options:
     settle_timeout: float = 120.0
     verify: bool = True
     log_dir: Path | None = None
+    peer: bool = True
+    peer_tarball: Path | None = None
+    load_profile: str | None = "default"  # None: no load benchmark
+    load_clients: int | None = None  # None: the profile's
+    load_duration: float | None = None
+    quick: bool = False
 
 
 @dataclass
 class Samples:
-    """Per-run values of each figure."""
+    """Per-run values of each figure, notes, and why figures were not measured."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # needs -> reason
 
     def add(self, name: str, value: float) -> None:
         """Record one run's value of a figure."""
         assert name in FIGURES_BY_NAME, name
         self.values.setdefault(name, []).append(value)
 
+    def skip(self, needs: str, reason: str) -> None:
+        """Every figure that ``needs`` this is not measured, for ``reason``."""
+        self.skipped.setdefault(needs, reason)
 
-def server_argv(opts: Options, port: int, data: Path) -> tuple[list[str], int | None]:
+
+def server_argv(opts: Options, port: int, data: Path, serve_file: Path | None = None
+                ) -> tuple[list[str], int | None]:
     """The command line of the server under test, and the health status that means ready."""
     if opts.server == "cachesrv":
         return ([opts.python, "-m", "cachesrv", "serve", "--host", "127.0.0.1",
                  "--port", str(port), "--data", str(data)], 200)
     if opts.server == "baseline":
-        return ([opts.python, "-m", "bench.baseline", "--port", str(port)], 200)
+        argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
+        if serve_file is not None:
+            argv += ["--serve-file", str(serve_file)]
+        return (argv, 200)
     assert opts.server_cmd
     cmd = opts.server_cmd.format(python=opts.python, host="127.0.0.1", port=port, data=data)
     return (shlex.split(cmd), None)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
+def _phase(s: Samples, srv: ServerProcess, phase: str, key: str = "rss_peak_MB_by_phase"
+           ) -> int:
+    """Peak RSS of the server tree since the previous phase; kept per phase in the notes."""
+    peak = srv.peak_rss()
+    by_phase = s.notes.setdefault(key, {})
+    assert isinstance(by_phase, dict)
+    by_phase.setdefault(phase, []).append(round(peak / MB, 1))
+    return peak
 
 
-@contextlib.contextmanager
-def _fresh_dir(root: Path | None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cachesrv-bench-", dir=root))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def run_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
-                 restores: bool = True) -> None:
-    """Ceilings on the baseline app: PUT, multipart, and (``restores``) GET from RAM and
-    GET through the link. The upload ceilings are taken at both ends of every run, so
-    that drift in the machine's load lands on both sides of the ratios."""
+def run_ceiling(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                restores: bool = True) -> None:
+    """Ceilings on the hypercorn ceiling app: PUT, multipart, and (``restores``) GETs
+    from RAM (one client, 4 times; 8 concurrent) and GET through the 1 Gbit/s link. The
+    upload ceilings are taken at both ends of every run, so that drift in the machine's
+    load lands on both sides of the ratios."""
     port = free_port()
     argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
     if restores:
         argv += ["--serve-file", str(c.v2)]
-    with ServerProcess("baseline", argv, port, log_dir / "baseline.log", env=_env()):
+    with ServerProcess("ceiling", argv, port, log_dir / "ceiling.log", env=python_env()):
         r = upload_put(port, c.v1, opts.max_time)
         s.add("ceiling_put_MBps", mbps(c.v1_bytes, r.time_total))
         r = upload_multipart(port, c.v1, opts.max_time)
         s.add("ceiling_multipart_MBps", mbps(c.v1_bytes, r.time_total))
         if not restores:
             return
-        r = restore(port, opts.max_time)
-        if r.size_download != c.v2_bytes:
-            raise RuntimeError("baseline GET returned a wrong length")
-        s.add("ceiling_get_MBps", mbps(c.v2_bytes, r.time_total))
+        for _ in range(1 + NEXT_GETS):
+            r = restore(port, opts.max_time)
+            if r.size_download != c.v2_bytes:
+                raise RuntimeError("ceiling app GET returned a wrong length")
+            s.add("ceiling_get_MBps", mbps(c.v2_bytes, r.time_total))
+        wall = restore_concurrent(port, CONCURRENT_GETS, opts.max_time, mixed=False,
+                                  expect_plain_bytes=c.v2_bytes)
+        s.add("ceiling_get8_MBps", mbps(CONCURRENT_GETS * c.v2_bytes, wall))
         r = restore(port, opts.max_time, limit_rate=LINK_BYTES_PER_S)
         s.add("link_baseline_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
 
 
-def _phase(s: Samples, srv: ServerProcess, phase: str) -> int:
-    """Peak RSS of the server tree since the previous phase; kept per phase in the notes."""
-    peak = srv.peak_rss()
-    by_phase = s.notes.setdefault("rss_peak_MB_by_phase", {})
-    assert isinstance(by_phase, dict)
-    by_phase.setdefault(phase, []).append(round(peak / MB, 1))
-    return peak
+def _measure_restores(c: corpus_mod.Corpus, opts: Options, s: Samples, srv: ServerProcess,
+                      prefix: str, peaks: list[int], rss_key: str) -> None:
+    """The single-client, 8-concurrent and compressed GET figures, the same for cachesrv
+    (``prefix`` '') and the peer ('peer_')."""
+    port = srv.port
+    r = restore(port, opts.max_time)
+    if r.size_download != c.v2_bytes:
+        raise RuntimeError(f"{srv.name}: GET returned {r.size_download} bytes, not "
+                           f"{c.v2_bytes}")
+    s.add(f"{prefix}restore_first_MBps", mbps(c.v2_bytes, r.time_total))
+    nxt = []
+    for _ in range(NEXT_GETS):
+        r = restore(port, opts.max_time)
+        if r.size_download != c.v2_bytes:
+            raise RuntimeError(f"{srv.name}: GET returned {r.size_download} bytes")
+        nxt.append(mbps(c.v2_bytes, r.time_total))
+    s.add(f"{prefix}restore_next3_MBps", statistics.median(nxt))
+    peaks.append(_phase(s, srv, "restore_1_client", rss_key))
+    wall = restore_concurrent(port, CONCURRENT_GETS, opts.max_time, mixed=False,
+                              expect_plain_bytes=c.v2_bytes)
+    s.add(f"{prefix}restore8_MBps", mbps(CONCURRENT_GETS * c.v2_bytes, wall))
+    peaks.append(_phase(s, srv, f"restore_{CONCURRENT_GETS}_concurrent", rss_key))
+    r = restore(port, opts.max_time, compressed=True, limit_rate=LINK_BYTES_PER_S)
+    s.notes.setdefault(f"{prefix or 'cachesrv_'}compressed_wire_bytes", r.size_download)
+    s.notes.setdefault(f"{prefix or 'cachesrv_'}compressed_encoding_seen",
+                       r.content_encoding or "identity")
+    s.add(f"{prefix}restore_1gbit_compressed_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
+    r = restore(port, opts.max_time, compressed=True, limit_rate=LINK10_BYTES_PER_S)
+    s.add(f"{prefix}restore_10gbit_compressed_x",
+          c.v2_bytes / r.time_total / LINK10_BYTES_PER_S)
+    peaks.append(_phase(s, srv, "restore_compressed", rss_key))
 
 
-def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path
-                         ) -> int:
-    """Fresh store: multipart v1 (cold), then v2 (warm). Returns the peak RSS seen."""
-    with _fresh_dir(opts.data_root) as data:
+def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                         v2_sha256: str, verify: bool, zstd_body: Path) -> int:
+    """Fresh store: multipart v1 (cold), v2 (warm), stored bytes, the restores, the zstd
+    body for the sendfile baseline, verification, 16 concurrent restores. Returns the peak
+    RSS seen outside the 16 concurrent restores."""
+    with fresh_dir(opts.data_root) as data:
         port = free_port()
-        argv, ready = server_argv(opts, port, data)
-        with ServerProcess("server", argv, port, log_dir / "server.log", env=_env(),
+        argv, ready = server_argv(opts, port, data, serve_file=c.v2)
+        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
                            ready_status=ready) as srv:
+            has_stats = opts.server != "baseline"
             peaks = [_phase(s, srv, "idle")]
             r = upload_multipart(port, c.v1, opts.max_time)
             s.add("cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
-            if opts.server != "baseline":
-                settled_stats(port, opts.settle_timeout)
+            if has_stats:
+                st1 = settled_stats(port, opts.settle_timeout, s.notes)
+                s.add("stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
+                s.notes["stats_after_v1"] = st1
             peaks.append(_phase(s, srv, "multipart_cold"))
             r = upload_multipart(port, c.v2, opts.max_time)
             s.add("warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
+            if has_stats:
+                st2 = settled_stats(port, opts.settle_timeout, s.notes)
+                s.add("stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
+                s.notes["stats_after_v2"] = st2
             peaks.append(_phase(s, srv, "multipart_warm"))
+            _measure_restores(c, opts, s, srv, "", peaks, "rss_peak_MB_by_phase")
+            encoding = save_zstd_body(port, zstd_body, opts.max_time)
+            if encoding != "zstd":
+                zstd_body.unlink(missing_ok=True)
+                s.skip(NEEDS_ZSTD_BODY, f"the server answered Accept-Encoding: zstd with "
+                       f"Content-Encoding {encoding or 'identity'!r}, not zstd")
+            else:
+                s.notes["zstd_body_bytes"] = zstd_body.stat().st_size
+            if verify:  # after the timed restores, so that every run times the same state
+                s.notes["encoding_plain"] = verify_restore(port, v2_sha256, False, opts.max_time)
+                s.notes["encoding_compressed"] = verify_restore(port, v2_sha256, True,
+                                                                opts.max_time)
+                peaks.append(_phase(s, srv, "verify"))
+            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
+                                      expect_plain_bytes=c.v2_bytes)
+            s.add("restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
+            s.add("restore16_peak_rss_MB", _phase(s, srv, "restore16") / MB)
             return max(peaks)
 
 
-def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
-                   v2_sha256: str, verify: bool) -> int:
-    """Fresh store: PUT v1 and v2, stats, verification, restores. Returns the peak RSS
-    (the 16 concurrent restores are a figure of their own)."""
-    with _fresh_dir(opts.data_root) as data:
+def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path) -> int:
+    """Fresh store: PUT v1 (cold) and v2 (warm). Returns the peak RSS."""
+    with fresh_dir(opts.data_root) as data:
         port = free_port()
-        argv, ready = server_argv(opts, port, data)
-        with ServerProcess("server", argv, port, log_dir / "server.log", env=_env(),
+        argv, ready = server_argv(opts, port, data, serve_file=c.v2)
+        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
                            ready_status=ready) as srv:
             has_stats = opts.server != "baseline"
             peaks = [srv.peak_rss()]
             r = upload_put(port, c.v1, opts.max_time)
             s.add("cold_put_MBps", mbps(c.v1_bytes, r.time_total))
             if has_stats:
-                st1 = settled_stats(port, opts.settle_timeout)
-                s.add("stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
-                s.notes["stats_after_v1"] = st1
+                settled_stats(port, opts.settle_timeout, s.notes)
             peaks.append(_phase(s, srv, "put_cold"))
             r = upload_put(port, c.v2, opts.max_time)
             s.add("warm_put_MBps", mbps(c.v2_bytes, r.time_total))
-            if has_stats:
-                st2 = settled_stats(port, opts.settle_timeout)
-                s.add("stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
-                s.notes["stats_after_v2"] = st2
             peaks.append(_phase(s, srv, "put_warm"))
-            if not has_stats:
-                return max(peaks)  # the baseline app stores nothing to restore
-            r = restore(port, opts.max_time)
-            if r.size_download != c.v2_bytes:
-                raise RuntimeError(f"GET returned {r.size_download} bytes, not {c.v2_bytes}")
-            s.add("restore_MBps", mbps(c.v2_bytes, r.time_total))
-            peaks.append(_phase(s, srv, "restore"))
-            r = restore(port, opts.max_time, compressed=True)
-            s.notes["compressed_wire_bytes"] = r.size_download
-            s.notes["compressed_encoding_seen"] = r.content_encoding
-            s.add("restore_compressed_MBps", mbps(c.v2_bytes, r.time_total))
-            peaks.append(_phase(s, srv, "restore_compressed"))
-            r = restore(port, opts.max_time, limit_rate=LINK_BYTES_PER_S)
-            s.add("restore_1gbit_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
-            peaks.append(_phase(s, srv, "restore_1gbit"))
-            r = restore(port, opts.max_time, compressed=True, limit_rate=LINK_BYTES_PER_S)
-            s.add("restore_1gbit_compressed_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
-            peaks.append(_phase(s, srv, "restore_1gbit_compressed"))
-            if verify:  # after the timed restores, so that every run times the same state
-                s.notes["encoding_plain"] = verify_restore(port, v2_sha256, False, opts.max_time)
-                s.notes["encoding_compressed"] = verify_restore(port, v2_sha256, True,
-                                                                opts.max_time)
-                peaks.append(_phase(s, srv, "verify"))
-            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time)
-            s.add("restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
-            s.add("restore16_peak_rss_MB", _phase(s, srv, "restore16") / MB)
             return max(peaks)
+
+
+def run_sendfile_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                          zstd_body: Path) -> None:
+    """curl --compressed at 10 Gbit/s of the saved zstd body, served with os.sendfile."""
+    if not zstd_body.is_file():
+        return
+    port = free_port()
+    argv = [opts.python, "-m", "bench.sendfile_server", "--port", str(port),
+            "--file", str(zstd_body), "--encoding", "zstd"]
+    with ServerProcess("sendfile", argv, port, log_dir / "sendfile.log", env=python_env()):
+        r = restore(port, opts.max_time, compressed=True, limit_rate=LINK10_BYTES_PER_S)
+        if r.size_download != zstd_body.stat().st_size:
+            raise RuntimeError("sendfile baseline sent a wrong length")
+        s.add("sendfile_10gbit_compressed_x", c.v2_bytes / r.time_total / LINK10_BYTES_PER_S)
+
+
+def run_peer(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+             binary: Path) -> None:
+    """go-simple-uploader, fresh directory: multipart v1, v2, the same GETs as cachesrv."""
+    with fresh_dir(opts.data_root, prefix="cachesrv-bench-peer-") as root:
+        data, tmp = root / "pub", root / "tmp"
+        data.mkdir()
+        tmp.mkdir()
+        port = free_port()
+        with ServerProcess("go-simple-uploader", [str(binary)], port,
+                           log_dir / "go-simple-uploader.log",
+                           env=peer_mod.serve_env(port, data, tmp), ready_status=None,
+                           ready_path="/") as srv:
+            key = "peer_rss_peak_MB_by_phase"
+            peaks = [_phase(s, srv, "idle", key)]
+            r = upload_multipart(port, c.v1, opts.max_time)
+            s.add("peer_cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
+            peaks.append(_phase(s, srv, "multipart_cold", key))
+            r = upload_multipart(port, c.v2, opts.max_time)
+            s.add("peer_warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
+            s.add("peer_stored_MB", dir_bytes(data) / MB)
+            peaks.append(_phase(s, srv, "multipart_warm", key))
+            _measure_restores(c, opts, s, srv, "peer_", peaks, key)
+            s.add("peer_peak_rss_MB", max(peaks) / MB)
+            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
+                                      expect_plain_bytes=c.v2_bytes)
+            s.add("peer_restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
+            s.add("peer_restore16_peak_rss_MB", _phase(s, srv, "restore16", key) / MB)
+
+
+def prepare_peer(opts: Options, s: Samples) -> Path | None:
+    """The peer's binary (built once, cached), or None with the reason recorded."""
+    if not opts.peer:
+        s.skip(NEEDS_PEER, "--no-peer" + (" (implied by --quick)" if opts.quick else ""))
+        return None
+    try:
+        binary = peer_mod.build(opts.peer_tarball, log=log)
+    except peer_mod.PeerUnavailable as exc:
+        log(f"go-simple-uploader is not measured: {exc}")
+        s.skip(NEEDS_PEER, f"go-simple-uploader cannot be built here: {exc}")
+        return None
+    s.notes["peer_binary"] = str(binary)
+    return binary
 
 
 def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
@@ -680,26 +820,51 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     s = Samples()
     log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix="cachesrv-bench-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    _log(f"corpus {c.kind}: v1 {c.v1_bytes / MB:.1f} MB, v2 {c.v2_bytes / MB:.1f} MB; "
-         f"logs in {log_dir}")
+    log(f"corpus {c.kind}: v1 {c.v1_bytes / MB:.1f} MB, v2 {c.v2_bytes / MB:.1f} MB; "
+        f"logs in {log_dir}")
     load = os.getloadavg()[0]
     s.notes["loadavg_1min_before"] = load
     if load > 0.5:
-        _log(f"note: 1-min load average {load:.2f}: other work is running, figures may be "
-             "noisy")
+        log(f"note: 1-min load average {load:.2f}: other work is running, figures may be "
+            "noisy")
+    peer_bin = prepare_peer(opts, s)
     prewarm([c.v1, c.v2])
     z1, z2 = zstd3_size(c.v1), zstd3_size(c.v2)
     v2_sha = sha256_file(c.v2)
-    for i in range(opts.runs):
-        _log(f"run {i + 1}/{opts.runs}: baseline")
-        run_baseline(c, opts, s, log_dir)
-        _log(f"run {i + 1}/{opts.runs}: server, multipart")
-        peak_a = run_server_multipart(c, opts, s, log_dir)
-        _log(f"run {i + 1}/{opts.runs}: server, PUT + restores")
-        peak_b = run_server_put(c, opts, s, log_dir, v2_sha, opts.verify and i == 0)
-        s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
-        _log(f"run {i + 1}/{opts.runs}: baseline uploads again")
-        run_baseline(c, opts, s, log_dir, restores=False)
+    with fresh_dir(opts.data_root, prefix="cachesrv-bench-zstd-body-") as body_dir:
+        zstd_body = body_dir / "v2.tar.zst"
+        for i in range(opts.runs):
+            tag = f"run {i + 1}/{opts.runs}"
+            log(f"{tag}: ceiling app")
+            run_ceiling(c, opts, s, log_dir)
+            log(f"{tag}: server, multipart + restores")
+            peak_a = run_server_multipart(c, opts, s, log_dir, v2_sha, opts.verify and i == 0,
+                                          zstd_body)
+            log(f"{tag}: server, PUT")
+            peak_b = run_server_put(c, opts, s, log_dir)
+            s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
+            log(f"{tag}: sendfile baseline")
+            run_sendfile_baseline(c, opts, s, log_dir, zstd_body)
+            zstd_body.unlink(missing_ok=True)
+            if peer_bin is not None:
+                log(f"{tag}: go-simple-uploader")
+                run_peer(c, opts, s, log_dir, peer_bin)
+            log(f"{tag}: ceiling app uploads again")
+            run_ceiling(c, opts, s, log_dir, restores=False)
+    if opts.load_profile is None:
+        s.skip(NEEDS_LOAD, "the load benchmark is not part of --quick (run python -m "
+               "bench.load)" if opts.quick else "--load-profile none")
+    elif opts.server != "cachesrv":
+        s.skip(NEEDS_LOAD, "the load benchmark runs against cachesrv only")
+    else:
+        log(f"load benchmark, profile {opts.load_profile}")
+        prof = load_mod.profile(opts.load_profile, opts.load_clients, opts.load_duration)
+        doc = load_mod.run_all(prof, python=opts.python,
+                               peer_binary=peer_bin, data_root=opts.data_root,
+                               log_dir=log_dir)
+        s.notes["load"] = doc
+        for name, value in load_mod.figure_values(doc).items():
+            s.add(name, value)
     s.notes["loadavg_1min_after"] = os.getloadavg()[0]
     for name, value in (("tar_v1_MB", c.v1_bytes), ("tar_v2_MB", c.v2_bytes),
                         ("zstd3_v1_MB", z1), ("zstd3_v2_MB", z2), ("zstd3_v1_v2_MB", z1 + z2)):
@@ -711,8 +876,15 @@ def report(c: corpus_mod.Corpus, opts: Options, s: Samples) -> dict[str, object]
     """Medians, ratios to baselines and target checks, as a JSON-ready document."""
     medians = {k: statistics.median(v) for k, v in s.values.items()}
     figures: dict[str, dict[str, object]] = {}
+    skipped: list[dict[str, object]] = []
     for f in FIGURES:
         if f.name not in medians:
+            reason = (s.skipped.get(f.needs or "")
+                      or (s.skipped.get(NEEDS_PEER) if f.column == PEER else None)
+                      or "not measured in this run")
+            if f.needs is None and opts.server != "cachesrv" and f.column == CACHESRV:
+                reason = f"the server under test ({opts.server}) has no stats"
+            skipped.append({"figure": f.name, "needs": f.needs, "reason": reason})
             continue
         value = medians[f.name]
         base = medians.get(f.baseline) if f.baseline else None
@@ -729,10 +901,12 @@ def report(c: corpus_mod.Corpus, opts: Options, s: Samples) -> dict[str, object]
             "target": f.target,
             "target_on": None if f.target is None else ("ratio" if f.baseline else "value"),
             "higher_is_better": f.higher_is_better, "meets_target": ok, "doc": f.doc,
+            "row": f.row, "column": f.column,
         }
     return {
         "meta": _meta(c, opts),
         "figures": figures,
+        "figures_skipped": skipped,
         "notes": s.notes,
     }
 
@@ -748,6 +922,7 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": opts.runs,
+        "quick": opts.quick,
         "server": opts.server if opts.server != "custom" else opts.server_cmd,
         "git_commit": cmd_out(["git", "rev-parse", "HEAD"]),
         "git_dirty": bool(cmd_out(["git", "status", "--porcelain", "--untracked-files=no"])),
@@ -757,36 +932,100 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
         "corpus": c.to_json(),
         "mb": MB,
         "link_bytes_per_s": LINK_BYTES_PER_S,
+        "link10_bytes_per_s": LINK10_BYTES_PER_S,
+        "concurrent_gets": CONCURRENT_GETS,
         "concurrent_restores": CONCURRENT_RESTORES,
+        "load_profile": opts.load_profile,
     }
 
 
+#: how a baseline that is not the hypercorn ceiling app is labelled in the table
+_BASELINE_LABEL = {
+    "link_baseline_x": "plain, link check", "sendfile_10gbit_compressed_x": "sendfile",
+    "zstd3_v1_MB": "zstd -3", "zstd3_v1_v2_MB": "zstd -3", "load_peer_requests": "peer",
+    "load_peer_get_p99_ms": "peer", "load_ceiling_requests": "client check",
+    "load_ceiling_get_p99_ms": "client check", "load_ceiling_errors": "client check",
+    "load_ceiling_503": "client check",
+}
+
+
+def _cell(f: dict[str, object] | None, with_ratio: bool) -> str:
+    if f is None:
+        return ""
+    unit = str(f["unit"])
+    value = float(f["value"])  # type: ignore[arg-type]
+    text = f"{value:.0f} {unit}" if unit in ("requests", "count") else f"{value:.2f} {unit}"
+    if with_ratio and f["ratio"] is not None:
+        label = _BASELINE_LABEL.get(str(f["baseline"]), "")
+        label = " of peer" if label == "peer" else ""
+        text += f" ({f['ratio']:.2f}{label})"
+    return text
+
+
+def _target(f: dict[str, object] | None) -> str:
+    if f is None or f["target"] is None:
+        return ""
+    op = ">=" if f["higher_is_better"] else "<="
+    on = "" if f["target_on"] == "ratio" else f" {f['unit']}"
+    verdict = {True: "ok", False: "MISS", None: "?"}[f["meets_target"]]  # type: ignore[index]
+    return f"{op} {f['target']:g}{on} {verdict}"
+
+
 def format_table(doc: dict[str, object]) -> str:
-    """The human-readable table: figure, median, baseline, ratio, target, verdict."""
+    """The human-readable table: one row per measurement; the hypercorn ceiling app (or
+    the row's own baseline, labelled); cachesrv with its ratio and target;
+    go-simple-uploader with its ratio to the same baseline."""
     figs = doc["figures"]
     assert isinstance(figs, dict)
-    rows = [("figure", "value", "baseline", "ratio", "target", "")]
-    for name, f in figs.items():
-        unit = f["unit"]
-        target = ""
-        if f["target"] is not None:
-            op = ">=" if f["higher_is_better"] else "<="
-            target = f"{op} {f['target']:g}" + ("" if f["target_on"] == "ratio" else f" {unit}")
-        verdict = {True: "ok", False: "MISS", None: ""}[f["meets_target"]]
-        rows.append((
-            name, f"{f['value']:.2f} {unit}",
-            "" if f["baseline_value"] is None else f"{f['baseline_value']:.2f} ({f['baseline']})",
-            "" if f["ratio"] is None else f"{f['ratio']:.3f}", target, verdict,
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    order: list[str] = []
+    cells: dict[str, dict[str, str]] = {}  # row -> column -> figure name
+    corpus = []
+    for f in FIGURES:
+        if f.column == CORPUS:
+            if f.name in figs:
+                corpus.append(f"{f.row} {_cell(figs[f.name], False)}")
+            continue
+        if f.row not in cells:
+            order.append(f.row)
+            cells[f.row] = {}
+        if f.name in figs:
+            cells[f.row].setdefault(f.column, f.name)
+    server = str(doc.get("meta", {}).get("server", "cachesrv"))  # type: ignore[union-attr]
+    header = ("figure", "hypercorn ceiling [or baseline]",
+              f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)",
+              "target", "go-simple-uploader (ratio)")
+    rows = [header]
+    for row in order:
+        names = cells[row]
+        if not names:
+            continue  # nothing measured in this row (see figures_skipped)
+        srv = figs.get(names.get(CACHESRV, "")) or figs.get(names.get(PEER, ""))
+        base_name = names.get(CEILING) or (str(srv["baseline"]) if srv and srv["baseline"]
+                                           else "")
+        base_text = _cell(figs.get(base_name), False)
+        if base_text and base_name in _BASELINE_LABEL:
+            base_text = f"[{_BASELINE_LABEL[base_name]}] {base_text}"
+        rows.append((row, base_text, _cell(figs.get(names.get(CACHESRV, "")), True),
+                     _target(figs.get(names.get(CACHESRV, ""))),
+                     _cell(figs.get(names.get(PEER, "")), True)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    if corpus:
+        lines.insert(0, "corpus: " + "; ".join(corpus))
+    skipped = doc.get("figures_skipped") or []
+    assert isinstance(skipped, list)
+    for reason in sorted({str(x["reason"]) for x in skipped}):
+        n = sum(1 for x in skipped if x["reason"] == reason)
+        lines.append(f"not measured ({n} figures): {reason}")
+    lines.append("ratios: to the ceiling app, or to the [labelled] baseline of the row; "
+                 "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
+                 "'doc' of each figure, and bench/README.md.")
+    load_doc = doc.get("notes", {}).get("load")  # type: ignore[union-attr]
+    if isinstance(load_doc, dict):
+        lines += ["", "load benchmark, per kind:", load_mod.format_table(load_doc)]
     return "\n".join(lines)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -802,13 +1041,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "1 with --quick); the median is reported")
     ap.add_argument("--json", type=Path, help="write the result document here")
     ap.add_argument("--quick", action="store_true",
-                    help="CI smoke run: synthetic corpus, 4 MiB, 1 run, short timeouts")
+                    help="CI smoke run: synthetic corpus, 4 MiB, 1 run, short timeouts, "
+                         "implies --no-peer and no load benchmark")
     ap.add_argument("--server", choices=["cachesrv", "baseline"], default="cachesrv",
-                    help="server under test (baseline: the harness against the baseline app; "
+                    help="server under test (baseline: the harness against the ceiling app; "
                          "no store figures)")
     ap.add_argument("--server-cmd",
                     help="any other server: command template with {python} {host} {port} "
                          "{data}; ready on any response to /-/healthz")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="do not build or measure go-simple-uploader")
+    ap.add_argument("--peer-tarball", type=Path, default=None,
+                    help="go-simple-uploader source tarball (default "
+                         "../shared/peers/go-simple-uploader.tar.gz or $BENCH_PEER_TARBALL)")
+    ap.add_argument("--load-profile", choices=[*load_mod.PROFILES, "none"], default=None,
+                    help="load benchmark after the runs (default 'default'; 'none' with "
+                         "--quick)")
+    ap.add_argument("--load-clients", type=int, help="load clients (default: the profile's)")
+    ap.add_argument("--load-duration", type=float,
+                    help="seconds of load per server (default: the profile's)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     ap.add_argument("--data-root", type=Path, help="where fresh stores are made (default TMPDIR)")
     ap.add_argument("--log-dir", type=Path, help="where server logs go (default a temp dir)")
@@ -825,9 +1076,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if kind == "go" and args.quick:
         raise SystemExit("--quick uses the synthetic corpus")
+    if args.quick and args.load_profile not in (None, "none"):
+        raise SystemExit("--quick runs no load benchmark (run python -m bench.load)")
     for tool in ("curl", "zstd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
+    load_profile = args.load_profile or ("none" if args.quick else "default")
     opts = Options(
         runs=runs,
         server="custom" if args.server_cmd else args.server,
@@ -838,19 +1092,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settle_timeout=15 if args.quick else 120,
         verify=not args.no_verify,
         log_dir=args.log_dir,
+        peer=not (args.no_peer or args.quick),
+        peer_tarball=args.peer_tarball,
+        load_profile=None if load_profile == "none" else load_profile,
+        load_clients=args.load_clients,
+        load_duration=args.load_duration,
+        quick=args.quick,
     )
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     c = corpus_mod.build(kind, size_mb)
     try:
         doc = benchmark(c, opts)
     except KeyboardInterrupt:
-        _log("interrupted; servers stopped")
+        log("interrupted; servers stopped")
         return 130
     print(format_table(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        _log(f"wrote {args.json}")
+        log(f"wrote {args.json}")
     return 0
 
 
