@@ -19,7 +19,7 @@ import zstandard
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import ChunkMissing, ChunkSink, choose_codec, chunk_id
+from cachesrv.store import ChunkMissing, ChunkWriter, choose_codec, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -41,11 +41,12 @@ class IngestStats:
 
 
 class IngestSession:
-    """Blocking: feed bytes, then finish() for the manifest. Not thread-safe itself."""
+    """Blocking: feed bytes, then finish() for the manifest (or abort()). Not
+    thread-safe itself. ``store`` is this upload's own writer."""
 
     def __init__(
         self,
-        store: ChunkSink,
+        store: ChunkWriter,
         params: ChunkParams,
         level: int = 3,
         tar_aware: bool = True,
@@ -64,18 +65,31 @@ class IngestSession:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self.hasher.update(data)
         self.stats.logical_bytes += len(data)
-        self._absorb(self.splitter.feed(data))
+        try:
+            self._absorb(self.splitter.feed(data))
+        except BaseException:
+            self.abort()  # a failed upload never publishes: its writer lets go now
+            raise
 
     def finish(self) -> Manifest:
-        self._absorb(self.splitter.finish())
-        self._compress_queued()
-        self.store.commit()
+        try:
+            self._absorb(self.splitter.finish())
+            self._compress_queued()
+            self.store.commit()
+        except BaseException:
+            self.abort()
+            raise
         # Every chunk is still there (and pinned again if its pin is old): GC cannot have
         # swept one this upload deduplicated against, nor a failed write dropped one.
         lost = self.store.missing({p.chunk_id for p in self.pieces if p.chunk_id is not None})
         if lost:
             raise ChunkMissing(f"{len(lost)} chunks of this upload vanished before it finished")
         return Manifest(self.stats.logical_bytes, self.hasher.digest(), tuple(self.pieces))
+
+    def abort(self) -> None:
+        """Forget the upload: chunks not committed yet never become visible."""
+        self._queued, self._queued_bytes = {}, 0
+        self.store.abort()
 
     def _absorb(self, pieces: list[SplitPiece]) -> None:
         if not pieces:
@@ -155,3 +169,4 @@ class Upload:
     async def abort(self) -> None:
         """Drop what was buffered; chunks already written are garbage for GC."""
         self._buffer = bytearray()
+        await trio.to_thread.run_sync(self.session.abort, limiter=self._limiter)

@@ -72,11 +72,17 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
 
 
 def worker_main(
-    sock: socket.socket, data: Path, params: ChunkParams, level: int, threads: int = 2
+    sock: socket.socket,
+    data: Path,
+    params: ChunkParams,
+    level: int,
+    threads: int = 2,
+    hard_limit: int | None = None,
+    pin_ttl: float = 600.0,
 ) -> None:
     from cachesrv.store.local import LocalChunkStore
 
-    store = LocalChunkStore(data)
+    store = LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
     header = memoryview(bytearray(FRAME.size))
     buffer = memoryview(bytearray(SEND_BATCH * 2))
     session: IngestSession | None = None
@@ -91,8 +97,10 @@ def worker_main(
                 return
             if kind == b"B":
                 options = json.loads(bytes(payload))
+                if session is not None:
+                    session.abort()
                 session = IngestSession(
-                    store, params, level, options.get("tar_aware", True), threads=threads
+                    store.writer(), params, level, options.get("tar_aware", True), threads=threads
                 )
                 failure = None
             elif kind == b"D":
@@ -116,6 +124,8 @@ def worker_main(
                     _send(sock, b"R", struct.pack("<I", len(stats)) + stats + body)
                 session = None
             elif kind == b"A":
+                if session is not None:
+                    session.abort()
                 session = None
                 _send(sock, b"K")
     finally:
@@ -128,11 +138,20 @@ def _main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
+    parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
+    parser.add_argument("--pin-ttl", type=float, required=True)
     args = parser.parse_args()
     bound_heap()
     sock = socket.socket(fileno=args.fd)
     try:
-        worker_main(sock, args.data, ChunkParams(*args.chunk), args.level)
+        worker_main(
+            sock,
+            args.data,
+            ChunkParams(*args.chunk),
+            args.level,
+            hard_limit=args.hard_limit or None,
+            pin_ttl=args.pin_ttl,
+        )
     except (ConnectionError, KeyboardInterrupt):
         pass
 
@@ -141,9 +160,17 @@ def _main() -> None:
 
 
 class Worker:
-    """One worker process and the server's end of its socket."""
+    """One worker process and the server's end of its socket. The store's settings
+    (hard limit, pin lifetime) go to the process on its command line."""
 
-    def __init__(self, data: Path, params: ChunkParams, level: int) -> None:
+    def __init__(
+        self,
+        data: Path,
+        params: ChunkParams,
+        level: int,
+        hard_limit: int | None = None,
+        pin_ttl: float = 600.0,
+    ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -160,6 +187,10 @@ class Worker:
             *map(str, params),
             "--level",
             str(level),
+            "--hard-limit",
+            str(hard_limit or 0),
+            "--pin-ttl",
+            repr(pin_ttl),
         ]
         self.proc = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
         theirs.close()
@@ -202,7 +233,7 @@ class Worker:
         return b"".join(parts)
 
     def close(self) -> None:
-        self._sock.close()  # the worker sees EOF, commits what it holds, exits
+        self._sock.close()  # the worker sees EOF, drops what it holds, exits
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -213,8 +244,16 @@ class Worker:
 class WorkerPool:
     """Worker processes, one upload at a time each; a broken worker is replaced."""
 
-    def __init__(self, data: Path, params: ChunkParams, level: int, size: int) -> None:
-        self._spawn_args = (data, params, level)
+    def __init__(
+        self,
+        data: Path,
+        params: ChunkParams,
+        level: int,
+        size: int,
+        hard_limit: int | None = None,
+        pin_ttl: float = 600.0,
+    ) -> None:
+        self._spawn_args = (data, params, level, hard_limit, pin_ttl)
         self._idle = [Worker(*self._spawn_args) for _ in range(size)]
         self._available = trio.Semaphore(size)
         self.size = size
