@@ -8,7 +8,7 @@ after the chunks they reference are durable.
 
 :class:`CatalogBackend` is what the HTTP layer and the lifecycle tools rely on;
 :class:`~cachesrv.catalog.sqlite.SqliteCatalog` (also ``Catalog``) is one machine's
-backend, :class:`~cachesrv.catalog.memory.MemoryCatalog` one that lives in a dict.
+backend, :class:`~cachesrv.catalog.memory.MemoryCatalog` one that lives in dicts.
 """
 
 from __future__ import annotations
