@@ -22,6 +22,7 @@ def build(data: Path, objects: int, chunks_per_object: int, chunk_size: int = 64
     """Returns the seconds it took."""
     started = time.perf_counter()
     store = LocalChunkStore(data)
+    writer = store.writer()
     catalog = Catalog(data)
     compressor = zstandard.ZstdCompressor(level=1)
     pending: list[tuple[str, StoredManifest]] = []
@@ -30,16 +31,16 @@ def build(data: Path, objects: int, chunks_per_object: int, chunk_size: int = 64
         for _ in range(chunks_per_object):
             raw = os.urandom(chunk_size)
             cid = chunk_id(raw)
-            store.put(cid, encode_chunk(compressor, raw))
+            writer.put(cid, encode_chunk(compressor, raw))
             pieces.append(Piece(len(raw), chunk_id=cid))
         # the digest is not checked by the store: any 32 bytes do for a synthetic object
         manifest = Manifest(chunk_size * chunks_per_object, os.urandom(32), tuple(pieces))
         pending.append((f"synthetic/{n:07d}.bin", StoredManifest.of(manifest)))
         if len(pending) >= 20:
-            store.commit()
+            writer.commit()
             catalog.publish(pending)
             pending.clear()
-    store.commit()
+    writer.commit()
     if pending:
         catalog.publish(pending)
     store.close()

@@ -26,7 +26,7 @@ READ_BYTES = 1 << 20
 
 
 class SizingStore:
-    """A chunk store that remembers ids and sizes, not bytes (enough for ingest)."""
+    """A chunk writer that remembers ids and sizes, not bytes (enough for ingest)."""
 
     def __init__(self) -> None:
         self.sizes: dict[bytes, tuple[int, int]] = {}  # id -> (raw, stored)
@@ -38,6 +38,9 @@ class SizingStore:
         self.sizes.setdefault(chunk_id, (frame.raw_size, len(frame.data)))
 
     def commit(self) -> None:
+        return None
+
+    def abort(self) -> None:
         return None
 
     def stats(self) -> StoreStats:

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             from cachesrv.lifecycle.fsck import fsck
 
-            report = fsck(repo.local_store, repo.catalog, repair=args.repair)
+            report = fsck(repo.store, repo.catalog, repair=args.repair)
             json.dump(report.as_dict(), sys.stdout, indent=2)
             print()
             for problem in report.problems:

@@ -3,10 +3,13 @@
 One connection per thread (sqlite3 objects must not cross threads), WAL so
 readers never wait for the writer, ``synchronous=FULL`` because a commit here
 is what makes an upload durable: it is done once per upload, not per chunk.
+A full disk in a write transaction is raised as ``OSError(ENOSPC)``, the way a
+failed pack write arrives, so that callers (the HTTP layer's 507) know one error.
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -44,13 +47,19 @@ class Database:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, taken up front so concurrent writers queue instead of failing."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+                raise OSError(errno.ENOSPC, f"{self.path.name}: {exc}") from exc
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

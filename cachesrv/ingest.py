@@ -20,7 +20,7 @@ from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
 from cachesrv.restore.hot import SPAN, HotCache, Written
-from cachesrv.store import ChunkMissing, ChunkSink, choose_codec, chunk_id
+from cachesrv.store import ChunkMissing, ChunkWriter, choose_codec, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -42,11 +42,12 @@ class IngestStats:
 
 
 class IngestSession:
-    """Blocking: feed bytes, then finish() for the manifest. Not thread-safe itself."""
+    """Blocking: feed bytes, then finish() for the manifest (or abort()). Not
+    thread-safe itself. ``store`` is this upload's own writer."""
 
     def __init__(
         self,
-        store: ChunkSink,
+        store: ChunkWriter,
         params: ChunkParams,
         level: int = 3,
         tar_aware: bool = True,
@@ -73,7 +74,11 @@ class IngestSession:
         if self.hot is not None:
             self._keep_hot(data)
         self.stats.logical_bytes += len(data)
-        self._absorb(self.splitter.feed(data))
+        try:
+            self._absorb(self.splitter.feed(data))
+        except BaseException:
+            self.abort()  # a failed upload never publishes: its writer lets go now
+            raise
 
     def _keep_hot(self, data: bytes | bytearray | memoryview) -> None:
         view, span = memoryview(data), self._span
@@ -94,11 +99,15 @@ class IngestSession:
             self._hot_written.append(written)
 
     def finish(self) -> Manifest:
-        self._absorb(self.splitter.finish())
-        self._compress_queued()
-        if self.hot is not None and self._span:
-            self._span_done()
-        self.store.commit()
+        try:
+            self._absorb(self.splitter.finish())
+            self._compress_queued()
+            if self.hot is not None and self._span:
+                self._span_done()
+            self.store.commit()
+        except BaseException:
+            self.abort()
+            raise
         # Every chunk is still there (and pinned again if its pin is old): GC cannot have
         # swept one this upload deduplicated against, nor a failed write dropped one.
         lost = self.store.missing({p.chunk_id for p in self.pieces if p.chunk_id is not None})
@@ -108,6 +117,11 @@ class IngestSession:
         if self.hot is not None:
             self.hot.record(digest, self._hot_written)
         return Manifest(self.stats.logical_bytes, digest, tuple(self.pieces))
+
+    def abort(self) -> None:
+        """Forget the upload: chunks not committed yet never become visible."""
+        self._queued, self._queued_bytes = {}, 0
+        self.store.abort()
 
     def _absorb(self, pieces: list[SplitPiece]) -> None:
         if not pieces:
@@ -187,3 +201,4 @@ class Upload:
     async def abort(self) -> None:
         """Drop what was buffered; chunks already written are garbage for GC."""
         self._buffer = bytearray()
+        await trio.to_thread.run_sync(self.session.abort, limiter=self._limiter)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cachesrv.catalog import Catalog
+from cachesrv.catalog import Catalog, CatalogBackend
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, Upload
 from cachesrv.lifecycle import ManifestPins
@@ -45,7 +45,7 @@ class Counters:
 class Repository:
     config: Config
     store: ChunkStore
-    catalog: Catalog
+    catalog: CatalogBackend
     hot: HotCache | None
     restores: RestorePool
     counters: Counters = field(default_factory=Counters)
@@ -57,7 +57,10 @@ class Repository:
     @classmethod
     def open(cls, config: Config) -> Repository:
         config.data.mkdir(parents=True, exist_ok=True)
-        store = LocalChunkStore(config.data)
+        # settings reach the store once, here (and the worker processes, at their start)
+        store = LocalChunkStore(
+            config.data, hard_limit=config.effective_hard_limit, pin_ttl=config.upload_pin_ttl
+        )
         catalog = Catalog(config.data)
         hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
         restores = RestorePool(
@@ -71,7 +74,7 @@ class Repository:
 
     def ingest_session(self, tar_aware: bool = True) -> IngestSession:
         return IngestSession(
-            self.store,
+            self.store.writer(),
             self.config.chunking,
             self.config.compression_level,
             tar_aware=tar_aware,
@@ -87,6 +90,8 @@ class Repository:
                 cfg.compression_level,
                 cfg.hot_cache_bytes,
                 cfg.ingest_workers,
+                hard_limit=cfg.effective_hard_limit,
+                pin_ttl=cfg.upload_pin_ttl,
             )
 
     def upload(self) -> Upload | RemoteUpload:
@@ -99,29 +104,12 @@ class Repository:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    @property
-    def local_store(self) -> LocalChunkStore:
-        assert isinstance(self.store, LocalChunkStore), "lifecycle needs the local store"
-        return self.store
-
     def limits(self) -> Limits:
         cfg = self.config
         return Limits(max_size=cfg.max_size, ttl=cfg.ttl, grace=cfg.gc_grace)
 
     def collector(self) -> Collector:
-        return Collector(self.local_store, self.catalog, self.limits(), self.pins.manifests)
-
-    def apply_store_settings(self) -> None:
-        """Publish the hard limit and pin lifetime to every process writing to this store
-        (the server's job: the offline tools leave them as the server set them)."""
-        self.local_store.set_hard_limit(self.config.effective_hard_limit)
-        self.local_store.set_pin_ttl(self.config.upload_pin_ttl)
-
-    def pack_bytes(self) -> int:
-        row = self.local_store.db.conn.execute(
-            "SELECT value FROM totals WHERE name = 'pack_bytes'"
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return Collector(self.store, self.catalog, self.limits(), self.pins.manifests)
 
     def hot_bytes(self) -> int:
         return self.hot.hot_bytes() if self.hot is not None else 0
@@ -129,25 +117,24 @@ class Repository:
     def admits(self, length: int | None) -> bool:
         """Whether an upload of ``length`` body bytes (None: unknown) may start. The hot
         cache counts against the hard limit, and gives its room up first."""
+        need = length or 0
         limit = self.config.effective_hard_limit
-        if limit is None:
-            return True
-        need = self.pack_bytes() + (length or 0)
-        if need + self.hot_bytes() > limit and self.hot is not None:
-            self.hot.trim(max(limit - need, 0))
-        return need + self.hot_bytes() <= limit
+        if self.hot is not None and limit and not self.store.admits(need + self.hot_bytes()):
+            self.hot.trim(max(limit - self.store.usage_bytes() - need, 0))
+        return self.store.admits(need + self.hot_bytes())
 
-    def lifecycle_stats(self, objects: bool = False) -> dict[str, object]:
+    def lifecycle_stats(
+        self, objects: bool = False, quarantined: int | None = None
+    ) -> dict[str, object]:
         cfg = self.config
-        quarantined = self.local_store.db.conn.execute(
-            "SELECT count(DISTINCT id) FROM quarantine"
-        ).fetchone()[0]
+        if quarantined is None:
+            quarantined = self.store.stats().quarantined
         result: dict[str, object] = {
             "max_size": cfg.max_size,
             "hard_limit": cfg.effective_hard_limit,
             "ttl": cfg.ttl,
             "gc_grace": cfg.gc_grace,
-            "pack_bytes": self.pack_bytes(),
+            "pack_bytes": self.store.usage_bytes(),
             "quarantined_chunks": quarantined,
             "last_gc": self.last_gc.as_dict() if self.last_gc else None,
         }
@@ -158,7 +145,7 @@ class Repository:
     def _usage_by_name(self) -> dict[str, object]:
         collector = self.collector()
         try:
-            for _ in collector._mark(time.time() - self.config.gc_grace):
+            for _ in collector.mark(time.time() - self.config.gc_grace):
                 pass
             usage = collector.usage_by_name()
             plan: list[dict[str, object]] = []
@@ -166,7 +153,7 @@ class Repository:
                 names, _, _ = collector.plan_eviction(self.config.max_size)
                 plan = [u.as_dict() for u in names]
         finally:
-            collector._close()
+            collector.close()
         return {
             "objects": [u.as_dict() for u in usage],
             # what eviction would remove now if the packs were over max_size (LRU first)
@@ -206,7 +193,7 @@ class Repository:
                 "hot_span_hits": restored.hot_hits,
                 "hot_span_misses": restored.hot_misses,
             },
-            "lifecycle": self.lifecycle_stats(objects),
+            "lifecycle": self.lifecycle_stats(objects, chunks.quarantined),
         }
 
     def close(self) -> None:

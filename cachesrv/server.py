@@ -44,7 +44,6 @@ async def _until_signal() -> None:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
     repo = Repository.open(config)
-    repo.apply_store_settings()
     repo.start_workers()
     try:
         log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)

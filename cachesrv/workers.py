@@ -78,11 +78,13 @@ def worker_main(
     level: int,
     hot_bytes: int,
     threads: int = 2,
+    hard_limit: int | None = None,
+    pin_ttl: float = 600.0,
 ) -> None:
     from cachesrv.restore.hot import HotCache
     from cachesrv.store.local import LocalChunkStore
 
-    store = LocalChunkStore(data)
+    store = LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
     hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
     header = memoryview(bytearray(FRAME.size))
     buffer = memoryview(bytearray(SEND_BATCH * 2))
@@ -98,8 +100,15 @@ def worker_main(
                 return
             if kind == b"B":
                 options = json.loads(bytes(payload))
+                if session is not None:
+                    session.abort()
                 session = IngestSession(
-                    store, params, level, options.get("tar_aware", True), threads=threads, hot=hot
+                    store.writer(),
+                    params,
+                    level,
+                    options.get("tar_aware", True),
+                    threads=threads,
+                    hot=hot,
                 )
                 failure = None
             elif kind == b"D":
@@ -123,6 +132,8 @@ def worker_main(
                     _send(sock, b"R", struct.pack("<I", len(stats)) + stats + body)
                 session = None
             elif kind == b"A":
+                if session is not None:
+                    session.abort()
                 session = None
                 _send(sock, b"K")
     finally:
@@ -138,11 +149,21 @@ def _main() -> None:
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
     parser.add_argument("--hot-bytes", type=int, required=True)
+    parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
+    parser.add_argument("--pin-ttl", type=float, required=True)
     args = parser.parse_args()
     bound_heap()
     sock = socket.socket(fileno=args.fd)
     try:
-        worker_main(sock, args.data, ChunkParams(*args.chunk), args.level, args.hot_bytes)
+        worker_main(
+            sock,
+            args.data,
+            ChunkParams(*args.chunk),
+            args.level,
+            args.hot_bytes,
+            hard_limit=args.hard_limit or None,
+            pin_ttl=args.pin_ttl,
+        )
     except (ConnectionError, KeyboardInterrupt):
         pass
 
@@ -151,9 +172,18 @@ def _main() -> None:
 
 
 class Worker:
-    """One worker process and the server's end of its socket."""
+    """One worker process and the server's end of its socket. The store's settings
+    (hard limit, pin lifetime) go to the process on its command line."""
 
-    def __init__(self, data: Path, params: ChunkParams, level: int, hot_bytes: int) -> None:
+    def __init__(
+        self,
+        data: Path,
+        params: ChunkParams,
+        level: int,
+        hot_bytes: int,
+        hard_limit: int | None = None,
+        pin_ttl: float = 600.0,
+    ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -172,6 +202,10 @@ class Worker:
             str(level),
             "--hot-bytes",
             str(hot_bytes),
+            "--hard-limit",
+            str(hard_limit or 0),
+            "--pin-ttl",
+            repr(pin_ttl),
         ]
         self.proc = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
         theirs.close()
@@ -214,7 +248,7 @@ class Worker:
         return b"".join(parts)
 
     def close(self) -> None:
-        self._sock.close()  # the worker sees EOF, commits what it holds, exits
+        self._sock.close()  # the worker sees EOF, drops what it holds, exits
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -226,9 +260,16 @@ class WorkerPool:
     """Worker processes, one upload at a time each; a broken worker is replaced."""
 
     def __init__(
-        self, data: Path, params: ChunkParams, level: int, hot_bytes: int, size: int
+        self,
+        data: Path,
+        params: ChunkParams,
+        level: int,
+        hot_bytes: int,
+        size: int,
+        hard_limit: int | None = None,
+        pin_ttl: float = 600.0,
     ) -> None:
-        self._spawn_args = (data, params, level, hot_bytes)
+        self._spawn_args = (data, params, level, hot_bytes, hard_limit, pin_ttl)
         self._idle = [Worker(*self._spawn_args) for _ in range(size)]
         self._available = trio.Semaphore(size)
         self.size = size

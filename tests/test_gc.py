@@ -22,9 +22,9 @@ from conftest import Server, StartServer, http_request
 
 from cachesrv.catalog import StoredManifest
 from cachesrv.config import Config
-from cachesrv.lifecycle import packs
 from cachesrv.lifecycle.gc import Limits
 from cachesrv.repository import Repository
+from cachesrv.store.local import LocalChunkStore
 
 MiB = 1 << 20
 DURATION = 12.0
@@ -135,8 +135,7 @@ def _assert_fsck_clean(server: Server) -> None:
 
 
 def test_sweep_and_compaction_reclaim_space_and_keep_every_live_object(tmp_path: Path) -> None:
-    repo = Repository.open(Config(data=tmp_path, ttl=None, gc_grace=0.0))
-    repo.local_store.set_pin_ttl(0.0)
+    repo = Repository.open(Config(data=tmp_path, ttl=None, gc_grace=0.0, upload_pin_ttl=0.0))
     kept: dict[str, bytes] = {}
     for i in range(12):
         data = os.urandom(300 << 10)
@@ -151,10 +150,11 @@ def test_sweep_and_compaction_reclaim_space_and_keep_every_live_object(tmp_path:
     for name in [f"o{i}" for i in range(0, 12, 3)] + ["o1", "o2", "o4", "o5"]:
         repo.catalog.delete_paths([name])
         kept.pop(name)
-    before = sum(p.file_bytes for p in packs.usage(repo.local_store))
+    assert isinstance(repo.store, LocalChunkStore)
+    before = sum(p.file_bytes for p in repo.store.pack_usage())
     repo.collector().run()  # dooms the manifests
     report = repo.collector().run()  # grace 0: sweeps and compacts
-    after = sum(p.file_bytes for p in packs.usage(repo.local_store))
+    after = sum(p.file_bytes for p in repo.store.pack_usage())
     assert report.compacted_packs == 1 and report.swept_chunks > 0
     assert after < before * 0.4
     for name, data in kept.items():

@@ -20,9 +20,9 @@ KiB = 1024
 
 
 def _repo(data: Path, **settings: object) -> Repository:
-    repo = Repository.open(Config(data=data, **settings))  # type: ignore[arg-type]
-    repo.local_store.set_pin_ttl(0.0)  # no upload is in flight in these tests
-    return repo
+    # no upload is in flight in these tests: their pins need not outlive them
+    settings.setdefault("upload_pin_ttl", 0.0)
+    return Repository.open(Config(data=data, **settings))  # type: ignore[arg-type]
 
 
 def _store(repo: Repository, path: str, content: bytes) -> None:
@@ -32,8 +32,7 @@ def _store(repo: Repository, path: str, content: bytes) -> None:
 
 
 def _live_bytes(repo: Repository) -> int:
-    conn = repo.local_store.db.conn
-    return conn.execute("SELECT coalesce(sum(length + 44), 0) FROM chunks").fetchone()[0]
+    return sum(size for _, size in repo.store.iter_sizes())  # records: header (44) + frame
 
 
 def test_eviction_removes_least_recently_used_and_frees_exactly_what_it_claims(

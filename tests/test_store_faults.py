@@ -15,7 +15,7 @@ import zstandard
 
 from cachesrv.store import choose_codec, chunk_id
 from cachesrv.store import local as local_store
-from cachesrv.store.local import LocalChunkStore
+from cachesrv.store.local import LocalChunkStore, LocalChunkWriter
 
 
 def _chunk(n: int, size: int = 3000) -> tuple[bytes, bytes, bytes]:
@@ -23,7 +23,7 @@ def _chunk(n: int, size: int = 3000) -> tuple[bytes, bytes, bytes]:
     return chunk_id(data), data, zstandard.ZstdCompressor(level=1).compress(data)
 
 
-def _put(store: LocalChunkStore, chunks: list[tuple[bytes, bytes, bytes]]) -> None:
+def _put(store: LocalChunkWriter, chunks: list[tuple[bytes, bytes, bytes]]) -> None:
     for cid, data, frame in chunks:
         store.put(cid, choose_codec(data, frame))
 
@@ -37,9 +37,10 @@ def test_short_write_then_enospc_drops_the_uncommitted_chunks_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalChunkStore(tmp_path)
+    writer = store.writer()
     kept = [_chunk(i) for i in range(20)]
-    _put(store, kept)
-    store.commit()
+    _put(writer, kept)
+    writer.commit()
 
     real_write = os.write
     calls = []
@@ -53,22 +54,22 @@ def test_short_write_then_enospc_drops_the_uncommitted_chunks_only(
     monkeypatch.setattr(local_store.os, "write", full_disk)
     lost = [_chunk(100 + i) for i in range(20)]
     with pytest.raises(OSError) as failure:
-        _put(store, lost)
-        store.commit()
+        _put(writer, lost)
+        writer.commit()
     assert failure.value.errno == errno.ENOSPC
     monkeypatch.setattr(local_store.os, "write", real_write)
 
     _assert_consistent(store)
-    assert store.missing(c[0] for c in lost) == {c[0] for c in lost}
-    assert not store.missing(c[0] for c in kept)
+    assert writer.missing(c[0] for c in lost) == {c[0] for c in lost}
+    assert not writer.missing(c[0] for c in kept)
     # the disk has room again: the same chunks store fine, in a new pack
-    _put(store, lost)
-    store.commit()
+    _put(writer, lost)
+    writer.commit()
     _assert_consistent(store)
     store.close()
 
     reopened = LocalChunkStore(tmp_path)
-    assert not reopened.missing(c[0] for c in kept + lost)
+    assert not reopened.writer().missing(c[0] for c in kept + lost)
     _assert_consistent(reopened)
     reopened.close()
 
@@ -77,20 +78,21 @@ def test_failed_fsync_commits_no_index_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalChunkStore(tmp_path)
+    writer = store.writer()
     chunks = [_chunk(i) for i in range(10)]
-    _put(store, chunks)
+    _put(writer, chunks)
 
     def failing_fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(local_store.os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        store.commit()
+        writer.commit()
     monkeypatch.undo()
-    assert store.missing(c[0] for c in chunks) == {c[0] for c in chunks}
+    assert writer.missing(c[0] for c in chunks) == {c[0] for c in chunks}
     assert store.stats().chunks == 0
-    _put(store, chunks[:3])
-    store.commit()
+    _put(writer, chunks[:3])
+    writer.commit()
     _assert_consistent(store)
     assert store.stats().chunks == 3
     store.close()
@@ -98,18 +100,25 @@ def test_failed_fsync_commits_no_index_rows(
 
 def test_hard_limit_refuses_puts_before_writing(tmp_path: Path) -> None:
     store = LocalChunkStore(tmp_path)
-    _put(store, [_chunk(i) for i in range(5)])
-    store.commit()
-    store.set_hard_limit(store.stats().disk_bytes + 4000)
-    _put(store, [_chunk(50)])  # fits
+    writer = store.writer()
+    _put(writer, [_chunk(i) for i in range(5)])
+    writer.commit()
+    limit = store.stats().disk_bytes + 4000
+    store.close()  # the hard limit is a setting: it comes in when a store opens
+    store = LocalChunkStore(tmp_path, hard_limit=limit)
+    writer = store.writer()
+    _put(writer, [_chunk(50)])  # fits
     with pytest.raises(OSError) as failure:
-        _put(store, [_chunk(51)])
+        _put(writer, [_chunk(51)])
     assert failure.value.errno == errno.ENOSPC
-    store.commit()
+    writer.commit()
     assert store.stats().chunks == 6
     _assert_consistent(store)
-    store.set_hard_limit(None)
-    _put(store, [_chunk(51)])
-    store.commit()
+    limit = None
+    store.close()  # the hard limit is a setting: it comes in when a store opens
+    store = LocalChunkStore(tmp_path, hard_limit=limit)
+    writer = store.writer()
+    _put(writer, [_chunk(51)])
+    writer.commit()
     assert store.stats().chunks == 7
     store.close()

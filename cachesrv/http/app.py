@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import mimetypes
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -89,8 +88,8 @@ async def send_html(send: Any, status: int, text: str, headers: Headers = ()) ->
 
 def _disk_full(exc: Exception) -> bool:
     if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "disk is full" in str(exc)  # SQLite's SQLITE_FULL, e.g. at publish
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)  # the catalog raises SQLite's too
+    return False
 
 
 class App:
@@ -125,7 +124,7 @@ class App:
             if started[0]:
                 raise
             await send_json(tracked_send, exc.status, {"message": exc.message}, exc.headers)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except OSError as exc:
             if not _disk_full(exc) or started[0]:
                 raise
             log.error("%s %s: disk full: %s", request.method, request.path, exc)
@@ -523,7 +522,7 @@ class App:
             raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD")])
         path = request.path
         if path == "/-/healthz":
-            self.repo.catalog.db.conn.execute("SELECT 1").fetchone()
+            self.repo.catalog.ping()
             await send_json(send, 200, {"status": "ok"})
         elif path == "/-/metrics":
             body = await trio.to_thread.run_sync(self.metrics.render)

@@ -1,21 +1,22 @@
 """Keeping a store healthy for years: expiry, eviction, garbage collection, fsck.
 
-Knows the catalog and the local chunk store, never HTTP.
+Knows the catalog and the chunk store through their interfaces
+(:class:`cachesrv.catalog.CatalogBackend`, :class:`cachesrv.store.ChunkStore`), never a
+backend's internals, never HTTP.
 
 - :mod:`.access`: read times, batched in memory and flushed in one transaction.
 - :mod:`.gc`: mark (from every manifest still a root) and sweep (unpinned, unmarked
   chunks), LRU eviction down to a size, the per-object numbers behind it.
-- :mod:`.packs`: pack files: live fractions, compaction, leftovers of dead writers.
 - :mod:`.fsck`: verify every chunk and every reference; quarantine what is broken.
 - :mod:`.service`: the server's background task that runs the above on a schedule.
 
 Why GC never breaks an upload or a download (DESIGN.md, Consistency rules):
 
-- an upload pins every chunk id it looks up (``pins`` in the chunk index, written
-  in the same transaction as the lookup) and re-checks them all after its commit;
-  a sweep deletes only chunks with no pin newer than ``GC start - pin_ttl``, in a
-  transaction of its own, so either the pin is seen or the upload sees the chunk
-  gone and stores it again (or, past pin_ttl, fails instead of publishing);
+- an upload's writer pins every chunk id it looks up (atomically with the lookup;
+  each pin carries its expiry, ``pin_ttl`` after it was written) and re-checks them
+  all after its commit; a sweep deletes only chunks no pin protects at GC start, in
+  atomic batches, so either the pin is seen or the upload sees the chunk gone and
+  stores it again (or, past pin_ttl, fails instead of publishing);
 - a manifest no name refers to stays a GC root for ``grace`` seconds after GC first
   sees it so (``doomed`` in the catalog): a download that looked its name up before
   the delete has that long, in any process; downloads in the server's own process are

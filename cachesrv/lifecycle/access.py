@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cachesrv.catalog import Catalog
+from cachesrv.catalog import CatalogBackend
 
 
 class AccessLog:
@@ -24,7 +24,7 @@ class AccessLog:
         with self._lock:
             self._seen[(namespace, name)] = now
 
-    def flush(self, catalog: Catalog) -> int:
+    def flush(self, catalog: CatalogBackend) -> int:
         with self._lock:
             seen, self._seen = self._seen, {}
         if seen:

@@ -8,7 +8,6 @@ short pause between, so requests keep flowing while a collection runs.
 from __future__ import annotations
 
 import logging
-import os
 
 import trio
 
@@ -27,7 +26,6 @@ async def run(
     """Until cancelled. The first collection waits for one interval (never at start-up)."""
     interval = repo.config.gc_interval
     task_status.started()
-    to_close: list[int] = []
     next_gc = trio.current_time() + interval if interval > 0 else float("inf")
     try:
         while True:
@@ -39,17 +37,11 @@ async def run(
                 except Exception:
                     log.exception("garbage collection failed; the next one retries")
                 next_gc = trio.current_time() + interval
-                # read fds of packs compaction removed (here or in another process):
-                # close last round's now, when no pread can still be using them
-                for fd in to_close:
-                    os.close(fd)
-                live = set(repo.local_store.pack_names())
-                to_close = repo.local_store.forget_packs(live)
+                # handles on storage compaction removed (here or in another process)
+                repo.store.release_unused()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
-        for fd in to_close:
-            os.close(fd)
 
 
 async def collect(repo: Repository) -> GcReport:

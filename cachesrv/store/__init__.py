@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import blake3
@@ -114,23 +114,40 @@ class StoreStats:
     stored_bytes: int  # compressed bytes of live chunk records
     raw_bytes: int  # uncompressed bytes of the same chunks
     disk_bytes: int  # bytes the backend occupies (packs incl. garbage not yet compacted)
+    quarantined: int = 0  # chunks found corrupt, never served (fsck --repair)
 
 
-class ChunkSink(Protocol):
-    """What ingest needs: look up, add, make durable. Blocking and thread-safe."""
+class ChunkWriter(Protocol):
+    """One upload's way into a store: it looks chunks up, adds the new ones, makes them
+    durable. Its pins and its uncommitted chunks are its own: another writer's commit or
+    abort never touches them. Blocking; one thread at a time."""
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
-        """The ids among ``ids`` that are not stored (looked up together)."""
+        """The ids among ``ids`` that are not stored (looked up together). Every id asked
+        about is *pinned*: no GC sweep deletes it until the pin expires, ``pin_ttl`` after
+        it was written (the store's setting, fixed when it is opened). Asking again
+        renews a pin older than half of that."""
 
     def put(self, chunk_id: bytes, frame: Frame) -> None:
-        """Queue a chunk; it becomes readable and durable at the next :meth:`commit`."""
+        """Queue a chunk; it becomes readable and durable at this writer's :meth:`commit`.
+        Raises ``OSError(ENOSPC)`` at the store's hard limit or a full disk."""
 
     def commit(self) -> None:
         """Make every chunk put so far durable and visible, before any manifest names it."""
 
+    def abort(self) -> None:
+        """Forget the chunks put since the last commit (never visible; garbage for GC).
+        Pins lapse at their expiry."""
 
-class ChunkStore(ChunkSink, Protocol):
-    """What the ingest and restore pipelines and the lifecycle tools need."""
+
+class ChunkSink(Protocol):
+    """What ingest needs: a writer per upload."""
+
+    def writer(self) -> ChunkWriter: ...
+
+
+class ChunkSource(Protocol):
+    """What the restore pipeline needs. Blocking and thread-safe."""
 
     def read_frame(self, chunk_id: bytes) -> Frame:
         """The chunk as stored, unverified (see :func:`decode_frame`, :func:`check_frame`)."""
@@ -141,11 +158,113 @@ class ChunkStore(ChunkSink, Protocol):
     def read_frames(self, ids: Sequence[bytes]) -> list[Frame]:
         """:meth:`read_frame` for many chunks at once, in order."""
 
+
+class MarkSession(Protocol):
+    """GC's mark: which manifests reference which chunks, held where the backend can
+    join it with its chunks (the local one: temporary SQLite tables; memory stays flat
+    whatever the store). Sizes are a chunk's *footprint*: the bytes it occupies in the
+    backend, what freeing it gives back. One thread at a time; :meth:`close` when done."""
+
+    def add(self, manifest_id: bytes, chunk_ids: Iterable[bytes], live: bool) -> None:
+        """References of one root; ``live``: a name refers to it (eviction counts those)."""
+
+    def seal(self) -> int:
+        """Done adding; returns how many distinct stored-or-not chunks are marked."""
+
+    def usage_by_manifest(self) -> dict[bytes, tuple[int, int]]:
+        """Per live manifest: (footprint of chunks only it references, of those it shares)."""
+
+    def footprint(self) -> tuple[int, int, int]:
+        """(footprint of every stored chunk, of those marked by no live root, of the
+        unmarked ones)."""
+
+    def held_by(self, manifest_id: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """The stored chunks a live manifest references: (id, live references, footprint)."""
+
+    def garbage(self, batch: int) -> Iterator[list[bytes]]:
+        """Stored chunks no root references, in batches."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MaintenanceReport:
+    removed_files: int = 0  # leftovers of dead writers, unused containers
+    reclaimed_bytes: int = 0
+    compacted: int = 0  # containers rewritten without their garbage
+    usage_bytes: int = 0  # what the hard limit measures, after the work
+
+
+@dataclass
+class VerifyReport:
+    chunks_checked: int = 0
+    problems: list[str] = field(default_factory=list)  # broken: fsck exits non-zero
+    notes: list[str] = field(default_factory=list)  # harmless leftovers of a crash
+    repaired: list[str] = field(default_factory=list)
+    corrupt: set[bytes] = field(default_factory=set)
+
+
+class Lease(Protocol):
+    """Held by one process at a time across everything sharing the store."""
+
+    def release(self) -> None: ...
+
+
+class ChunkStore(ChunkSink, ChunkSource, Protocol):
+    """What the ingest and restore pipelines and the lifecycle tools need."""
+
+    def contains(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The ids among ``ids`` that are stored (a plain lookup: nothing is pinned)."""
+
+    def quarantined(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The ids among ``ids`` that were quarantined as corrupt (and not stored anew)."""
+
     def iter_ids(self) -> Iterator[bytes]:
         """Every stored chunk id."""
 
+    def iter_sizes(self) -> Iterator[tuple[bytes, int]]:
+        """Every stored chunk id with its footprint."""
+
     def delete(self, ids: Iterable[bytes]) -> int:
-        """Forget chunks (garbage collection); returns how many were stored."""
+        """Forget chunks, pinned or not; returns how many were stored."""
+
+    def delete_unpinned(self, ids: Iterable[bytes], at: float) -> tuple[int, int]:
+        """Forget those of ``ids`` that no pin protects at time ``at`` (one atomic step
+        against concurrent :meth:`ChunkWriter.missing`: either the pin is seen or the
+        lookup sees the chunk gone). Returns (chunks, stored bytes) deleted."""
+
+    def pinned_ids(self, at: float) -> set[bytes]:
+        """Ids some pin protects at time ``at``."""
+
+    def prune_pins(self, before: float) -> int:
+        """Forget pins that expired before ``before``; returns how many."""
+
+    def mark(self) -> MarkSession:
+        """A new, empty mark for one collection."""
+
+    def usage_bytes(self) -> int:
+        """Bytes the store occupies, as the hard limit and eviction measure them."""
+
+    def admits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit under the store's hard limit (None: always)."""
+
+    def maintenance(
+        self, max_size: int | None, compact_below: float
+    ) -> Generator[None, None, MaintenanceReport]:
+        """Backend housekeeping after a sweep (local: leftovers of dead writers, pack
+        compaction), in increments; returns what it did."""
+
+    def release_unused(self) -> None:
+        """Let go of handles on storage that maintenance removed (here or in another
+        process); each call closes those found by the previous one, so that a read still
+        using one never hits a reused handle."""
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """fsck's half: every stored chunk against its id, the backend's own structure;
+        ``repair`` quarantines corrupt chunks and removes leftovers."""
+
+    def lease(self, name: str) -> Lease | None:
+        """The named lease (``"gc"``: one collection at a time), or None if it is held."""
 
     def stats(self) -> StoreStats: ...
 

@@ -1,7 +1,12 @@
-"""Pack files of the local chunk store: what is live in each, compaction, leftovers.
+"""Pack files of the local chunk store: the record format, what is live in each pack,
+compaction, leftovers.
+
+Records: magic | id (32) | raw size (u32) | stored size (u32) | bytes (magic ``CSC1``:
+a zstd frame; ``CSR1``: the raw chunk). They are self-describing, so the index can be
+rebuilt from the packs.
 
 A pack is *active* while its writer holds an exclusive ``flock`` on it (see
-``cachesrv.store.local``); nothing here touches an active pack. A writer locks its
+``writer.py``); nothing here touches an active pack. A writer locks its
 file before it lists it in ``packs``, so a listed pack that is not locked is
 finished; an unlisted file is left alone for :data:`MIN_AGE` (a writer creates the
 file a moment before it locks it).
@@ -20,13 +25,23 @@ import errno
 import fcntl
 import os
 import secrets
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachesrv.db import Database
 from cachesrv.store import Codec
-from cachesrv.store.local import CODEC_OF_MAGIC, RECORD_HEADER, RECORD_MAGICS, LocalChunkStore
+
+from .index import add_pack_bytes, quarantine
+
+MAGIC = b"CSC1"  # a record holding a zstd frame
+MAGIC_RAW = b"CSR1"  # a record holding the raw chunk
+RECORD_MAGICS = {Codec.ZSTD: MAGIC, Codec.RAW: MAGIC_RAW}
+CODEC_OF_MAGIC = {magic: codec for codec, magic in RECORD_MAGICS.items()}
+RECORD_HEADER = struct.Struct("<4s32sII")
+PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
 
 MIN_AGE = 60.0  # seconds before an unindexed file may be a dead writer's
 COPY_STEP = 8 << 20  # bytes copied per compaction increment
@@ -64,9 +79,17 @@ class PackUsage:
         return self.live_bytes / self.file_bytes if self.file_bytes else 0.0
 
 
-def usage(store: LocalChunkStore) -> list[PackUsage]:
+def new_pack_name() -> str:
+    return f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.pack"
+
+
+def pack_names(db: Database) -> dict[int, str]:
+    return dict(db.conn.execute("SELECT id, name FROM packs").fetchall())
+
+
+def usage(db: Database, pack_dir: Path) -> list[PackUsage]:
     """Every pack the index knows, with its live bytes (one grouped scan of the index)."""
-    conn = store.db.conn
+    conn = db.conn
     live = {
         pack: (count, total + count * RECORD_HEADER.size)
         for pack, count, total in conn.execute(
@@ -75,8 +98,8 @@ def usage(store: LocalChunkStore) -> list[PackUsage]:
     }
     now = time.time()
     result = []
-    for pack, name in store.pack_names().items():
-        path = store.pack_dir / name
+    for pack, name in pack_names(db).items():
+        path = pack_dir / name
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -88,15 +111,15 @@ def usage(store: LocalChunkStore) -> list[PackUsage]:
     return result
 
 
-def remove_leftovers(store: LocalChunkStore, min_age: float = MIN_AGE) -> tuple[int, int]:
+def remove_leftovers(db: Database, pack_dir: Path, min_age: float = MIN_AGE) -> tuple[int, int]:
     """Unlink packs no index row points into and files the index does not know, when
     no writer holds them; returns (files, bytes) removed."""
     removed = freed = 0
-    known = {name for name in store.pack_names().values()}
-    for entry in usage(store):
+    known = set(pack_names(db).values())
+    for entry in usage(db, pack_dir):
         if entry.live_chunks or entry.active:
             continue
-        with store.db.transaction() as conn:
+        with db.transaction() as conn:
             # a row may have appeared since usage() read the index: only an unused pack goes
             if conn.execute(
                 "SELECT 1 FROM chunks WHERE pack = ? LIMIT 1", (entry.pack,)
@@ -104,10 +127,10 @@ def remove_leftovers(store: LocalChunkStore, min_age: float = MIN_AGE) -> tuple[
                 continue
             conn.execute("DELETE FROM packs WHERE id = ?", (entry.pack,))
             conn.execute("DELETE FROM quarantine WHERE pack = ?", (entry.pack,))
-        freed += _unlink(store.pack_dir / entry.name)
+        freed += _unlink(pack_dir / entry.name)
         removed += 1
     now = time.time()
-    for path in store.pack_dir.iterdir():
+    for path in pack_dir.iterdir():
         if path.name in known:
             continue
         try:
@@ -118,35 +141,35 @@ def remove_leftovers(store: LocalChunkStore, min_age: float = MIN_AGE) -> tuple[
             freed += _unlink(path)
             removed += 1
     if removed:
-        _fsync_dir(store.pack_dir)
+        fsync_dir(pack_dir)
     return removed, freed
 
 
-def recount_pack_bytes(store: LocalChunkStore) -> int:
+def recount_pack_bytes(db: Database, pack_dir: Path) -> int:
     """Set the ``pack_bytes`` total (the hard limit's measure) to what is on disk."""
-    with store.db.transaction() as conn:  # commits wait: none lands between stat and set
-        total = sum(p.stat().st_size for p in store.pack_dir.glob("*.pack"))
+    with db.transaction() as conn:  # commits wait: none lands between stat and set
+        total = sum(p.stat().st_size for p in pack_dir.glob("*.pack"))
         conn.execute("UPDATE totals SET value = ? WHERE name = 'pack_bytes'", (total,))
     return total
 
 
-def compact(store: LocalChunkStore, pack: PackUsage) -> Iterator[int]:
+def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
     """Move the live records of ``pack`` to a new pack, in increments (yields bytes
     copied so far). Ends with the old pack unlinked and its bytes reclaimed."""
-    old_path = store.pack_dir / pack.name
-    rows = store.db.conn.execute(
+    old_path = pack_dir / pack.name
+    rows = db.conn.execute(
         "SELECT id, offset, length, raw_size, codec FROM chunks WHERE pack = ? ORDER BY offset",
         (pack.pack,),
     ).fetchall()
-    name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.pack"
-    new_path = store.pack_dir / name
+    name = new_pack_name()
+    new_path = pack_dir / name
     out = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     try:
         fcntl.flock(out, fcntl.LOCK_EX)
-        with store.db.transaction() as conn:
+        with db.transaction() as conn:
             cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
         new_pack = cursor.lastrowid
-        _fsync_dir(store.pack_dir)
+        fsync_dir(pack_dir)
         src = os.open(old_path, os.O_RDONLY)
         moved: list[tuple[bytes, int, int]] = []  # id, old frame offset, new frame offset
         bad: list[tuple[bytes, int, int, int]] = []
@@ -176,45 +199,29 @@ def compact(store: LocalChunkStore, pack: PackUsage) -> Iterator[int]:
         finally:
             os.close(src)
         os.fsync(out)
-        with store.db.transaction() as conn:
+        with db.transaction() as conn:
             for chunk_id, old_offset, new_offset in moved:
                 conn.execute(
                     "UPDATE chunks SET pack = ?, offset = ? "
                     "WHERE id = ? AND pack = ? AND offset = ?",
                     (new_pack, new_offset, chunk_id, pack.pack, old_offset),
                 )
+            now = time.time()
             for chunk_id, offset, length, raw_size in bad:
                 # not what the index says is there: never served, never copied
-                if conn.execute(
-                    "DELETE FROM chunks WHERE id = ? AND pack = ? AND offset = ?",
-                    (chunk_id, pack.pack, offset),
-                ).rowcount:
-                    conn.execute(
-                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            chunk_id,
-                            pack.pack,
-                            offset,
-                            length,
-                            raw_size,
-                            "bad record header",
-                            time.time(),
-                        ),
-                    )
-                    _add_totals(conn, -1, -length, -raw_size)
+                quarantine(
+                    conn, chunk_id, pack.pack, offset, length, raw_size, "bad record header", now
+                )
             left = conn.execute(
                 "SELECT count(*) FROM chunks WHERE pack = ?", (pack.pack,)
             ).fetchone()[0]
             if not left:
                 conn.execute("DELETE FROM packs WHERE id = ?", (pack.pack,))
                 conn.execute("DELETE FROM quarantine WHERE pack = ?", (pack.pack,))
-                conn.execute(
-                    "UPDATE totals SET value = value + ? WHERE name = 'pack_bytes'",
-                    (position - pack.file_bytes,),
-                )
+                add_pack_bytes(conn, position - pack.file_bytes)
         if not left:
             _unlink(old_path)
-            _fsync_dir(store.pack_dir)
+            fsync_dir(pack_dir)
     finally:
         os.close(out)  # drops the lock: the new pack is an ordinary, finished pack
     yield copied
@@ -247,11 +254,6 @@ def scan(path: Path) -> tuple[list[Record], int, int]:
     return records, position, size
 
 
-def _add_totals(conn: object, chunks: int, stored: int, raw: int) -> None:
-    for name, delta in (("chunks", chunks), ("stored_bytes", stored), ("raw_bytes", raw)):
-        conn.execute("UPDATE totals SET value = value + ? WHERE name = ?", (delta, name))  # type: ignore[attr-defined]
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -267,7 +269,7 @@ def _unlink(path: Path) -> int:
     return size
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

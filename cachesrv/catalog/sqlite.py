@@ -1,4 +1,4 @@
-"""The catalog: names -> manifests, with times and sizes (SQLite, one file).
+"""The SQLite catalog: names -> manifests, with times and sizes (one file).
 
 Two namespaces share the manifests table:
 - objects: legacy paths, a file tree (``a`` and ``a/b`` cannot both exist);
@@ -13,14 +13,18 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import blake3
 
 from cachesrv.db import Database
 from cachesrv.manifest import Manifest
+
+from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest
+
+_UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM objects o WHERE o.manifest = {m}) "
+    "AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.manifest = {m})"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -55,48 +59,6 @@ CREATE TABLE IF NOT EXISTS doomed (
 ) WITHOUT ROWID;
 """
 
-# The two namespaces, as (table, name column) for lifecycle queries.
-NAMESPACES = {"object": ("objects", "path"), "entry": ("entries", "key")}
-_UNREFERENCED = (
-    "NOT EXISTS (SELECT 1 FROM objects o WHERE o.manifest = {m}) "
-    "AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.manifest = {m})"
-)
-
-
-class Conflict(Exception):
-    """A path would be both a file and a directory."""
-
-
-class EntryExists(Exception):
-    """A cache entry exists and the save did not ask to replace it."""
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A name's current version."""
-
-    name: str
-    manifest_id: bytes
-    size: int
-    digest: bytes
-    mtime: float  # when this version finished uploading (Last-Modified)
-
-    @property
-    def etag(self) -> str:
-        return self.digest[:16].hex()
-
-
-@dataclass(frozen=True)
-class StoredManifest:
-    manifest_id: bytes
-    body: bytes
-    manifest: Manifest
-
-    @classmethod
-    def of(cls, manifest: Manifest) -> StoredManifest:
-        body = manifest.encode()
-        return cls(blake3.blake3(body).digest(), body, manifest)
-
 
 def _subtree(path: str) -> tuple[str, str]:
     # every key strictly below path/ sorts in [path + "/", path + "0"): "0" follows "/"
@@ -108,7 +70,9 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-class Catalog:
+class SqliteCatalog:
+    """The catalog of one machine: ``<data>/catalog.sqlite``."""
+
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.db = Database(root / "catalog.sqlite", _SCHEMA)
@@ -153,6 +117,24 @@ class Catalog:
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
             (name, stored.manifest_id, manifest.size, manifest.digest, now, now),
         )
+
+    def manifest_body(self, manifest_id: bytes) -> bytes | None:
+        """A manifest as stored (undecoded; fsck decodes it itself), None if there is none."""
+        row = self.db.conn.execute(
+            "SELECT body FROM manifests WHERE id = ?", (manifest_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def names(self) -> Iterator[tuple[str, str, bytes]]:
+        """Every name as (namespace, name, manifest id)."""
+        conn = self.db.conn
+        for namespace, (table, column) in NAMESPACES.items():
+            for name, manifest_id in conn.execute(f"SELECT {column}, manifest FROM {table}"):
+                yield namespace, name, manifest_id
+
+    def ping(self) -> None:
+        """Raise if the catalog cannot be read (the health check)."""
+        self.db.conn.execute("SELECT 1").fetchone()
 
     def live_manifest_ids(self) -> set[bytes]:
         conn = self.db.conn

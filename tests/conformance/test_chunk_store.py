@@ -1,0 +1,288 @@
+"""What every chunk store promises (cachesrv.store.ChunkStore), checked on each backend.
+
+A new backend (S3, ...) joins the ``store`` fixture's params and must pass unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from cachesrv.store import ChunkCorrupt, ChunkMissing, ChunkStore, Frame, chunk_id, encode_chunk
+from cachesrv.store.local import LocalChunkStore
+from cachesrv.store.memory import MemoryChunkStore
+
+PIN_TTL = 60.0
+Open = Callable[..., ChunkStore]
+
+
+@pytest.fixture(params=["local", "memory"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    opened: list[ChunkStore] = []
+
+    def open_(hard_limit: int | None = None, pin_ttl: float = PIN_TTL) -> ChunkStore:
+        store: ChunkStore
+        if request.param == "local":
+            store = LocalChunkStore(tmp_path, hard_limit=hard_limit, pin_ttl=pin_ttl)
+        else:
+            store = MemoryChunkStore(hard_limit=hard_limit, pin_ttl=pin_ttl)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Open) -> ChunkStore:
+    return open_store()
+
+
+def _chunk(n: int, size: int = 2000) -> tuple[bytes, bytes, Frame]:
+    data = (n.to_bytes(8, "little") * (size // 8 + 1))[:size]  # compressible
+    return chunk_id(data), data, encode_chunk(zstandard.ZstdCompressor(level=1), data)
+
+
+def _random_chunk(size: int = 2000) -> tuple[bytes, bytes, Frame]:
+    data = os.urandom(size)  # stored raw
+    return chunk_id(data), data, encode_chunk(zstandard.ZstdCompressor(level=1), data)
+
+
+def _store_chunks(store: ChunkStore, chunks: list[tuple[bytes, bytes, Frame]]) -> None:
+    writer = store.writer()
+    writer.missing(c[0] for c in chunks)
+    for cid, _, frame in chunks:
+        writer.put(cid, frame)
+    writer.commit()
+
+
+# -- writing and reading ---------------------------------------------------------
+
+
+def test_a_put_is_invisible_until_its_writer_commits(store: ChunkStore) -> None:
+    cid, data, frame = _chunk(1)
+    writer = store.writer()
+    assert writer.missing([cid]) == {cid}
+    writer.put(cid, frame)
+    assert store.contains([cid]) == set()
+    assert store.writer().missing([cid]) == {cid}
+    with pytest.raises(ChunkMissing):
+        store.read(cid)
+    writer.commit()
+    assert store.contains([cid]) == {cid}
+    assert store.read(cid) == data
+    assert not store.writer().missing([cid])
+
+
+def test_writers_commit_and_abort_only_their_own_chunks(store: ChunkStore) -> None:
+    (a, _, fa), (b, data_b, fb) = _chunk(1), _chunk(2)
+    first, second = store.writer(), store.writer()
+    first.put(a, fa)
+    second.put(b, fb)
+    second.commit()
+    assert store.contains([a, b]) == {b}
+    first.abort()
+    first.commit()  # nothing left to commit
+    assert store.contains([a, b]) == {b}
+    assert store.read(b) == data_b
+    # an aborted writer can start again
+    first.put(a, fa)
+    first.commit()
+    assert store.contains([a]) == {a}
+
+
+def test_missing_answers_for_a_batch_and_skips_what_the_writer_already_holds(
+    store: ChunkStore,
+) -> None:
+    chunks = [_chunk(i) for i in range(5)]
+    _store_chunks(store, chunks[:3])
+    writer = store.writer()
+    ids = [c[0] for c in chunks]
+    assert writer.missing(ids) == set(ids[3:])
+    writer.put(ids[3], chunks[3][2])
+    assert writer.missing(ids) == {ids[4]}  # put, not committed yet: not asked for again
+
+
+def test_reads_return_the_stored_frame_and_verified_bytes(store: ChunkStore) -> None:
+    chunks = [_chunk(1), _random_chunk(), _chunk(3)]
+    _store_chunks(store, chunks)
+    frames = store.read_frames([c[0] for c in chunks] + [chunks[0][0]])
+    assert [f.data for f in frames] == [c[2].data for c in chunks] + [chunks[0][2].data]
+    for (cid, data, frame), got in zip(chunks, frames, strict=False):
+        assert got.raw_size == len(data) and got.codec == frame.codec
+        assert got.digest == frame.digest
+        assert store.read_frame(cid).data == frame.data
+        assert store.read(cid) == data
+
+
+def test_a_chunk_that_does_not_match_its_id_is_never_returned_by_read(store: ChunkStore) -> None:
+    _, _, frame = _chunk(1)
+    wrong = chunk_id(b"something else")
+    writer = store.writer()
+    writer.put(wrong, frame)
+    writer.commit()
+    with pytest.raises(ChunkCorrupt):
+        store.read(wrong)
+    report = store.verify()
+    assert wrong in report.corrupt and report.problems
+
+
+def test_verify_repair_quarantines_and_a_new_put_heals(store: ChunkStore) -> None:
+    cid, _, frame = _chunk(1)
+    other, _, other_frame = _chunk(2)
+    writer = store.writer()
+    writer.put(cid, other_frame)  # the wrong bytes under this id
+    writer.put(other, other_frame)
+    writer.commit()
+    report = store.verify(repair=True)
+    assert report.corrupt == {cid} and report.repaired
+    assert store.contains([cid, other]) == {other}
+    assert store.quarantined([cid, other]) == {cid}
+    assert store.stats().quarantined == 1
+    with pytest.raises(ChunkCorrupt):
+        store.read(cid)
+    assert store.verify().problems == []
+    writer = store.writer()
+    assert writer.missing([cid]) == {cid}  # reported missing: a re-upload stores it anew
+    writer.put(cid, frame)
+    writer.commit()
+    assert store.quarantined([cid]) == set()
+    assert chunk_id(store.read(cid)) == cid
+
+
+def test_stats_and_sizes_count_committed_chunks(store: ChunkStore) -> None:
+    assert store.stats().chunks == 0
+    chunks = [_chunk(i) for i in range(4)]
+    _store_chunks(store, chunks)
+    stats = store.stats()
+    assert stats.chunks == 4
+    assert stats.raw_bytes == sum(len(c[1]) for c in chunks)
+    assert stats.stored_bytes == sum(len(c[2].data) for c in chunks)
+    assert stats.disk_bytes >= stats.stored_bytes
+    sizes = dict(store.iter_sizes())
+    assert set(sizes) == set(store.iter_ids()) == {c[0] for c in chunks}
+    assert all(sizes[c[0]] >= len(c[2].data) for c in chunks)
+    assert store.usage_bytes() >= sum(sizes.values())
+
+
+def test_the_hard_limit_refuses_puts_with_enospc(open_store: Open) -> None:
+    chunks = [_random_chunk(4000) for _ in range(3)]
+    store = open_store(hard_limit=6000)
+    writer = store.writer()
+    writer.put(chunks[0][0], chunks[0][2])
+    writer.commit()
+    assert store.admits(1000) and not store.admits(4000)
+    with pytest.raises(OSError) as refused:
+        writer.put(chunks[1][0], chunks[1][2])
+        writer.commit()
+    assert refused.value.errno == errno.ENOSPC
+    assert store.contains(c[0] for c in chunks) == {chunks[0][0]}
+
+
+def test_delete_forgets_chunks(store: ChunkStore) -> None:
+    chunks = [_chunk(i) for i in range(3)]
+    _store_chunks(store, chunks)
+    assert store.delete([chunks[0][0], chunks[1][0], chunk_id(b"never stored")]) == 2
+    assert store.contains(c[0] for c in chunks) == {chunks[2][0]}
+    assert store.stats().chunks == 1
+
+
+# -- pins and GC's side ------------------------------------------------------------
+
+
+def test_a_pin_protects_from_the_sweep_until_it_expires(store: ChunkStore) -> None:
+    pinned, loose = _chunk(1), _chunk(2)
+    _store_chunks(store, [loose])
+    store.prune_pins(time.time() + 2 * PIN_TTL)  # the writer above pinned it: forget that
+    before = time.time()
+    writer = store.writer()
+    assert writer.missing([pinned[0]]) == {pinned[0]}  # the lookup pins, stored or not
+    writer.put(pinned[0], pinned[2])
+    writer.commit()
+    assert pinned[0] in store.pinned_ids(before)
+    assert loose[0] not in store.pinned_ids(before)
+    # a sweep now keeps it, and takes the unpinned one
+    assert store.delete_unpinned([pinned[0], loose[0]], time.time()) == (1, len(loose[2].data))
+    assert store.contains([pinned[0], loose[0]]) == {pinned[0]}
+    # past the pin's expiry it goes too
+    later = before + PIN_TTL + 1
+    assert store.pinned_ids(later) == set()
+    assert store.delete_unpinned([pinned[0]], later)[0] == 1
+    assert store.contains([pinned[0]]) == set()
+
+
+def test_a_pin_carries_the_expiry_of_the_store_that_wrote_it(open_store: Open) -> None:
+    short = open_store(pin_ttl=0.0)
+    cid, _, frame = _chunk(1)
+    writer = short.writer()
+    writer.missing([cid])
+    writer.put(cid, frame)
+    writer.commit()
+    time.sleep(0.01)
+    assert short.delete_unpinned([cid], time.time()) == (1, len(frame.data))
+
+
+def test_prune_pins_forgets_only_expired_ones(store: ChunkStore) -> None:
+    cid = _chunk(1)[0]
+    store.writer().missing([cid])
+    assert store.prune_pins(time.time()) == 0
+    assert store.pinned_ids(time.time()) == {cid}
+    assert store.prune_pins(time.time() + PIN_TTL + 1) == 1
+    assert store.pinned_ids(0.0) == set()
+
+
+def test_a_mark_finds_garbage_and_each_manifests_own_bytes(store: ChunkStore) -> None:
+    a, b, shared, loose, held = (_chunk(i) for i in range(5))
+    _store_chunks(store, [a, b, shared, loose, held])
+    size = dict(store.iter_sizes())
+    marks = store.mark()
+    try:
+        marks.add(b"m1" * 16, [a[0], shared[0]], True)
+        marks.add(b"m2" * 16, [b[0], shared[0], _chunk(9)[0]], True)  # one not stored
+        marks.add(b"m3" * 16, [held[0]], False)  # a doomed root still in its grace
+        assert marks.seal() == 5
+        usage = marks.usage_by_manifest()
+        assert usage[b"m1" * 16] == (size[a[0]], size[shared[0]])
+        assert usage[b"m2" * 16] == (size[b[0]], size[shared[0]])
+        assert b"m3" * 16 not in usage
+        total, pending, unmarked = marks.footprint()
+        assert (total, pending, unmarked) == (sum(size.values()), size[held[0]], size[loose[0]])
+        held_by = {c: (n, s) for c, n, s in marks.held_by(b"m1" * 16)}
+        assert held_by == {a[0]: (1, size[a[0]]), shared[0]: (2, size[shared[0]])}
+        assert [c for batch in marks.garbage(2) for c in batch] == [loose[0]]
+    finally:
+        marks.close()
+
+
+def test_maintenance_runs_in_increments_and_reports_usage(store: ChunkStore) -> None:
+    _store_chunks(store, [_chunk(i) for i in range(3)])
+    work = store.maintenance(None, 0.5)
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            report = done.value
+            break
+    assert report.usage_bytes == store.usage_bytes()
+    store.release_unused()
+    assert store.stats().chunks == 3
+
+
+def test_a_lease_is_held_once(store: ChunkStore) -> None:
+    lease = store.lease("gc")
+    assert lease is not None
+    assert store.lease("gc") is None
+    other = store.lease("other")
+    assert other is not None
+    other.release()
+    lease.release()
+    again = store.lease("gc")
+    assert again is not None
+    again.release()
