@@ -37,7 +37,7 @@ log = logging.getLogger("cachesrv.restore")
 SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its client
 # Past this many restores at once, jobs send smaller frames: the server holds about two
 # frames per restore (the frame and h11's copy of it), and memory is one budget.
-BUSY = 2
+BUSY = 4
 
 
 class RestoreFailed(ChunkCorrupt):
@@ -117,7 +117,7 @@ class RestorePool:
             log.error("restore worker exited with %s; starting another", process.returncode)
             await trio.sleep(0.5)
 
-    async def stream(self, job: Job) -> AsyncIterator[bytearray]:
+    async def stream(self, job: Job) -> AsyncIterator[bytes]:
         """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
         cannot be served (before the first piece: nothing was sent yet)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -170,16 +170,24 @@ def _load(worker: _Worker) -> int:
     return worker.active
 
 
-async def _frames(sock: trio.socket.SocketType, totals: JobStats) -> AsyncIterator[bytearray]:
+async def _frames(sock: trio.socket.SocketType, totals: JobStats) -> AsyncIterator[bytes]:
     header = memoryview(bytearray(FRAME.size))
     while True:
         await _receive_into(sock, header)
         kind, length = FRAME.unpack(header)
+        if kind == DATA:
+            # Passed on as received: bytes go to hypercorn without a copy (a bytearray
+            # would be copied there, and zeroed here first).
+            while length:
+                data = await sock.recv(length)
+                if not data:
+                    raise RestoreFailed("the restore job ended early (its worker died?)")
+                length -= len(data)
+                yield data
+            continue
         payload = bytearray(length)
         await _receive_into(sock, memoryview(payload))
-        if kind == DATA:
-            yield payload
-        elif kind == END:
+        if kind == END:
             for name, value in json.loads(payload).items():
                 setattr(totals, name, getattr(totals, name) + value)
             return
