@@ -18,6 +18,10 @@ from pathlib import Path
 
 
 class Database:
+    # Page cache per connection, in KiB (SQLite's default is 2000). A process with many
+    # threads, so many connections, lowers it (cachesrv.restore.process).
+    cache_kib = 2000
+
     def __init__(self, path: Path, schema: str, durable: bool = True) -> None:
         """``durable=False`` (a cache): commits are not fsynced; WAL still keeps the file
         consistent, a crash may lose the last commits."""
@@ -38,6 +42,7 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

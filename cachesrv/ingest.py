@@ -19,7 +19,6 @@ import zstandard
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.restore.hot import SPAN, HotCache, Written
 from cachesrv.store import ChunkMissing, ChunkWriter, choose_codec, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
@@ -52,14 +51,8 @@ class IngestSession:
         level: int = 3,
         tar_aware: bool = True,
         threads: int = 1,
-        hot: HotCache | None = None,
     ) -> None:
         self.store = store
-        # The upload's bytes also go to the hot cache as they pass: the first restore
-        # after an upload then needs no decoding (see cachesrv.restore.hot).
-        self.hot = hot
-        self._span = bytearray()
-        self._hot_written: list[Written] = []
         self.splitter = Splitter(params, tar_aware=tar_aware)
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.threads = threads
@@ -71,8 +64,6 @@ class IngestSession:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self.hasher.update(data)
-        if self.hot is not None:
-            self._keep_hot(data)
         self.stats.logical_bytes += len(data)
         try:
             self._absorb(self.splitter.feed(data))
@@ -80,30 +71,10 @@ class IngestSession:
             self.abort()  # a failed upload never publishes: its writer lets go now
             raise
 
-    def _keep_hot(self, data: bytes | bytearray | memoryview) -> None:
-        view, span = memoryview(data), self._span
-        while view and self.hot is not None:
-            take = SPAN - len(span)
-            span += view[:take]
-            view = view[take:]
-            if len(span) == SPAN:
-                self._span_done()
-
-    def _span_done(self) -> None:
-        assert self.hot is not None
-        written = self.hot.append(len(self._hot_written), self._span)
-        self._span.clear()
-        if written is None:
-            self.hot = None  # could not write (disk full?): this upload stays cold
-        else:
-            self._hot_written.append(written)
-
     def finish(self) -> Manifest:
         try:
             self._absorb(self.splitter.finish())
             self._compress_queued()
-            if self.hot is not None and self._span:
-                self._span_done()
             self.store.commit()
         except BaseException:
             self.abort()
@@ -113,10 +84,7 @@ class IngestSession:
         lost = self.store.missing({p.chunk_id for p in self.pieces if p.chunk_id is not None})
         if lost:
             raise ChunkMissing(f"{len(lost)} chunks of this upload vanished before it finished")
-        digest = self.hasher.digest()
-        if self.hot is not None:
-            self.hot.record(digest, self._hot_written)
-        return Manifest(self.stats.logical_bytes, digest, tuple(self.pieces))
+        return Manifest(self.stats.logical_bytes, self.hasher.digest(), tuple(self.pieces))
 
     def abort(self) -> None:
         """Forget the upload: chunks not committed yet never become visible."""

@@ -76,16 +76,13 @@ def worker_main(
     data: Path,
     params: ChunkParams,
     level: int,
-    hot_bytes: int,
     threads: int = 2,
     hard_limit: int | None = None,
     pin_ttl: float = 600.0,
 ) -> None:
-    from cachesrv.restore.hot import HotCache
     from cachesrv.store.local import LocalChunkStore
 
     store = LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
-    hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
     header = memoryview(bytearray(FRAME.size))
     buffer = memoryview(bytearray(SEND_BATCH * 2))
     session: IngestSession | None = None
@@ -108,7 +105,6 @@ def worker_main(
                     level,
                     options.get("tar_aware", True),
                     threads=threads,
-                    hot=hot,
                 )
                 failure = None
             elif kind == b"D":
@@ -138,8 +134,6 @@ def worker_main(
                 _send(sock, b"K")
     finally:
         store.close()
-        if hot is not None:
-            hot.close()
 
 
 def _main() -> None:
@@ -148,7 +142,6 @@ def _main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
-    parser.add_argument("--hot-bytes", type=int, required=True)
     parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
     parser.add_argument("--pin-ttl", type=float, required=True)
     args = parser.parse_args()
@@ -160,7 +153,6 @@ def _main() -> None:
             args.data,
             ChunkParams(*args.chunk),
             args.level,
-            args.hot_bytes,
             hard_limit=args.hard_limit or None,
             pin_ttl=args.pin_ttl,
         )
@@ -180,7 +172,6 @@ class Worker:
         data: Path,
         params: ChunkParams,
         level: int,
-        hot_bytes: int,
         hard_limit: int | None = None,
         pin_ttl: float = 600.0,
     ) -> None:
@@ -200,8 +191,6 @@ class Worker:
             *map(str, params),
             "--level",
             str(level),
-            "--hot-bytes",
-            str(hot_bytes),
             "--hard-limit",
             str(hard_limit or 0),
             "--pin-ttl",
@@ -264,12 +253,11 @@ class WorkerPool:
         data: Path,
         params: ChunkParams,
         level: int,
-        hot_bytes: int,
         size: int,
         hard_limit: int | None = None,
         pin_ttl: float = 600.0,
     ) -> None:
-        self._spawn_args = (data, params, level, hot_bytes, hard_limit, pin_ttl)
+        self._spawn_args = (data, params, level, hard_limit, pin_ttl)
         self._idle = [Worker(*self._spawn_args) for _ in range(size)]
         self._available = trio.Semaphore(size)
         self.size = size

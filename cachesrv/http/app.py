@@ -211,9 +211,16 @@ class App:
 
     async def _publish(self, items: list[tuple[str, StoredManifest]]) -> float:
         try:
-            return await trio.to_thread.run_sync(self.repo.catalog.publish, items)
+            mtime = await trio.to_thread.run_sync(self.repo.catalog.publish, items)
         except Conflict as exc:
             raise HttpError(409, f"Conflict: {exc}") from exc
+        if len(items) == 1:  # not every member of a targz: those are small
+            self._warm(items[0][1])
+        return mtime
+
+    def _warm(self, stored: StoredManifest) -> None:
+        manifest = stored.manifest
+        self.repo.restores.warm(Job(stored.manifest_id, manifest.digest, manifest.size))
 
     async def _upload_form(self, request: Request, send: Any) -> None:
         query_path = request.arg("path")
@@ -414,14 +421,9 @@ class App:
             await send({"type": "http.response.body", "body": b""})
             return
         self.repo.counters.downloads += 1
-        try:
-            manifest = await trio.to_thread.run_sync(self.repo.catalog.manifest, ref.manifest_id)
-        except KeyError:  # collected between the lookup and now: it is gone
-            await self._not_found(request, send, "Not Found")
-            return
         # GC keeps the manifest's chunks until the response ends, in whatever process
         # the job runs
-        body = self.repo.pins.hold(manifest, self.repo.restores.stream(job))
+        body = self.repo.pins.hold(ref.manifest_id, self.repo.restores.stream(job))
         await self._stream(send, status, common, body, ref)
 
     async def _stream(
@@ -501,6 +503,7 @@ class App:
                 )
             except EntryExists as exc:
                 raise HttpError(409, f"cache entry {key!r} exists") from exc
+            self._warm(stored)
             await send_json(
                 send,
                 201,

@@ -27,37 +27,50 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from cachesrv.manifest import Manifest
 
 
 class ManifestPins:
-    """Manifests that responses of this process are serving (thread-safe)."""
+    """Manifests that responses of this process are serving, by id (thread-safe).
+
+    A response pins only the id: nothing is decoded on the request path. GC decodes
+    a pinned manifest when it first marks it, and keeps the decoded copy for as long
+    as it is held, so a manifest row dropped after its grace still protects its chunks.
+    """
 
     def __init__(self) -> None:
-        self._held: Counter[int] = Counter()
-        self._manifests: dict[int, Manifest] = {}
+        self._held: Counter[bytes] = Counter()
+        self._decoded: dict[bytes, Manifest] = {}
         self._lock = threading.Lock()
 
-    async def hold(
-        self, manifest: Manifest, body: AsyncIterator[bytes | bytearray]
-    ) -> AsyncIterator[bytes | bytearray]:
-        """``body``, with ``manifest`` pinned until it is exhausted or closed."""
-        key = id(manifest)
+    async def hold(self, manifest_id: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``body``, with the manifest pinned until it is exhausted or closed."""
         with self._lock:
-            self._held[key] += 1
-            self._manifests[key] = manifest
+            self._held[manifest_id] += 1
         try:
             async for data in body:
                 yield data
         finally:
             with self._lock:
-                self._held[key] -= 1
-                if not self._held[key]:
-                    del self._held[key]
-                    del self._manifests[key]
+                self._held[manifest_id] -= 1
+                if not self._held[manifest_id]:
+                    del self._held[manifest_id]
+                    self._decoded.pop(manifest_id, None)
 
-    def manifests(self) -> list[Manifest]:
+    def manifests(self, load: Callable[[bytes], Manifest]) -> list[Manifest]:
+        """Every pinned manifest, decoded with ``load`` the first time it is asked for."""
         with self._lock:
-            return list(self._manifests.values())
+            wanted = [i for i in self._held if i not in self._decoded]
+        loaded = {}
+        for manifest_id in wanted:
+            try:
+                loaded[manifest_id] = load(manifest_id)
+            except KeyError:
+                pass  # gone before its first mark: its response fails, never misreads
+        with self._lock:
+            for manifest_id, manifest in loaded.items():
+                if manifest_id in self._held:
+                    self._decoded[manifest_id] = manifest
+            return list(self._decoded.values())

@@ -2,7 +2,8 @@
 
 - :mod:`.job`: one restore, blocking: hot spans or decoded chunks, all verified, as
   frames on a socket; ``Content-Encoding: zstd`` restores send the stored frames.
-- :mod:`.hot`: the hot cache of decoded, verified spans of recent objects (on disk).
+- :mod:`.hot`: the hot cache of decoded, verified spans of recent objects (on disk),
+  filled by restores and, after each upload, by a warm-up job in the background.
 - :mod:`.workers`: the server side: restore worker processes (or threads), owned by a
   nursery of the server; :mod:`.process`: the worker process itself.
 

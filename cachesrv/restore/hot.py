@@ -14,7 +14,10 @@ Layout under ``<data>/hot/``::
     index.sqlite          (object digest, span index) -> (segment, offset, length, digest)
 
 Keyed by the object's digest (its ETag), so equal bytes under any name or
-version share their spans. Everything here can be lost at any time without
+version share their spans. Restores that miss add the spans they decoded; after
+each upload a warm-up job decodes the new version in the background (writing it
+on the upload path halved warm upload speed: the page-cache writes throttle), so
+the first restore of it is hot already. Everything here can be lost at any time without
 loss: nothing is fsynced, a span that fails its digest (a torn write after a
 crash, a flipped bit) is a miss that drops the row, and the restore reads the
 chunk store instead, which verifies every chunk against its id. The cache is
@@ -25,6 +28,7 @@ count in ``disk_bytes`` and ``hot_bytes``, not in the store's stored bytes.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import secrets
 import sqlite3
@@ -92,6 +96,11 @@ class HotCache:
         self._fd: int | None = None
         self._size = 0
         self._read_fds: dict[int, int] = {}
+        # Segments are read through mappings: a span is hashed and sent from the page
+        # cache without a copy (a pread of each span cost as much as its digest).
+        # Segment files only ever grow and are never rewritten, so a mapped byte never
+        # changes once written; a grown segment is mapped again.
+        self._maps: dict[int, mmap.mmap] = {}
         self.hits = self.misses = self.bad = 0
 
     # -- reading ---------------------------------------------------------------
@@ -103,12 +112,12 @@ class HotCache:
         ).fetchall()
         return {idx: HotSpan(*location) for idx, *location in rows}
 
-    def read(self, digest: bytes, index: int, span: HotSpan) -> bytes | None:
+    def read(self, digest: bytes, index: int, span: HotSpan) -> memoryview | None:
         """The span's bytes, verified; None when it is gone or damaged (read the store)."""
         try:
-            data = os.pread(self._read_fd(span.segment), span.length, span.offset)
-        except OSError:
-            data = b""  # segment dropped meanwhile (or its fd closed): a miss
+            data = self._view(span)
+        except (OSError, ValueError):
+            data = memoryview(b"")  # segment dropped meanwhile, or shorter: a miss
         if len(data) == span.length and frame_digest(data) == span.digest:
             self.hits += 1
             return data
@@ -118,6 +127,32 @@ class HotCache:
             log.warning("hot span %s/%d does not match its digest; dropped", digest.hex(), index)
         self._forget(digest, index, span)
         return None
+
+    def release(self, span: HotSpan) -> None:
+        """Unmap a served span's pages from this process (they stay in the page cache):
+        mapped pages count as the process's memory, and memory is one budget."""
+        mapping = self._maps.get(span.segment)
+        if mapping is None:
+            return
+        start = span.offset - span.offset % mmap.PAGESIZE
+        end = min(span.offset + span.length, len(mapping))
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass  # only memory accounting: the bytes are right either way
+
+    def _view(self, span: HotSpan) -> memoryview:
+        end = span.offset + span.length
+        mapping = self._maps.get(span.segment)
+        if mapping is None or len(mapping) < end:
+            fd = self._read_fd(span.segment)
+            size = os.fstat(fd).st_size
+            if size < end:
+                return memoryview(b"")  # recorded but never written whole (a crash)
+            mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            with self._lock:  # a replaced mapping is unmapped when its last view goes
+                self._maps[span.segment] = mapping
+        return memoryview(mapping)[span.offset : end]
 
     def _read_fd(self, segment: int) -> int:
         fd = self._read_fds.get(segment)
@@ -172,6 +207,8 @@ class HotCache:
         """Make appended spans findable (only those whose segment still exists)."""
         if not written:
             return
+        with self._lock:  # lock order: this lock, then the database, never the reverse
+            current = (self._size, self._segment)
         try:
             with self.db.transaction() as conn:
                 conn.executemany(
@@ -179,12 +216,8 @@ class HotCache:
                     "WHERE EXISTS (SELECT 1 FROM segments WHERE id = ?)",
                     ((digest, w.index, *_fields(w.span), w.span.segment) for w in written),
                 )
-                with self._lock:
-                    if self._segment is not None:
-                        conn.execute(
-                            "UPDATE segments SET bytes = ? WHERE id = ?",
-                            (self._size, self._segment),
-                        )
+                if current[1] is not None:
+                    conn.execute("UPDATE segments SET bytes = ? WHERE id = ?", current)
         except sqlite3.Error as exc:
             log.warning("hot cache: spans not recorded: %s", exc)
 
@@ -222,7 +255,8 @@ class HotCache:
             total -= size
         live = {row[0] for row in conn.execute("SELECT id FROM segments")}
         for segment in [s for s in self._read_fds if s not in live]:
-            os.close(self._read_fds.pop(segment))  # a reader mid-pread gets a miss, no more
+            os.close(self._read_fds.pop(segment))  # a mapping stays valid without its fd
+            self._maps.pop(segment, None)
 
     def _close_segment(self) -> None:
         if self._fd is not None:
@@ -248,6 +282,7 @@ class HotCache:
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
+            self._maps.clear()
         self.db.close()
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -51,6 +52,9 @@ ZSTD_FRAME = struct.Struct("<IBI")  # magic, descriptor (single segment, 4-byte 
 ZSTD_MAGIC = 0xFD2FB528
 RAW_BLOCK = 128 << 10  # largest zstd block
 RECORD_EVERY = 32  # spans: newly hot spans become visible to other restores this often
+# Spans decoded at once in this process, whatever the number of restores: two cores gain
+# nothing from more, and each decode holds a few MiB (memory is one budget).
+_decoding = threading.BoundedSemaphore(2)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Job:
     end: int = -1  # exclusive; -1: the object's end
     zstd: bool = False
     piece: int = SPAN  # bytes per frame sent (smaller when many restores share memory)
+    warm: bool = False  # only fill the hot cache (after an upload): nothing is sent
 
     def encode(self) -> bytes:
         fields = asdict(self)
@@ -103,7 +108,8 @@ def run(source: Source, job: Job, out: socket.socket) -> JobStats:
             _zstd(source, manifest, job.piece) if job.zstd else _plain(source, job, manifest, stats)
         )
         for part in parts:
-            send_frame(out, DATA, part)
+            if not job.warm:
+                send_frame(out, DATA, part)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the response ended early (client gone): nothing more to send
     except (ChunkError, KeyError) as exc:
@@ -157,9 +163,14 @@ def _plain(source: Source, job: Job, manifest: Manifest, stats: JobStats) -> Ite
         for index in range(job.start // SPAN, (end - 1) // SPAN + 1):
             lo, hi = index * SPAN, min((index + 1) * SPAN, manifest.size)
             span = known.get(index)
-            data = hot.read(job.digest, index, span) if hot is not None and span else None
+            if job.warm and span is not None:
+                continue  # already hot: a warm-up does not read it back
+            data: bytes | memoryview | None = None
+            if hot is not None and span is not None:
+                data = hot.read(job.digest, index, span)
             if data is None:
-                data = cold.read(manifest, lo, hi)
+                with _decoding:
+                    data = cold.read(manifest, lo, hi)
                 stats.hot_misses += 1
                 if hot is not None:
                     added = hot.append(index, data)
@@ -173,6 +184,8 @@ def _plain(source: Source, job: Job, manifest: Manifest, stats: JobStats) -> Ite
             view = memoryview(data)[max(job.start - lo, 0) : min(end, hi) - lo]
             for at in range(0, len(view), job.piece):
                 yield view[at : at + job.piece]
+            if hot is not None and span is not None:
+                hot.release(span)
     finally:
         if hot is not None:
             hot.record(job.digest, written)
@@ -185,7 +198,7 @@ class _ColdReader:
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
         self.decompressor = zstandard.ZstdDecompressor()
-        self._last: tuple[bytes, bytes] | None = None
+        self._last: tuple[bytes, bytes | memoryview] | None = None
 
     def read(self, manifest: Manifest, lo: int, hi: int) -> bytes:
         pieces = list(manifest.span(lo, hi))
@@ -199,27 +212,30 @@ class _ColdReader:
         if last is not None:
             chunks[last[0]] = last[1]
         parts: list[bytes | memoryview] = []
+        last_piece: tuple[bytes, bytes | memoryview] | None = None
         for piece, a, b in pieces:
             data = piece.inline if piece.chunk_id is None else chunks[piece.chunk_id]
             assert data is not None
             parts.append(data if (a, b) == (0, len(data)) else memoryview(data)[a:b])
             if piece.chunk_id is not None:
-                self._last = (piece.chunk_id, data)
+                last_piece = (piece.chunk_id, data)
+        if last_piece is not None:  # a copy: a view would keep the whole batch alive
+            self._last = (last_piece[0], bytes(last_piece[1]))
         return b"".join(parts)
 
-    def _decode(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+    def _decode(self, ids: Sequence[bytes]) -> dict[bytes, bytes | memoryview]:
         if not ids:
             return {}
         frames = self.store.read_frames(ids)
         packed = [i for i, f in enumerate(frames) if f.codec == Codec.ZSTD]
-        decoded: dict[int, bytes] = {}
+        decoded: dict[int, bytes | memoryview] = {}
         if packed:
             sizes = struct.pack(f"<{len(packed)}Q", *(frames[i].raw_size for i in packed))
             try:
                 batch = self.decompressor.multi_decompress_to_buffer(
                     [frames[i].data for i in packed], decompressed_sizes=sizes
                 )
-                decoded = {i: batch[k].tobytes() for k, i in enumerate(packed)}
+                decoded = {i: memoryview(batch[k]) for k, i in enumerate(packed)}  # type: ignore[arg-type]
             except zstandard.ZstdError:
                 # one frame is damaged: decode one by one, which names it
                 decoded = {i: decode_frame(ids[i], frames[i]) for i in packed}

@@ -12,6 +12,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cachesrv.db import Database
 from cachesrv.restore.job import Job, Source, run
 
 JOB_THREADS = 32  # concurrent jobs per worker process (more wait for a thread)
@@ -47,6 +48,8 @@ def _main() -> None:
     from cachesrv.malloc import bound_heap
 
     bound_heap()
+    # Each job thread has its own connections to three databases; they read little.
+    Database.cache_kib = 256
     source = open_source(args.data, args.hot_bytes)
     control = socket.socket(fileno=args.fd)
     control.setblocking(True)  # the server's end is non-blocking, and so was the fd

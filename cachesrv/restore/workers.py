@@ -38,6 +38,7 @@ SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its clien
 # Past this many restores at once, jobs send smaller frames: the server holds about two
 # frames per restore (the frame and h11's copy of it), and memory is one budget.
 BUSY = 4
+WARM_QUEUE = 64  # warm-ups waiting; past it new ones are dropped (a cache, not a duty)
 
 
 class RestoreFailed(ChunkCorrupt):
@@ -67,6 +68,8 @@ class RestorePool:
         self._workers = [_Worker() for _ in range(workers)]
         self._nursery: trio.Nursery | None = None
         self.active = 0  # restores streaming now, in every process
+        self._warm_send, self._warm_receive = trio.open_memory_channel[Job](WARM_QUEUE)
+        self.warm_pending_bytes = 0  # of warm-ups queued or running
         self.stats = JobStats()  # totals reported by finished jobs, in every process
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -75,6 +78,7 @@ class RestorePool:
             for worker in self._workers:
                 await nursery.start(self._supervise, worker)
             self._nursery = nursery
+            nursery.start_soon(self._warm_up)
             task_status.started()
             await trio.sleep_forever()  # jobs in threads run in this nursery
 
@@ -116,6 +120,28 @@ class RestorePool:
                         await process.wait()
             log.error("restore worker exited with %s; starting another", process.returncode)
             await trio.sleep(0.5)
+
+    def warm(self, job: Job) -> None:
+        """Decode a just-published version into the hot cache, in the background, one
+        at a time (so the first restore of it need not decode; see .hot)."""
+        if self.hot_bytes <= 0:
+            return
+        try:
+            self._warm_send.send_nowait(dataclasses.replace(job, warm=True))
+        except trio.WouldBlock:
+            log.info("warm-up queue full: %s stays cold until read", job.digest.hex()[:16])
+            return
+        self.warm_pending_bytes += job.size
+
+    async def _warm_up(self) -> None:
+        async for job in self._warm_receive:
+            try:
+                async for _ in self.stream(job):
+                    pass
+            except RestoreFailed as exc:
+                log.warning("warm-up of %s failed: %s", job.digest.hex()[:16], exc)
+            finally:
+                self.warm_pending_bytes -= job.size
 
     async def stream(self, job: Job) -> AsyncIterator[bytes]:
         """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
