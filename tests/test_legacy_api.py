@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import Server, StartServer, curl, status
+from conftest import Server, StartServer, curl, free_port, status
 
 
 def upload(server: Server, path: str, data: bytes, *extra: str) -> tuple[int, bytes]:
@@ -525,14 +525,82 @@ class TestCredentials:
         assert curl("-fsI", f"{secured.url}/a").returncode == 0
 
 
-def test_config_precedence_flag_over_cachesrv_over_uploader(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    legacy_dir, new_dir = tmp_path / "legacy", tmp_path / "new"
+# -- configuration precedence: flag > CACHESRV_* > UPLOADER_* > default ---------------------
+# Each case leaves out the fixture's own flag for the setting under test and is observed
+# from outside: where the objects land on disk, which port answers, which password works.
+
+_DATA_CASES = {
+    # case: (flag?, CACHESRV_DATA?, UPLOADER_DIRECTORY?) -> the directory that must win
+    "flag": ((True, True, True), "flag"),
+    "cachesrv-env": ((False, True, True), "new"),
+    "uploader-env": ((False, False, True), "legacy"),
+    "default": ((False, False, False), "pub"),
+}
+
+
+@pytest.mark.parametrize("case", _DATA_CASES)
+def test_data_directory_precedence(start_server: StartServer, tmp_path: Path, case: str) -> None:
+    (flag, new, legacy), winner = _DATA_CASES[case]
+    dirs = {name: tmp_path / name for name in ("flag", "new", "legacy", "pub")}
+    env = {}
+    if new:
+        env["CACHESRV_DATA"] = str(dirs["new"])
+    if legacy:
+        env["UPLOADER_DIRECTORY"] = str(dirs["legacy"])
+    args = ["--data", str(dirs["flag"])] if flag else []
     server = start_server(
-        env={"UPLOADER_DIRECTORY": str(legacy_dir), "CACHESRV_DATA": str(new_dir)}
-    )
-    # the fixture passes --data, which wins over both variables
-    upload(server, "x", b"1")
-    assert (server.data / "catalog.sqlite").exists()
-    assert not legacy_dir.exists() and not new_dir.exists()
+        env=env, args=args, data=dirs[winner], pass_data=False, cwd=tmp_path
+    )  # ./pub, the default, is relative to the working directory
+    assert upload(server, "where.txt", case.encode())[0] == 201
+    assert server.stop() == 0
+    assert [name for name, path in dirs.items() if path.exists()] == [winner]
+    # The objects are really there: a server given that directory serves them.
+    reader = start_server(data=dirs[winner])
+    status, _, body = get(reader, "where.txt")
+    assert (status, body) == (200, case.encode())
+
+
+def test_port_precedence(start_server: StartServer) -> None:
+    flag, new, legacy = free_port(), free_port(), free_port()
+    assert len({flag, new, legacy}) == 3
+    both = {"CACHESRV_PORT": str(new), "UPLOADER_PORT": str(legacy)}
+    for env, args, winner in (
+        (both, ["--port", str(flag)], flag),
+        (both, [], new),
+        ({"UPLOADER_PORT": str(legacy)}, [], legacy),
+    ):
+        # The fixture waits for the server on the winning port only.
+        server = start_server(env=env, args=args, port=winner, pass_port=False)
+        for port in {flag, new, legacy} - {winner}:
+            refused = curl("-o", "/dev/null", f"http://127.0.0.1:{port}/-/healthz")
+            assert refused.returncode == 7, (port, refused.stderr)  # couldn't connect
+        assert server.stop() == 0
+    # (The default, 8080, is not tried: on a shared machine someone else may hold it.)
+
+
+_CREDENTIAL_CASES = {
+    # case: (flag?, CACHESRV_UPLOAD_CREDENTIALS?, UPLOADER_UPLOAD_CREDENTIALS?) -> winner
+    "flag": ((True, True, True), "flag:pw1"),
+    "cachesrv-env": ((False, True, True), "new:pw2"),
+    "uploader-env": ((False, False, True), "legacy:pw3"),
+    "default": ((False, False, False), None),  # no credentials: writes are open
+}
+
+
+@pytest.mark.parametrize("case", _CREDENTIAL_CASES)
+def test_credentials_precedence(start_server: StartServer, case: str) -> None:
+    (flag, new, legacy), winner = _CREDENTIAL_CASES[case]
+    env = {}
+    if new:
+        env["CACHESRV_UPLOAD_CREDENTIALS"] = "new:pw2"
+    if legacy:
+        env["UPLOADER_UPLOAD_CREDENTIALS"] = "legacy:pw3"
+    server = start_server(env=env, args=["--credentials", "flag:pw1"] if flag else [])
+
+    def put(*auth: str) -> int:
+        return status(*auth, "-T", "-", f"{server.url}/auth.bin", input=b"x")
+
+    for candidate in ("flag:pw1", "new:pw2", "legacy:pw3"):
+        expected = 201 if winner in (candidate, None) else 401
+        assert put("-u", candidate) == expected, candidate
+    assert put() == (201 if winner is None else 401)
