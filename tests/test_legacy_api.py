@@ -227,6 +227,24 @@ def test_traversal_is_403_and_writes_nothing(server: Server, path: str) -> None:
     assert get(server, "x")[0] == 404
 
 
+def test_percent_encoded_traversal_in_the_url_is_refused_and_writes_nothing(
+    server: Server,
+) -> None:
+    # The server sees the URL path decoded: %2e%2e is "..", %2F is "/", %5c a backslash.
+    for target, expected in [
+        ("%2e%2e/x", 403),
+        ("a/%2e%2e/%2E%2E/x", 403),
+        ("..%2Fx", 403),
+        ("a%2F..%2F..%2Fx", 403),
+        ("%2e%2e%5cx", 400),
+        ("x%00y", 400),
+    ]:
+        url = f"{server.url}/{target}"
+        assert status("--path-as-is", "-T", "-", url, input=b"evil") == expected, target
+        assert status("--path-as-is", url) == expected, target
+    assert json.loads(curl(f"{server.url}/-/stats").stdout)["objects"] == 0
+
+
 def test_dotdot_inside_the_root_resolves_like_the_old_server(server: Server) -> None:
     assert upload(server, "a/../b.txt", b"b")[0] == 201
     assert get(server, "b.txt")[2] == b"b"
