@@ -76,6 +76,11 @@ class StartServer(Protocol):
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         data: Path | None = None,
+        *,
+        port: int | None = None,
+        pass_data: bool = True,
+        pass_port: bool = True,
+        cwd: Path | None = None,
     ) -> Server: ...
 
 
@@ -84,6 +89,11 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
     """A factory: each call starts ``cachesrv serve`` and waits until it answers.
 
     ``data`` reuses a store directory (restart tests); every server is stopped at teardown.
+    ``port`` and ``data`` are where the server listens and stores (by default a free port
+    and a new directory), passed as ``--port`` and ``--data``; with ``pass_port=False`` or
+    ``pass_data=False`` the flag is left out, the test's ``env`` or ``args`` (or the
+    defaults, relative to ``cwd``) must bring the server there, and the fixture waits for
+    it on ``port``: what configuration precedence tests need.
     """
     started: list[Server] = []
 
@@ -91,27 +101,27 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         data: Path | None = None,
+        *,
+        port: int | None = None,
+        pass_data: bool = True,
+        pass_port: bool = True,
+        cwd: Path | None = None,
     ) -> Server:
-        port = free_port()
+        port = port or free_port()
         base = tmp_path_factory.mktemp("server")
         data = data or base / "data"
         log = base / "server.log"
-        command = [
-            sys.executable,
-            "-m",
-            "cachesrv",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data",
-            str(data),
-            *(args or []),
-        ]
+        command = [sys.executable, "-m", "cachesrv", "serve", "--host", "127.0.0.1"]
+        if pass_port:
+            command += ["--port", str(port)]
+        if pass_data:
+            command += ["--data", str(data)]
+        command += args or []
         full_env = clean_env(env)
         with open(log, "ab") as log_file:
-            proc = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=log_file)
+            proc = subprocess.Popen(
+                command, env=full_env, stdout=log_file, stderr=log_file, cwd=cwd
+            )
         server = Server(f"http://127.0.0.1:{port}", port, data, log, proc, full_env)
         started.append(server)
         wait_ready(server.url, proc)

@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -38,13 +37,11 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
         assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
     run = _bench_module("bench.run")
     out = tmp_path / "bench.json"
-    t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--size-mb", "4", "--runs", "1",
          "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
         cwd=REPO, capture_output=True, text=True, timeout=170,
     )
-    elapsed = time.monotonic() - t0
     logs = "\n".join(p.read_text(errors="replace")[-3000:]
                      for p in sorted((tmp_path / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
@@ -72,7 +69,6 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     assert doc["notes"]["encoding_compressed"] == "zstd"  # the sendfile baseline's body
     assert "GET v2, first read" in proc.stdout  # the table was printed
     assert "not measured" in proc.stdout  # ... and says what it skipped
-    assert elapsed < 60, f"the quick benchmark took {elapsed:.0f}s"
 
 
 @pytest.mark.timeout(120)

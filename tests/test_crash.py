@@ -16,14 +16,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import clean_env, free_port, http_request, wait_ready
 
-BUDGET = 45.0  # seconds of kill/restart rounds
+ROUNDS = 10  # kill -9 and restart this many times
+WAIT = 60.0  # seconds: only a safety net for an event that must come
 MiB = 1 << 20
 
 
@@ -65,70 +66,101 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass
+class Round:
+    """What the test and its writer threads share while one server lives."""
+
+    url: str
+    seed: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    killed: threading.Event = field(default_factory=threading.Event)
+    acked: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    failures: list[BaseException] = field(default_factory=list)
+
+
+def _writer(round_: Round, worker: int, histories: dict[str, History], pool: list[bytes]) -> None:
+    """Overwrite and delete this worker's paths until stopped; any failure is recorded for
+    the test's thread (an assert in a thread would only warn)."""
+    try:
+        _write_until_stopped(round_, worker, histories, pool)
+    except BaseException as exc:
+        round_.failures.append(exc)
+        round_.acked.release()  # wake the test: it must not wait for acks that never come
+
+
+def _write_until_stopped(
+    round_: Round, worker: int, histories: dict[str, History], pool: list[bytes]
+) -> None:
+    wrng = random.Random(round_.seed * 10 + worker)
+    paths = [p for p in histories if p.startswith(f"w{worker}/")]
+    while not round_.stop.is_set():
+        path = wrng.choice(paths)
+        history = histories[path]
+        body: bytes | None
+        if wrng.random() < 0.15:
+            op: list[object] = [None, False]
+            method, target, body = "DELETE", f"{round_.url}/upload?path={path}", None
+            expected: tuple[int, ...] = (202, 404)
+        else:
+            parts = [wrng.choice(pool)[: wrng.randrange(1, MiB)] for _ in range(2)]
+            body = b"".join(parts) + wrng.randbytes(wrng.randrange(1, 100 << 10))
+            op = [_digest(body), False]
+            method, target, expected = "PUT", f"{round_.url}/{path}", (201,)
+        history.ops.append(op)
+        try:
+            status, _ = _crash_request(method, target, body)
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            if round_.killed.is_set():
+                return  # the server died under us: this one is unacknowledged
+            raise  # a live server dropped the request
+        assert status in expected, (method, path, status)
+        op[1] = True
+        round_.acked.release()
+
+
 def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
     data, log = tmp_path / "data", tmp_path / "server.log"
     pool = [os.urandom(MiB) for _ in range(3)]
     histories: dict[str, History] = {f"w{w}/{i}": History() for w in range(3) for i in range(4)}
     rng = random.Random(7)
-    deadline = time.monotonic() + BUDGET
-    rounds = verified = 0
-    while time.monotonic() < deadline:
+    for seed in range(ROUNDS):
         proc, url = _start(data, log)
         for path, history in histories.items():  # what the last crash left
             status, body = _crash_request("GET", f"{url}/{path}")
             state = _digest(body) if status == 200 else None
             assert status in (200, 404), (path, status, body[:200])
-            assert state in history.allowed(), (rounds, path, status)
-            verified += 1
-        stop = threading.Event()
-
-        def writer(
-            worker: int, url: str = url, stop: threading.Event = stop, seed: int = rounds
-        ) -> None:
-            wrng = random.Random(seed * 10 + worker)
-            paths = [p for p in histories if p.startswith(f"w{worker}/")]
-            while not stop.is_set():
-                path = wrng.choice(paths)
-                history = histories[path]
-                if wrng.random() < 0.15:
-                    op: list[object] = [None, False]
-                    history.ops.append(op)
-                    try:
-                        status, _ = _crash_request("DELETE", f"{url}/upload?path={path}")
-                    except (OSError, urllib.error.URLError, http.client.HTTPException):
-                        return
-                    op[1] = status in (202, 404)
-                    continue
-                parts = [wrng.choice(pool)[: wrng.randrange(1, MiB)] for _ in range(2)]
-                body = b"".join(parts) + wrng.randbytes(wrng.randrange(1, 100 << 10))
-                op = [_digest(body), False]
-                history.ops.append(op)
-                try:
-                    status, _ = _crash_request("PUT", f"{url}/{path}", body)
-                except (OSError, urllib.error.URLError, http.client.HTTPException):
-                    return  # the server died under us: this one is unacknowledged
-                op[1] = status == 201
-                assert status == 201, status
-
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+            assert state in history.allowed(), (seed, path, status)
+        round_ = Round(url, seed)
+        threads = [
+            threading.Thread(target=_writer, args=(round_, w, histories, pool)) for w in range(3)
+        ]
         for thread in threads:
             thread.start()
-        time.sleep(rng.uniform(0.1, 1.5))  # a random moment, not a synchronisation
+        # A random moment counted in acknowledged writes, not in seconds: the other
+        # workers are then mid-request, so the kill lands on writes in flight.
+        for _ in range(rng.randint(1, 12)):
+            assert round_.acked.acquire(timeout=WAIT), f"round {seed}: no write acknowledged"
+            if round_.failures:
+                break
+        round_.killed.set()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        stop.set()
+        round_.stop.set()
         for thread in threads:
-            thread.join(timeout=60)
+            thread.join(timeout=WAIT)
             assert not thread.is_alive()
-        rounds += 1
-    assert rounds >= 8 and verified > 0
+        if round_.failures:
+            raise round_.failures[0]
 
+    ops = [op for history in histories.values() for op in history.ops]
+    assert any(acked for _, acked in ops), "no write was ever acknowledged"
+    assert not all(acked for _, acked in ops), "no kill ever hit a write in flight"
     proc, url = _start(data, log)
     for path, history in histories.items():
         status, body = _crash_request("GET", f"{url}/{path}")
         assert (_digest(body) if status == 200 else None) in history.allowed(), path
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=WAIT) == 0
     fsck = subprocess.run(
         [sys.executable, "-m", "cachesrv", "fsck", "--data", str(data)],
         capture_output=True,

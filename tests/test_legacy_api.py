@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import select
 import socket
 import tarfile
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import Server, StartServer, curl, status
+from conftest import Server, StartServer, curl, free_port, status
 
 
 def upload(server: Server, path: str, data: bytes, *extra: str) -> tuple[int, bytes]:
@@ -226,6 +227,24 @@ def test_traversal_is_403_and_writes_nothing(server: Server, path: str) -> None:
     assert get(server, "x")[0] == 404
 
 
+def test_percent_encoded_traversal_in_the_url_is_refused_and_writes_nothing(
+    server: Server,
+) -> None:
+    # The server sees the URL path decoded: %2e%2e is "..", %2F is "/", %5c a backslash.
+    for target, expected in [
+        ("%2e%2e/x", 403),
+        ("a/%2e%2e/%2E%2E/x", 403),
+        ("..%2Fx", 403),
+        ("a%2F..%2F..%2Fx", 403),
+        ("%2e%2e%5cx", 400),
+        ("x%00y", 400),
+    ]:
+        url = f"{server.url}/{target}"
+        assert status("--path-as-is", "-T", "-", url, input=b"evil") == expected, target
+        assert status("--path-as-is", url) == expected, target
+    assert json.loads(curl(f"{server.url}/-/stats").stdout)["objects"] == 0
+
+
 def test_dotdot_inside_the_root_resolves_like_the_old_server(server: Server) -> None:
     assert upload(server, "a/../b.txt", b"b")[0] == 201
     assert get(server, "b.txt")[2] == b"b"
@@ -432,16 +451,58 @@ def test_own_endpoints_live_under_dash(server: Server) -> None:
     assert result.stdout == b"400"
 
 
-def test_oversized_headers_are_refused_and_the_server_lives_on(server: Server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        request = b"GET /anything HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n"
-        try:
-            sock.sendall(request)
-            reply = sock.recv(1024)
-        except ConnectionError:
-            reply = b""
-    assert not reply.startswith(b"HTTP/1.1 200")
-    assert json.loads(curl(f"{server.url}/-/healthz").stdout)["status"] == "ok"
+HEADER_LIMIT = 64 * 1024  # request line + headers, as the server configures h11
+
+
+def _exchange(server: Server, *writes: bytes) -> bytes:
+    """Everything the server answers on one raw connection, until it closes it.
+
+    Between two writes the server gets a moment to answer early (a refusal of what it
+    holds so far); a server that rightly waits for more is never failed by that moment.
+    """
+    reply = bytearray()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, data in enumerate(writes):
+            if i:
+                select.select([sock], [], [], 0.5)
+            sock.sendall(data)
+        while received := sock.recv(65536):
+            reply += received
+    return bytes(reply)
+
+
+def _padded_head(size: int, target: str, end: bytes) -> bytes:
+    """A GET request line and headers of exactly ``size`` bytes, ``end`` included."""
+    start = f"GET /{target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".encode()
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+def test_headers_up_to_64_kib_are_served_normally(server: Server) -> None:
+    upload(server, "big-headers.bin", b"served despite the headers")
+    request = _padded_head(HEADER_LIMIT, "big-headers.bin", b"\r\n\r\n")
+    assert len(request) == HEADER_LIMIT
+    # In two writes, so that the server holds an incomplete block of almost 64 KiB for a
+    # moment: that is what its limit applies to (a complete block read at once is parsed).
+    head, _, body = _exchange(server, request[:-2], request[-2:]).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == b"served despite the headers"
+
+
+def test_headers_over_64_kib_are_refused_with_431_and_the_server_lives_on(
+    server: Server,
+) -> None:
+    upload(server, "big-headers.bin", b"still here")
+    # One byte over the limit and the header block not even finished: the server answers
+    # at once instead of buffering more, and closes the connection.
+    request = _padded_head(HEADER_LIMIT + 1, "big-headers.bin", b"\r\n")
+    head, _, body = _exchange(server, request).partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0].startswith(b"http/1.1 431"), head
+    assert b"content-length: 0" in lines and b"connection: close" in lines
+    assert body == b""
+    status, _, body = get(server, "big-headers.bin")
+    assert (status, body) == (200, b"still here")
 
 
 class TestCredentials:
@@ -482,14 +543,82 @@ class TestCredentials:
         assert curl("-fsI", f"{secured.url}/a").returncode == 0
 
 
-def test_config_precedence_flag_over_cachesrv_over_uploader(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    legacy_dir, new_dir = tmp_path / "legacy", tmp_path / "new"
+# -- configuration precedence: flag > CACHESRV_* > UPLOADER_* > default ---------------------
+# Each case leaves out the fixture's own flag for the setting under test and is observed
+# from outside: where the objects land on disk, which port answers, which password works.
+
+_DATA_CASES = {
+    # case: (flag?, CACHESRV_DATA?, UPLOADER_DIRECTORY?) -> the directory that must win
+    "flag": ((True, True, True), "flag"),
+    "cachesrv-env": ((False, True, True), "new"),
+    "uploader-env": ((False, False, True), "legacy"),
+    "default": ((False, False, False), "pub"),
+}
+
+
+@pytest.mark.parametrize("case", _DATA_CASES)
+def test_data_directory_precedence(start_server: StartServer, tmp_path: Path, case: str) -> None:
+    (flag, new, legacy), winner = _DATA_CASES[case]
+    dirs = {name: tmp_path / name for name in ("flag", "new", "legacy", "pub")}
+    env = {}
+    if new:
+        env["CACHESRV_DATA"] = str(dirs["new"])
+    if legacy:
+        env["UPLOADER_DIRECTORY"] = str(dirs["legacy"])
+    args = ["--data", str(dirs["flag"])] if flag else []
     server = start_server(
-        env={"UPLOADER_DIRECTORY": str(legacy_dir), "CACHESRV_DATA": str(new_dir)}
-    )
-    # the fixture passes --data, which wins over both variables
-    upload(server, "x", b"1")
-    assert (server.data / "catalog.sqlite").exists()
-    assert not legacy_dir.exists() and not new_dir.exists()
+        env=env, args=args, data=dirs[winner], pass_data=False, cwd=tmp_path
+    )  # ./pub, the default, is relative to the working directory
+    assert upload(server, "where.txt", case.encode())[0] == 201
+    assert server.stop() == 0
+    assert [name for name, path in dirs.items() if path.exists()] == [winner]
+    # The objects are really there: a server given that directory serves them.
+    reader = start_server(data=dirs[winner])
+    status, _, body = get(reader, "where.txt")
+    assert (status, body) == (200, case.encode())
+
+
+def test_port_precedence(start_server: StartServer) -> None:
+    flag, new, legacy = free_port(), free_port(), free_port()
+    assert len({flag, new, legacy}) == 3
+    both = {"CACHESRV_PORT": str(new), "UPLOADER_PORT": str(legacy)}
+    for env, args, winner in (
+        (both, ["--port", str(flag)], flag),
+        (both, [], new),
+        ({"UPLOADER_PORT": str(legacy)}, [], legacy),
+    ):
+        # The fixture waits for the server on the winning port only.
+        server = start_server(env=env, args=args, port=winner, pass_port=False)
+        for port in {flag, new, legacy} - {winner}:
+            refused = curl("-o", "/dev/null", f"http://127.0.0.1:{port}/-/healthz")
+            assert refused.returncode == 7, (port, refused.stderr)  # couldn't connect
+        assert server.stop() == 0
+    # (The default, 8080, is not tried: on a shared machine someone else may hold it.)
+
+
+_CREDENTIAL_CASES = {
+    # case: (flag?, CACHESRV_UPLOAD_CREDENTIALS?, UPLOADER_UPLOAD_CREDENTIALS?) -> winner
+    "flag": ((True, True, True), "flag:pw1"),
+    "cachesrv-env": ((False, True, True), "new:pw2"),
+    "uploader-env": ((False, False, True), "legacy:pw3"),
+    "default": ((False, False, False), None),  # no credentials: writes are open
+}
+
+
+@pytest.mark.parametrize("case", _CREDENTIAL_CASES)
+def test_credentials_precedence(start_server: StartServer, case: str) -> None:
+    (flag, new, legacy), winner = _CREDENTIAL_CASES[case]
+    env = {}
+    if new:
+        env["CACHESRV_UPLOAD_CREDENTIALS"] = "new:pw2"
+    if legacy:
+        env["UPLOADER_UPLOAD_CREDENTIALS"] = "legacy:pw3"
+    server = start_server(env=env, args=["--credentials", "flag:pw1"] if flag else [])
+
+    def put(*auth: str) -> int:
+        return status(*auth, "-T", "-", f"{server.url}/auth.bin", input=b"x")
+
+    for candidate in ("flag:pw1", "new:pw2", "legacy:pw3"):
+        expected = 201 if winner in (candidate, None) else 401
+        assert put("-u", candidate) == expected, candidate
+    assert put() == (201 if winner is None else 401)
