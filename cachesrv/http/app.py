@@ -39,7 +39,6 @@ from cachesrv.ingest import Upload
 from cachesrv.repository import Repository
 from cachesrv.restore.job import Job
 from cachesrv.store import ChunkError
-from cachesrv.workers import RemoteUpload
 
 log = logging.getLogger("cachesrv")
 
@@ -188,7 +187,7 @@ class App:
     # -- uploads ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def _upload(self) -> AsyncIterator[Upload | RemoteUpload]:
+    async def _upload(self) -> AsyncIterator[Upload]:
         """An upload that is aborted (its worker freed) if the request fails."""
         upload = self.repo.upload()
         try:
@@ -204,10 +203,10 @@ class App:
                 await upload.write(data)
             return await self._finish(upload)
 
-    async def _finish(self, upload: Upload | RemoteUpload) -> StoredManifest:
-        manifest = await upload.finish()
+    async def _finish(self, upload: Upload) -> StoredManifest:
+        stored = await upload.finish()
         self.repo.counters.add_upload(upload.stats)
-        return await trio.to_thread.run_sync(StoredManifest.of, manifest)
+        return stored
 
     async def _publish(self, items: list[tuple[str, StoredManifest]]) -> float:
         try:
@@ -231,7 +230,9 @@ class App:
             path = clean_path(raw_path)
             stored = await self._finish(upload)
         if form.fields.get("targz") or request.arg("targz"):
-            members = await trio.to_thread.run_sync(extract_targz, self.repo, stored.manifest, path)
+            members = await trio.to_thread.run_sync(
+                lambda: extract_targz(self.repo, stored.manifest, path)
+            )
             await self._publish(members)
         else:
             await self._publish([(path, stored)])
@@ -246,11 +247,11 @@ class App:
             201,
             {
                 "path": path,
-                "size": stored.manifest.size,
-                "etag": f'"{stored.manifest.etag}"',
+                "size": stored.size,
+                "etag": f'"{stored.etag}"',
                 "last_modified": conditional.http_date(mtime),
             },
-            [_h("ETag", f'"{stored.manifest.etag}"'), _h("Location", "/" + quote(path))],
+            [_h("ETag", f'"{stored.etag}"'), _h("Location", "/" + quote(path))],
         )
 
     # -- deletes ---------------------------------------------------------------
@@ -504,7 +505,7 @@ class App:
             await send_json(
                 send,
                 201,
-                {"key": key, "size": stored.manifest.size, "etag": f'"{stored.manifest.etag}"'},
+                {"key": key, "size": stored.size, "etag": f'"{stored.etag}"'},
             )
         elif method == "DELETE":
             if not await trio.to_thread.run_sync(catalog.delete_entry, key):
