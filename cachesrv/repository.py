@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from cachesrv.catalog import Catalog, CatalogBackend
 from cachesrv.config import Config
-from cachesrv.ingest import IngestSession, IngestStats, Upload
+from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
+from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
 from cachesrv.lifecycle.gc import Collector, GcReport, Limits
@@ -19,7 +20,6 @@ from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
 from cachesrv.store import ChunkStore
 from cachesrv.store.local import LocalChunkStore
-from cachesrv.workers import RemoteUpload, WorkerPool
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Repository:
     catalog: CatalogBackend
     hot: HotCache | None
     restores: RestorePool
+    ingest: IngestPool  # idle workers only while its run() is (the server's); else threads
     counters: Counters = field(default_factory=Counters)
-    workers: WorkerPool | None = None  # set by the server; CLI tools ingest in-process
     access: AccessLog = field(default_factory=AccessLog)  # read times, flushed in batches
     pins: ManifestPins = field(default_factory=ManifestPins)  # manifests being served
     last_gc: GcReport | None = None
@@ -70,7 +70,17 @@ class Repository:
             Source(store, catalog, hot),
             config.log_level,
         )
-        return cls(config, store, catalog, hot, restores)
+        ingest = IngestPool(
+            WorkerSettings(
+                config.data,
+                config.chunking,
+                config.compression_level,
+                hard_limit=config.effective_hard_limit,
+                pin_ttl=config.upload_pin_ttl,
+            ),
+            config.ingest_workers,
+        )
+        return cls(config, store, catalog, hot, restores, ingest)
 
     def ingest_session(self, tar_aware: bool = True) -> IngestSession:
         return IngestSession(
@@ -80,25 +90,12 @@ class Repository:
             tar_aware=tar_aware,
         )
 
-    def start_workers(self) -> None:
-        if self.config.ingest_workers > 0:
-            cfg = self.config
-            self.workers = WorkerPool(
-                cfg.data,
-                cfg.chunking,
-                cfg.compression_level,
-                cfg.ingest_workers,
-                hard_limit=cfg.effective_hard_limit,
-                pin_ttl=cfg.upload_pin_ttl,
-            )
-
-    def upload(self) -> Upload | RemoteUpload:
+    def upload(self) -> Upload:
         """An upload in an idle worker process, else in a thread of this process."""
-        worker = self.workers.try_acquire() if self.workers else None
-        if worker is not None:
-            assert self.workers is not None
-            return RemoteUpload(self.workers, worker)
-        return Upload(self.ingest_session(), self.config.ingest_batch_bytes)
+        remote = self.ingest.upload()
+        if remote is not None:
+            return remote
+        return ThreadUpload(self.ingest_session(), self.config.ingest_batch_bytes)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -203,8 +200,6 @@ class Repository:
         }
 
     def close(self) -> None:
-        if self.workers is not None:
-            self.workers.close()
         self.store.close()
         self.catalog.close()
         if self.hot is not None:

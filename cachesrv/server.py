@@ -44,7 +44,6 @@ async def _until_signal() -> None:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
     repo = Repository.open(config)
-    repo.start_workers()
     try:
         log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
         app: Any = App(repo)  # an ASGI callable; hypercorn's type for it is narrower
@@ -54,10 +53,12 @@ def serve(config: Config) -> None:
 
 
 async def _serve_with_lifecycle(app: Any, repo: Repository, config: Config) -> None:
-    """The HTTP server and the lifecycle task (GC, access times) in one nursery:
-    when serving ends the lifecycle task is cancelled between two increments."""
+    """The HTTP server, the worker pools and the lifecycle task (GC, access times) in one
+    nursery: when serving ends (in-flight requests drained) the lifecycle task is
+    cancelled between two increments and the workers' sockets are closed."""
     async with trio.open_nursery() as nursery:
         await nursery.start(repo.restores.run)
+        await nursery.start(repo.ingest.run)
         await nursery.start(lifecycle_service.run, repo)
         await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
         nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from conftest import clean_env, free_port, http_request, wait_ready
 
 ROUNDS = 10  # kill -9 and restart this many times
@@ -45,12 +46,12 @@ class History:
         return states | {digest for digest, _ in self.ops[max(start, 0) :]}  # type: ignore[misc]
 
 
-def _start(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start(data: Path, log: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [
         sys.executable, "-m", "cachesrv", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--data", str(data), "--gc-interval", "0.05", "--gc-grace", "0",
-        "--upload-pin-ttl", "3",
+        "--ingest-workers", str(workers), "--upload-pin-ttl", "3",
     ]  # fmt: skip
     with open(log, "ab") as out:
         # its own session: kill -9 takes the ingest workers too, as a node crash would
@@ -118,13 +119,14 @@ def _write_until_stopped(
         round_.acked.release()
 
 
-def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["ingest-workers-0", "ingest-workers-2"])
+def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, workers: int) -> None:
     data, log = tmp_path / "data", tmp_path / "server.log"
     pool = [os.urandom(MiB) for _ in range(3)]
     histories: dict[str, History] = {f"w{w}/{i}": History() for w in range(3) for i in range(4)}
     rng = random.Random(7)
     for seed in range(ROUNDS):
-        proc, url = _start(data, log)
+        proc, url = _start(data, log, workers)
         for path, history in histories.items():  # what the last crash left
             status, body = _crash_request("GET", f"{url}/{path}")
             state = _digest(body) if status == 200 else None
@@ -155,7 +157,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) ->
     ops = [op for history in histories.values() for op in history.ops]
     assert any(acked for _, acked in ops), "no write was ever acknowledged"
     assert not all(acked for _, acked in ops), "no kill ever hit a write in flight"
-    proc, url = _start(data, log)
+    proc, url = _start(data, log, workers)
     for path, history in histories.items():
         status, body = _crash_request("GET", f"{url}/{path}")
         assert (_digest(body) if status == 200 else None) in history.allowed(), path

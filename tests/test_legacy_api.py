@@ -17,6 +17,12 @@ import zstandard
 from conftest import Server, StartServer, curl, free_port, status
 
 
+@pytest.fixture(params=[0, 2], ids=["ingest-workers-0", "ingest-workers-2"])
+def server(request: pytest.FixtureRequest, start_server: StartServer) -> Server:
+    """Uploads run in threads of the server (0) and in worker processes (2)."""
+    return start_server(args=["--ingest-workers", str(request.param)])
+
+
 def upload(server: Server, path: str, data: bytes, *extra: str) -> tuple[int, bytes]:
     result = curl(
         "-w",

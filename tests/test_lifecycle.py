@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -120,6 +122,40 @@ def test_hard_limit_refuses_with_507_and_keeps_the_previous_version(
     assert curl("-f", f"{server.url}/a/b.bin").stdout == first
     # a small upload still fits
     assert curl("-f", "-T", str(tmp_path / "first"), f"{server.url}/c").returncode == 0
+
+
+def test_targz_upload_into_a_store_at_its_hard_limit_is_507_and_changes_nothing(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(args=["--hard-limit", "3M", "--gc-interval", "0"])
+    first = os.urandom(1024 * KiB)
+    (tmp_path / "first").write_bytes(first)
+    assert curl("-f", "-T", str(tmp_path / "first"), f"{server.url}/site/old.bin").returncode == 0
+    # the archive fits (incompressible: it stores ~1.2 MiB); its members, as many new
+    # bytes again, do not
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("a.bin", "b.bin"):
+            content = os.urandom(600 * KiB)
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    (tmp_path / "site.tar.gz").write_bytes(buffer.getvalue())
+    before = json.loads(curl(f"{server.url}/-/stats").stdout)
+    result = curl(
+        "-w", "\n%{http_code}", "-F", "path=site", "-F", f"file=@{tmp_path / 'site.tar.gz'}",
+        "-F", "targz=1", f"{server.url}/upload",
+    )  # fmt: skip
+    body, _, code = result.stdout.rpartition(b"\n")
+    assert code == b"507", result.stdout
+    assert json.loads(body) == {"message": "Insufficient Storage: the disk is full"}
+    after = json.loads(curl(f"{server.url}/-/stats").stdout)
+    for field in ("objects", "logical_bytes"):
+        assert after[field] == before[field]
+    for name in ("site/a.bin", "site/b.bin"):
+        missing = curl("-o", "/dev/null", "-w", "%{http_code}", f"{server.url}/{name}")
+        assert missing.stdout == b"404"
+    assert curl("-f", f"{server.url}/site/old.bin").stdout == first
 
 
 def test_stats_objects_show_unique_and_shared_bytes(start_server: StartServer) -> None:

@@ -1,4 +1,4 @@
-"""Specification of cachesrv.http.paths: what a stored path or a cache key may be.
+"""Specification of cachesrv.names: what a stored path or a cache key may be.
 
 ``clean_path`` sees a path already percent-decoded (the ASGI scope's ``path``, or a form
 field, which is never decoded): it resolves ``.``/``..`` lexically inside the store root,
@@ -8,19 +8,27 @@ like Go's ``filepath.Clean`` under the old server's upload directory.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachesrv.http.errors import HttpError
-from cachesrv.http.paths import TRAVERSAL, clean_key, clean_path
+from cachesrv.http.errors import HttpError, as_http_error
+from cachesrv.names import TRAVERSAL, InvalidName, clean_key, clean_path
+
+
+def refusal(call: Callable[[], object]) -> HttpError:
+    """The HTTP answer for a name ``call`` refuses (the one place errors become responses)."""
+    with pytest.raises(InvalidName) as info:
+        call()
+    error = as_http_error(info.value)
+    assert error is not None
+    return error
 
 
 def status_of(raw: str, *, for_write: bool = True) -> int:
-    with pytest.raises(HttpError) as info:
-        clean_path(raw, for_write=for_write)
-    return info.value.status
+    return refusal(lambda: clean_path(raw, for_write=for_write)).status
 
 
 # -- clean_path: what a name resolves to ----------------------------------------------------
@@ -80,9 +88,7 @@ def test_a_path_resolves_lexically_inside_the_root(raw: str, expected: str) -> N
 def test_climbing_out_of_the_root_in_any_disguise_is_403(raw: str) -> None:
     assert status_of(raw) == 403
     assert status_of(raw, for_write=False) == 403
-    with pytest.raises(HttpError) as info:
-        clean_path(raw)
-    assert info.value.message == TRAVERSAL  # the old server's words
+    assert refusal(lambda: clean_path(raw)).message == TRAVERSAL  # the old server's words
 
 
 @pytest.mark.parametrize(
@@ -167,6 +173,4 @@ def test_a_valid_key_is_kept_as_is(key: str) -> None:
     ],
 )
 def test_an_invalid_key_is_400(key: str) -> None:
-    with pytest.raises(HttpError) as info:
-        clean_key(key)
-    assert info.value.status == 400
+    assert refusal(lambda: clean_key(key)).status == 400

@@ -23,6 +23,21 @@ GiB = 1 << 30
 MB = 1_000_000
 
 
+@pytest.fixture(params=[0, 2], ids=["ingest-workers-0", "ingest-workers-2"])
+def server(request: pytest.FixtureRequest, start_server: StartServer) -> Server:
+    """Uploads run in threads of the server (0) and in worker processes (2)."""
+    return start_server(args=["--ingest-workers", str(request.param)])
+
+
+def ingest_pool(server: Server) -> dict[str, int]:
+    return json.loads(curl(f"{server.url}/-/stats").stdout)["workers"]["ingest"]
+
+
+def server_workers(server: Server) -> int:
+    args = [str(a) for a in server.proc.args]  # type: ignore[union-attr]
+    return int(args[args.index("--ingest-workers") + 1])
+
+
 def tree_rss(pid: int) -> int:
     try:
         root = psutil.Process(pid)
@@ -104,13 +119,15 @@ def download_digest(url: str, *args: str) -> bytes:
     return hasher.digest()
 
 
-@pytest.mark.parametrize("kind", ["multipart", "put"])
+# each upload path once at this size: a form into a worker (the default pool: the bound
+# counts every process of the tree, and a second idle worker is ~30 MB), a PUT into threads
+@pytest.mark.parametrize(("kind", "workers"), [("multipart", 1), ("put", 0)])
 def test_piped_1gib_upload_keeps_server_memory_bounded_and_writes_only_the_store(
-    start_server: StartServer, tmp_path: Path, kind: str
+    start_server: StartServer, tmp_path: Path, kind: str, workers: int
 ) -> None:
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
-    server = start_server(env={"TMPDIR": str(scratch)})
+    server = start_server(env={"TMPDIR": str(scratch)}, args=["--ingest-workers", str(workers)])
     url = f"{server.url}/big/{kind}.bin"
     if kind == "multipart":
         command = [
@@ -278,7 +295,13 @@ def test_client_disconnect_mid_upload_changes_nothing(server: Server) -> None:
     proc.wait()
     time.sleep(0.3)
     assert curl("-f", f"{server.url}/d.bin").stdout == b"first version"
-    # the ingest worker the broken upload held is free again: later uploads go through
+    # the ingest worker the broken upload held is idle again (or replaced)
+    pool = ingest_pool(server)
+    deadline = time.monotonic() + 15
+    while pool["idle"] != pool["size"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pool = ingest_pool(server)
+    assert pool["idle"] == pool["size"] == server_workers(server), pool
     for i in range(3):
         data = os.urandom(3_000_000)
         assert curl("-f", "-T", "-", f"{server.url}/after{i}.bin", input=data).returncode == 0
@@ -317,7 +340,10 @@ def test_concurrent_uploads_to_one_path_both_complete_last_wins(server: Server) 
     assert curl("-f", f"{server.url}/same.bin").stdout in (a, b)
 
 
-def test_16_concurrent_restores_keep_server_memory_bounded(server: Server, tmp_path: Path) -> None:
+def test_16_concurrent_restores_keep_server_memory_bounded(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server()  # a restore test: the default ingest pool
     source = tmp_path / "obj.bin"
     with open(source, "wb") as out:
         for piece in stream_bytes(150 * MB, seed=21):

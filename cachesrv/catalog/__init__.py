@@ -18,7 +18,7 @@ from typing import Protocol
 
 from cachesrv.manifest import Manifest
 
-from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest
+from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
 from .sqlite import SqliteCatalog
 
 Catalog = SqliteCatalog  # the default backend, under the name every caller knows
@@ -32,6 +32,7 @@ __all__ = [
     "Ref",
     "SqliteCatalog",
     "StoredManifest",
+    "entry_is_kept",
 ]
 
 

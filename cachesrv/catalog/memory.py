@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from cachesrv.manifest import Manifest
 
-from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest
+from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
 
 
 @dataclass
@@ -56,8 +56,9 @@ class MemoryCatalog:
 
     def _put(self, namespace: str, name: str, stored: StoredManifest, now: float) -> None:
         self._manifests.setdefault(stored.manifest_id, stored.body)
-        m = stored.manifest
-        self._names[namespace][name] = _Name(stored.manifest_id, m.size, m.digest, now, now)
+        self._names[namespace][name] = _Name(
+            stored.manifest_id, stored.size, stored.digest, now, now
+        )
 
     # -- objects ---------------------------------------------------------------
 
@@ -122,9 +123,9 @@ class MemoryCatalog:
         now = time.time()
         with self._lock:
             existing = self._entries.get(key)
-            if existing is not None and not replace:
-                if max_age is None or now - existing.mtime <= max_age:
-                    raise EntryExists(key)
+            mtime = existing.mtime if existing is not None else None
+            if entry_is_kept(mtime, now, replace, max_age):
+                raise EntryExists(key)
             self._put("entry", key, stored, now)
         return now
 

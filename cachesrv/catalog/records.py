@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
@@ -37,11 +37,39 @@ class Ref:
 
 @dataclass(frozen=True)
 class StoredManifest:
+    """A version as the catalog stores it: the encoded manifest, its id (the BLAKE3 of
+    the body), and the size and digest a name's row keeps. The body is what was encoded
+    where the upload ran (a worker process, maybe): it is never encoded again, and
+    decoded only when :attr:`manifest` is asked for."""
+
     manifest_id: bytes
     body: bytes
-    manifest: Manifest
+    size: int
+    digest: bytes
+    _decoded: Manifest | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, manifest: Manifest) -> StoredManifest:
         body = manifest.encode()
-        return cls(blake3.blake3(body).digest(), body, manifest)
+        return cls(blake3.blake3(body).digest(), body, manifest.size, manifest.digest, manifest)
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._decoded is None:
+            object.__setattr__(self, "_decoded", Manifest.decode(self.body))
+        assert self._decoded is not None
+        return self._decoded
+
+    @property
+    def etag(self) -> str:
+        return self.digest[:16].hex()
+
+
+def entry_is_kept(
+    existing_mtime: float | None, now: float, replace: bool, max_age: float | None
+) -> bool:
+    """The keyed-save rule: an existing entry stays (the save is refused) unless the save
+    asks to ``replace`` it or the entry is older than ``max_age`` seconds."""
+    if existing_mtime is None or replace:
+        return False
+    return max_age is None or now - existing_mtime <= max_age

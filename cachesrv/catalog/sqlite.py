@@ -19,7 +19,7 @@ from pathlib import Path
 from cachesrv.db import Database
 from cachesrv.manifest import Manifest
 
-from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest
+from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
 
 _UNREFERENCED = (
     "NOT EXISTS (SELECT 1 FROM objects o WHERE o.manifest = {m}) "
@@ -103,7 +103,7 @@ class SqliteCatalog:
     def _insert_manifest(conn: sqlite3.Connection, stored: StoredManifest, now: float) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
-            (stored.manifest_id, stored.body, stored.manifest.size, now),
+            (stored.manifest_id, stored.body, stored.size, now),
         )
 
     @classmethod
@@ -112,10 +112,9 @@ class SqliteCatalog:
     ) -> None:
         """Point ``name`` in ``objects`` or ``entries`` at a (new) version, uploaded now."""
         cls._insert_manifest(conn, stored, now)
-        manifest = stored.manifest
         conn.execute(
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
-            (name, stored.manifest_id, manifest.size, manifest.digest, now, now),
+            (name, stored.manifest_id, stored.size, stored.digest, now, now),
         )
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
@@ -204,9 +203,8 @@ class SqliteCatalog:
         now = time.time()
         with self.db.transaction() as conn:
             row = conn.execute("SELECT mtime FROM entries WHERE key = ?", (key,)).fetchone()
-            if row is not None and not replace:
-                if max_age is None or now - row[0] <= max_age:
-                    raise EntryExists(key)
+            if entry_is_kept(row[0] if row else None, now, replace, max_age):
+                raise EntryExists(key)
             self._put_name(conn, "entries", key, stored, now)
         return now
 

@@ -1,101 +1,44 @@
-"""The ASGI application: routes, the legacy contract, auth, and errors -> responses.
+"""The ASGI application: routing, auth, and errors -> responses.
 
-Routes (LEGACY-API.md is the contract for the first five):
-    POST   /upload            multipart form: path, file, [targz]
-    DELETE /upload            path (query or form): the object or directory
-    DELETE /delete            path, days, recursive: old direct children
-    GET    /<path>, HEAD      any depth; /dir -> 301 /dir/; /dir/ -> dir/index.html
-    PUT    /<path>            raw body (the modern upload)
-    GET|HEAD|PUT|DELETE /-/cache/<key>   keyed caches with restore-keys
-    GET    /-/stats, /-/metrics, /-/healthz, /-/
+Routes (LEGACY-API.md is the contract for the first five), by module of
+:mod:`cachesrv.http.routes`:
+    POST   /upload            objects: multipart form: path, file, [targz]
+    DELETE /upload            objects: path (query or form): the object or directory
+    DELETE /delete            objects: path, days, recursive: old direct children
+    GET    /<path>, HEAD      objects: any depth; /dir -> 301 /dir/; /dir/ -> dir/index.html
+    PUT    /<path>            objects: raw body (the modern upload)
+    GET|HEAD|PUT|DELETE /-/cache/<key>   caches: keyed caches with restore-keys
+    GET    /-/stats, /-/metrics, /-/healthz, /-/   own
+
+What a request does to the store is :class:`cachesrv.service.CacheService`'s to decide;
+every error becomes a response here (:func:`cachesrv.http.errors.as_http_error`).
 """
 
 from __future__ import annotations
 
 import base64
-import errno
 import hmac
-import html
-import json
 import logging
-import math
-import mimetypes
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, quote
 
-import trio
-
-from cachesrv.catalog import Conflict, EntryExists, Ref, StoredManifest
-from cachesrv.http import conditional, metrics
-from cachesrv.http.errors import ClientGone, HttpError
-from cachesrv.http.forms import read_form
-from cachesrv.http.paths import clean_key, clean_path
+from cachesrv.http import metrics
+from cachesrv.http.errors import ClientGone, HttpError, as_http_error, disk_full
 from cachesrv.http.request import Request
-from cachesrv.http.targz import extract_targz
-from cachesrv.ingest import Upload
+from cachesrv.http.responses import header as _h
+from cachesrv.http.responses import send_json
+from cachesrv.http.routes import caches, objects, own
 from cachesrv.repository import Repository
-from cachesrv.restore.job import Job
-from cachesrv.store import ChunkError
-from cachesrv.workers import RemoteUpload
+from cachesrv.service import CacheService
 
 log = logging.getLogger("cachesrv")
 
-Headers = Sequence[tuple[bytes, bytes]]
 WRITE_METHODS = {"POST", "PUT", "DELETE"}
-CACHE_PREFIX = "/-/cache/"
-mimetypes.add_type("application/x-tar", ".tar")
-mimetypes.add_type("application/zstd", ".zst")
-
-
-def _h(name: str, value: str | int) -> tuple[bytes, bytes]:
-    # Names keep their canonical case on the wire: scripts grep "Last-Modified" with sed.
-    return name.encode("latin-1"), str(value).encode("latin-1")
-
-
-async def _send_simple(
-    send: Any,
-    status: int,
-    body: bytes,
-    content_type: str,
-    headers: Headers = (),
-    head=False,
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                _h("Content-Type", content_type),
-                _h("Content-Length", len(body)),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if head else body})
-
-
-async def send_json(send: Any, status: int, payload: object, headers: Headers = ()) -> None:
-    body = (json.dumps(payload) + "\n").encode()
-    await _send_simple(send, status, body, "application/json", headers)
-
-
-async def send_html(send: Any, status: int, text: str, headers: Headers = ()) -> None:
-    await _send_simple(send, status, text.encode(), "text/html; charset=UTF-8", headers)
-
-
-def _disk_full(exc: Exception) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)  # the catalog raises SQLite's too
-    return False
 
 
 class App:
     def __init__(self, repo: Repository) -> None:
-        self.repo = repo
         self.config = repo.config
+        self.service = CacheService(repo)
         self.metrics = metrics.Metrics(repo)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -120,17 +63,13 @@ class App:
                 request.method,
                 request.path,
             )
-        except HttpError as exc:
-            if started[0]:
+        except Exception as exc:
+            error = as_http_error(exc)
+            if error is None or started[0]:
                 raise
-            await send_json(tracked_send, exc.status, {"message": exc.message}, exc.headers)
-        except OSError as exc:
-            if not _disk_full(exc) or started[0]:
-                raise
-            log.error("%s %s: disk full: %s", request.method, request.path, exc)
-            await send_json(
-                tracked_send, 507, {"message": "Insufficient Storage: the disk is full"}
-            )
+            if disk_full(exc):
+                log.error("%s %s: disk full: %s", request.method, request.path, exc)
+            await send_json(tracked_send, error.status, {"message": error.message}, error.headers)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -145,25 +84,26 @@ class App:
 
     async def route(self, request: Request, send: Any) -> None:
         method, path = request.method, request.path
+        service = self.service
         if method in WRITE_METHODS:
             self._authorize(request)
-        if method in ("PUT", "POST") and not self.repo.admits(request.content_length):
+        if method in ("PUT", "POST"):
             # refused before a byte of the body is read; the previous version stays
-            raise HttpError(507, "Insufficient Storage: the store is at its hard limit")
-        if path.startswith(CACHE_PREFIX):
-            await self._cache_entry(request, send, path[len(CACHE_PREFIX) :])
+            await service.check_room(request.content_length)
+        if path.startswith(caches.PREFIX):
+            await caches.cache_entry(service, request, send, path[len(caches.PREFIX) :])
         elif path.startswith("/-/") or path == "/-":
-            await self._own_endpoint(request, send)
+            await own.own_endpoint(service, self.metrics, request, send)
         elif path == "/upload" and method == "POST":
-            await self._upload_form(request, send)
+            await objects.upload_form(service, request, send)
         elif path == "/upload" and method == "DELETE":
-            await self._delete_upload(request, send)
+            await objects.delete_upload(service, request, send)
         elif path == "/delete" and method == "DELETE":
-            await self._delete_old(request, send)
+            await objects.delete_old(service, request, send)
         elif method in ("GET", "HEAD"):
-            await self._serve_path(request, send)
+            await objects.serve_path(service, request, send)
         elif method == "PUT":
-            await self._put(request, send)
+            await objects.put(service, request, send)
         else:
             allow = "GET, HEAD, PUT" + (", POST, DELETE" if path in ("/upload",) else "")
             allow += ", DELETE" if path == "/delete" else ""
@@ -184,366 +124,3 @@ class App:
             if good_user and good_password:
                 return
         raise HttpError(401, "Unauthorized", [_h("WWW-Authenticate", 'basic realm="Restricted"')])
-
-    # -- uploads ---------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _upload(self) -> AsyncIterator[Upload | RemoteUpload]:
-        """An upload that is aborted (its worker freed) if the request fails."""
-        upload = self.repo.upload()
-        try:
-            yield upload
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await upload.abort()
-            raise
-
-    async def _ingest(self, body: AsyncIterator[bytes]) -> StoredManifest:
-        async with self._upload() as upload:
-            async for data in body:
-                await upload.write(data)
-            return await self._finish(upload)
-
-    async def _finish(self, upload: Upload | RemoteUpload) -> StoredManifest:
-        manifest = await upload.finish()
-        self.repo.counters.add_upload(upload.stats)
-        return await trio.to_thread.run_sync(StoredManifest.of, manifest)
-
-    async def _publish(self, items: list[tuple[str, StoredManifest]]) -> float:
-        try:
-            mtime = await trio.to_thread.run_sync(self.repo.catalog.publish, items)
-        except Conflict as exc:
-            raise HttpError(409, f"Conflict: {exc}") from exc
-        if len(items) == 1:  # not every member of a targz: those are small
-            self._warm(items[0][1])
-        return mtime
-
-    def _warm(self, stored: StoredManifest) -> None:
-        manifest = stored.manifest
-        self.repo.restores.warm(Job(stored.manifest_id, manifest.digest, manifest.size))
-
-    async def _upload_form(self, request: Request, send: Any) -> None:
-        query_path = request.arg("path")
-        if query_path is not None:
-            clean_path(query_path)  # refuse early: nothing is read or stored
-        async with self._upload() as upload:
-            form = await read_form(
-                request.headers.get("content-type", ""), request.body(), upload.write
-            )
-            if not form.has_file:
-                raise HttpError(400, "missing form field 'file' (curl -F file=@FILE)")
-            raw_path = form.fields.get("path", query_path)
-            if raw_path is None:
-                raise HttpError(400, "missing form field 'path' (curl -F path=NAME)")
-            path = clean_path(raw_path)
-            stored = await self._finish(upload)
-        if form.fields.get("targz") or request.arg("targz"):
-            members = await trio.to_thread.run_sync(extract_targz, self.repo, stored.manifest, path)
-            await self._publish(members)
-        else:
-            await self._publish([(path, stored)])
-        await send_html(send, 201, f"File has been uploaded to {raw_path} 🚀\n")
-
-    async def _put(self, request: Request, send: Any) -> None:
-        path = clean_path(request.path)
-        stored = await self._ingest(request.body())
-        mtime = await self._publish([(path, stored)])
-        await send_json(
-            send,
-            201,
-            {
-                "path": path,
-                "size": stored.manifest.size,
-                "etag": f'"{stored.manifest.etag}"',
-                "last_modified": conditional.http_date(mtime),
-            },
-            [_h("ETag", f'"{stored.manifest.etag}"'), _h("Location", "/" + quote(path))],
-        )
-
-    # -- deletes ---------------------------------------------------------------
-
-    async def _form_values(self, request: Request) -> dict[str, str]:
-        """Values from the query string and a multipart or urlencoded body (body first)."""
-        values = {k: v[0] for k, v in request.query.items()}
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-
-            async def ignore(_: bytes) -> None:
-                return None
-
-            form = await read_form(content_type, request.body(), ignore)
-            values.update(form.fields)
-        elif content_type.startswith("application/x-www-form-urlencoded"):
-            body = (await request.small_body()).decode("utf-8", "replace")
-            values.update({k: v[0] for k, v in parse_qs(body).items()})
-        return values
-
-    async def _delete_upload(self, request: Request, send: Any) -> None:
-        values = await self._form_values(request)
-        raw_path = values.get("path", "")
-        path = clean_path(raw_path)
-        removed = await trio.to_thread.run_sync(self.repo.catalog.delete_tree, path)
-        if not removed:
-            raise HttpError(404, "Could not find your file")
-        await send_html(send, 202, f"File {raw_path} has been deleted 💇")
-
-    async def _delete_old(self, request: Request, send: Any) -> None:
-        values = await self._form_values(request)
-        try:
-            days = int(values.get("days", "0"))
-        except ValueError:
-            days = 0  # the old server ignored a bad number the same way
-        flag = values.get("recursive", "") or "false"
-        if flag not in (
-            "true",
-            "True",
-            "TRUE",
-            "t",
-            "T",
-            "1",
-            "false",
-            "False",
-            "FALSE",
-            "f",
-            "F",
-            "0",
-        ):
-            raise HttpError(
-                400,
-                "DENIED: check if your formvalue recursive should be any of this ('true', "
-                "'True', 'false','False','TRUE','FALSE','f','t','F','T', '') ",
-            )
-        recursive = flag in ("true", "True", "TRUE", "t", "T", "1")
-        directory = clean_path(values.get("path", ""), for_write=False)
-        catalog = self.repo.catalog
-        if directory and not catalog.is_directory(directory) and catalog.get(directory) is None:
-            raise HttpError(404, "Not Found")
-        cutoff = time.time() - days * 86400
-        old = [
-            (name, is_dir)
-            for name, is_dir, mtime in catalog.children(directory)
-            if mtime < cutoff and (recursive or not is_dir)
-        ]
-        if not old:
-            await send_html(
-                send, 202, f"There are NO Old Files more than {days} days to be deleted 💇"
-            )
-            return
-        prefix = directory + "/" if directory else ""
-
-        def remove() -> None:
-            for name, _ in old:
-                catalog.delete_tree(prefix + name)
-
-        await trio.to_thread.run_sync(remove)
-        what = "Old Files/child directories" if recursive else "Old Files"
-        await send_html(send, 202, f"{what} more than {days} days has been deleted 💇")
-
-    # -- reads -----------------------------------------------------------------
-
-    async def _serve_path(self, request: Request, send: Any) -> None:
-        head = request.method == "HEAD"
-        path = clean_path(request.path, for_write=False)
-        catalog = self.repo.catalog
-        wants_dir = request.path.endswith("/")
-        ref = (
-            catalog.get(path + "/index.html" if wants_dir and path else "index.html")
-            if wants_dir
-            else catalog.get(path)
-        )
-        if ref is None and not wants_dir and path and catalog.is_directory(path):
-            location = quote("/" + path + "/")
-            await _send_simple(
-                send, 301, b"", "text/html; charset=UTF-8", [_h("Location", location)], head
-            )
-            return
-        if ref is None:
-            await self._not_found(request, send, "Not Found")
-            return
-        content_type = mimetypes.guess_type(ref.name)[0] or "application/octet-stream"
-        self.repo.access.touch("object", ref.name)
-        await self._send_object(request, send, ref, content_type, [])
-
-    async def _not_found(self, request: Request, send: Any, message: str) -> None:
-        """404: a JSON message for GET, an empty body for HEAD (as the old server did)."""
-        self.repo.counters.not_found += 1
-        if request.method != "HEAD":
-            raise HttpError(404, message)
-        await _send_simple(send, 404, b"", "application/json", head=True)
-
-    async def _send_object(
-        self, request: Request, send: Any, ref: Ref, content_type: str, extra: Headers
-    ) -> None:
-        """A stored object with honest HTTP: validators, conditionals, Range, zstd."""
-        headers = request.headers
-        head = request.method == "HEAD"
-        size = ref.size
-        zstd = conditional.accepts_zstd(headers) and "range" not in headers
-        etag = f'"{ref.etag}.zst"' if zstd else f'"{ref.etag}"'
-        common = [
-            _h("Last-Modified", conditional.http_date(ref.mtime)),
-            _h("ETag", etag),
-            _h("Accept-Ranges", "bytes"),
-            _h("Vary", "Accept-Encoding"),
-            *extra,
-        ]
-        status = conditional.precondition(headers, etag, ref.mtime)
-        if status is not None:
-            await send({"type": "http.response.start", "status": status, "headers": common})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        try:
-            span = conditional.byte_range(headers, size, etag, ref.mtime)
-        except conditional.Unsatisfiable:
-            await _send_simple(
-                send,
-                416,
-                b"",
-                content_type,
-                [*common, _h("Content-Range", f"bytes */{size}")],
-                head,
-            )
-            return
-        common.append(_h("Content-Type", content_type))
-        if zstd:
-            status = 200
-            common.append(_h("Content-Encoding", "zstd"))
-            job = Job(ref.manifest_id, ref.digest, size, zstd=True)
-        else:
-            start, end = span or (0, size)
-            status = 206 if span else 200
-            if span:
-                common.append(_h("Content-Range", f"bytes {start}-{end - 1}/{size}"))
-            common.append(_h("Content-Length", end - start))
-            job = Job(ref.manifest_id, ref.digest, size, start, end)
-        if head:
-            await send({"type": "http.response.start", "status": status, "headers": common})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        self.repo.counters.downloads += 1
-        # GC keeps the manifest's chunks until the response ends, in whatever process
-        # the job runs
-        body = self.repo.pins.hold(ref.manifest_id, self.repo.restores.stream(job))
-        await self._stream(send, status, common, body, ref)
-
-    async def _stream(
-        self,
-        send: Any,
-        status: int,
-        headers: Headers,
-        body: AsyncIterator[bytes | bytearray],
-        ref: Ref,
-    ) -> None:
-        # The restore job runs ahead of the client by its socket's buffer (cachesrv.restore).
-        async with aclosing(body):  # type: ignore[type-var]
-            # The first piece comes before the status line: a broken object is a clean 500.
-            try:
-                first = await anext(body, b"")
-            except ChunkError as exc:
-                self._corrupt(ref, exc)
-                raise HttpError(500, f"stored object {ref.name!r} is damaged: {exc}") from exc
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            try:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                async for data in body:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-            except ChunkError as exc:
-                # Headers are gone: abort the connection so the client sees a failed transfer.
-                self._corrupt(ref, exc)
-                raise
-        await send({"type": "http.response.body", "body": b""})
-
-    def _corrupt(self, ref: Ref, exc: ChunkError) -> None:
-        self.repo.counters.corrupt_chunks += 1
-        log.error("serving %r: %s", ref.name, exc)
-
-    # -- keyed caches ----------------------------------------------------------
-
-    async def _cache_entry(self, request: Request, send: Any, raw_key: str) -> None:
-        key = clean_key(raw_key)
-        catalog = self.repo.catalog
-        method = request.method
-        if method in ("GET", "HEAD"):
-            restore_keys = [
-                k.strip()
-                for value in request.args("restore-keys")
-                for k in value.replace("\n", ",").split(",")
-                if k.strip()
-            ]
-            exact = request.arg("exact") in ("1", "true", "True")
-            ref = catalog.find_entry(key, restore_keys, exact=exact)
-            if ref is None:
-                await self._not_found(request, send, f"no cache entry matches {key!r}")
-                return
-            extra = [
-                _h("Cachesrv-Key", quote(ref.name, safe="/:@,+=")),
-                _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
-                _h("Cachesrv-Age", max(0, math.floor(time.time() - ref.mtime))),
-            ]
-            self.repo.access.touch("entry", ref.name)
-            await self._send_object(request, send, ref, "application/x-tar", extra)
-        elif method in ("PUT", "POST"):
-            replace = request.arg("replace") in ("1", "true", "True")
-            max_age_arg = request.arg("max-age")
-            try:
-                max_age = float(max_age_arg) if max_age_arg is not None else None
-            except ValueError as exc:
-                raise HttpError(400, "max-age must be a number of seconds") from exc
-            existing = catalog.find_entry(key, exact=True)
-            if (
-                existing
-                and not replace
-                and (max_age is None or time.time() - existing.mtime <= max_age)
-            ):
-                raise HttpError(409, f"cache entry {key!r} exists (ask ?replace=true or ?max-age=)")
-            stored = await self._ingest(request.body())
-            try:
-                await trio.to_thread.run_sync(
-                    lambda: catalog.save_entry(key, stored, replace=replace, max_age=max_age)
-                )
-            except EntryExists as exc:
-                raise HttpError(409, f"cache entry {key!r} exists") from exc
-            self._warm(stored)
-            await send_json(
-                send,
-                201,
-                {"key": key, "size": stored.manifest.size, "etag": f'"{stored.manifest.etag}"'},
-            )
-        elif method == "DELETE":
-            if not await trio.to_thread.run_sync(catalog.delete_entry, key):
-                raise HttpError(404, f"no cache entry {key!r}")
-            await send_json(send, 202, {"deleted": key})
-        else:
-            raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD, PUT, DELETE")])
-
-    # -- the server's own pages ------------------------------------------------
-
-    async def _own_endpoint(self, request: Request, send: Any) -> None:
-        if request.method == "PUT":
-            clean_path(request.path)  # refused: -/ is reserved
-        if request.method not in ("GET", "HEAD"):
-            raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD")])
-        path = request.path
-        if path == "/-/healthz":
-            self.repo.catalog.ping()
-            await send_json(send, 200, {"status": "ok"})
-        elif path == "/-/metrics":
-            body = await trio.to_thread.run_sync(self.metrics.render)
-            await _send_simple(send, 200, body, metrics.CONTENT_TYPE)
-        elif path == "/-/stats":
-            objects = request.arg("objects") in ("1", "true")  # per-object: a full mark
-            stats = await trio.to_thread.run_sync(lambda: self.repo.stats(objects=objects))
-            await send_json(send, 200, stats)
-        elif path in ("/-/", "/-"):
-            stats = await trio.to_thread.run_sync(self.repo.stats)
-            rows = "".join(
-                f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-                for k, v in stats.items()
-            )
-            await send_html(
-                send,
-                200,
-                f"<!doctype html><title>cachesrv</title><h1>cachesrv</h1><table>{rows}</table>\n",
-            )
-        else:
-            raise HttpError(404, "Not Found")

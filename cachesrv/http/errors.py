@@ -1,6 +1,18 @@
-"""HTTP errors: raised anywhere below the app, turned into responses in one place."""
+"""HTTP errors: raised anywhere below the app, turned into responses in one place.
+
+:func:`as_http_error` is that place: the service's and the store's errors, and the
+HTTP layer's own :class:`HttpError`, each become the status and JSON message the
+legacy contract (and the README's error table) promises.
+"""
 
 from __future__ import annotations
+
+import errno
+
+from cachesrv.catalog import Conflict, EntryExists
+from cachesrv.ingest.targz import BadArchive
+from cachesrv.names import InvalidName
+from cachesrv.service import EntryKept, NotFound, StoreFull
 
 
 class HttpError(Exception):
@@ -17,3 +29,33 @@ class HttpError(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before the request body was complete."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT: the store's hard limit or a full disk (SQLite's too)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def as_http_error(exc: Exception) -> HttpError | None:
+    """The response for ``exc``, or None if it is a fault of the server (let it raise)."""
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, InvalidName):
+        return HttpError(403 if exc.escapes else 400, exc.message)
+    if isinstance(exc, NotFound):
+        return HttpError(404, str(exc))
+    if isinstance(exc, Conflict):
+        return HttpError(409, f"Conflict: {exc}")
+    if isinstance(exc, EntryKept):
+        return HttpError(
+            409, f"cache entry {exc.key!r} exists (ask ?replace=true or ?max-age=)"
+        )
+    if isinstance(exc, EntryExists):
+        return HttpError(409, f"cache entry {exc.args[0]!r} exists")
+    if isinstance(exc, BadArchive):
+        return HttpError(400, str(exc))
+    if isinstance(exc, StoreFull):
+        return HttpError(507, "Insufficient Storage: the store is at its hard limit")
+    if disk_full(exc):
+        return HttpError(507, "Insufficient Storage: the disk is full")
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,8 @@ def serve_job(source: Source, job: Job, out: socket.socket) -> None:
 
 
 def _main() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the server stops it: EOF on its socket
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(description="cachesrv restore worker (started by the server)")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)

@@ -1,11 +1,11 @@
-"""Ingest: an upload's bytes in, durable chunks and a manifest out.
+"""One upload's ingest, blocking: bytes in, durable chunks and a manifest out.
 
-:class:`IngestSession` is the blocking core (split, hash, look up, compress,
-append), run in a worker thread on batches of about a MiB: DESIGN.md measured
-that handing work over per chunk loses to the GIL convoy, so each hand-over
-carries a large unit of work. :class:`Upload` is its trio face for request
-handlers. Nothing becomes visible here: publishing a name is the catalog's
-job, after :meth:`IngestSession.finish` made the chunks durable.
+:class:`IngestSession` is the core (split, hash, look up, compress, append). It runs
+in a worker process (:mod:`cachesrv.ingest.process`) or in a thread of the server
+(:class:`cachesrv.ingest.upload.ThreadUpload`), on batches of about a MiB: DESIGN.md
+measured that handing work over per chunk loses to the GIL convoy, so each hand-over
+carries a large unit of work. Nothing becomes visible here: publishing a name is the
+catalog's job, after :meth:`IngestSession.finish` made the chunks durable.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import blake3
-import trio
 import zstandard
 
 from cachesrv.chunking import ChunkParams, Splitter
@@ -135,38 +134,3 @@ class IngestSession:
             self.store.put(cid, frame)
             self.stats.stored_bytes += len(frame.data)
 
-
-class Upload:
-    """Async face of an ingest: ``await write(data)`` as body pieces arrive, then
-    ``await finish()``. Memory is bounded by one batch, whatever the upload size."""
-
-    def __init__(self, session: IngestSession, batch_bytes: int = 1 << 20) -> None:
-        self.session = session
-        self.batch_bytes = batch_bytes
-        self._buffer = bytearray()
-        self._limiter = trio.CapacityLimiter(1)
-
-    @property
-    def stats(self) -> IngestStats:
-        return self.session.stats
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self.batch_bytes:
-            batch, self._buffer = self._buffer, bytearray()
-            await trio.to_thread.run_sync(self.session.feed, batch, limiter=self._limiter)
-
-    async def finish(self) -> Manifest:
-        batch, self._buffer = self._buffer, bytearray()
-
-        def _finish() -> Manifest:
-            if batch:
-                self.session.feed(batch)
-            return self.session.finish()
-
-        return await trio.to_thread.run_sync(_finish, limiter=self._limiter)
-
-    async def abort(self) -> None:
-        """Drop what was buffered; chunks already written are garbage for GC."""
-        self._buffer = bytearray()
-        await trio.to_thread.run_sync(self.session.abort, limiter=self._limiter)

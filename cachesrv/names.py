@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
-from cachesrv.http.errors import HttpError
+
+class InvalidName(ValueError):
+    """A path or key that is refused; ``escapes``: it climbs out of the store root."""
+
+    def __init__(self, message: str, escapes: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.escapes = escapes
+
 
 TRAVERSAL = "DENIED: You should not upload outside the upload directory."
 _KEY = re.compile(r"[A-Za-z0-9._+=:@,/-]{1,512}")
@@ -14,33 +22,33 @@ def clean_path(raw: str, *, for_write: bool = True) -> str:
     """Resolve ``raw`` lexically (like Go's filepath.Clean under the store root).
 
     ``a/../b`` is ``b``, as with the old server; anything that climbs out of the
-    root is a 403; a leading ``/`` is accepted. The result has no empty, ``.``
-    or ``..`` segments; ``""`` is the root.
+    root is refused (``escapes``: a 403); a leading ``/`` is accepted. The result
+    has no empty, ``.`` or ``..`` segments; ``""`` is the root.
     """
     if "\x00" in raw or "\\" in raw:
-        raise HttpError(400, "path must not contain NUL or backslash")
+        raise InvalidName("path must not contain NUL or backslash")
     parts: list[str] = []
     for segment in raw.split("/"):
         if segment in ("", "."):
             continue
         if segment == "..":
             if not parts:
-                raise HttpError(403, TRAVERSAL)
+                raise InvalidName(TRAVERSAL, escapes=True)
             parts.pop()
         else:
             parts.append(segment)
     path = "/".join(parts)
     if for_write:
         if not path:
-            raise HttpError(400, "path is empty: name the object to store or delete")
+            raise InvalidName("path is empty: name the object to store or delete")
         if parts[0] == "-":
-            raise HttpError(400, "paths under -/ are reserved for the server's own endpoints")
+            raise InvalidName("paths under -/ are reserved for the server's own endpoints")
     return path
 
 
 def clean_key(raw: str) -> str:
     if not _KEY.fullmatch(raw) or ".." in raw.split("/"):
-        raise HttpError(
-            400, "cache key must be 1-512 characters of A-Z a-z 0-9 . _ + = : @ , / - without '..'"
+        raise InvalidName(
+            "cache key must be 1-512 characters of A-Z a-z 0-9 . _ + = : @ , / - without '..'"
         )
     return raw

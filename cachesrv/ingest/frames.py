@@ -1,0 +1,147 @@
+"""The ingest workers' wire protocol, without I/O: frames to bytes, bytes to frames.
+
+Both ends use this module (the worker process with blocking sockets, the server with
+trio's), so the format is written once and tested without sockets.
+
+A frame is ``kind (1 byte) | length (u32 LE) | payload``.
+server -> worker: :data:`BEGIN` (JSON options), :data:`DATA` (body bytes), :data:`END`,
+:data:`ABORT`. worker -> server: :data:`RESULT` (:func:`encode_result`), :data:`ERROR`
+(JSON ``message``, ``errno``), :data:`ABORTED`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+from collections import deque
+from dataclasses import asdict
+
+from cachesrv.catalog import StoredManifest
+from cachesrv.ingest.session import IngestStats
+
+HEADER = struct.Struct("<cI")
+BEGIN, DATA, END, ABORT = b"B", b"D", b"E", b"A"
+RESULT, ERROR, ABORTED = b"R", b"X", b"K"
+_LENGTH = struct.Struct("<I")
+
+
+def header(kind: bytes, length: int) -> bytes:
+    """The header of a frame whose payload (``length`` bytes) is sent after it."""
+    return HEADER.pack(kind, length)
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Bytes in (:meth:`feed`, in any pieces), whole frames out (:meth:`next_frame`).
+
+    A payload that arrived in one piece is a view of that piece, not a copy; fed
+    pieces must not change afterwards (``bytes`` from ``recv`` do not).
+    """
+
+    def __init__(self) -> None:
+        self._parts: deque[memoryview] = deque()
+        self._size = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not yet returned as frames."""
+        return self._size
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if data:
+            self._parts.append(memoryview(data).cast("B"))
+            self._size += len(data)
+
+    def next_frame(self) -> tuple[bytes, memoryview] | None:
+        """The next whole frame as (kind, payload), or None until more bytes are fed."""
+        if self._size < HEADER.size:
+            return None
+        first = self._parts[0]
+        head = first if len(first) >= HEADER.size else self._join(HEADER.size)
+        kind, length = HEADER.unpack_from(head)
+        if self._size < HEADER.size + length:
+            return None
+        self._take(HEADER.size)
+        return kind, self._take(length)
+
+    def _join(self, n: int) -> bytes:
+        out = bytearray()
+        for part in self._parts:
+            out += part[: n - len(out)]
+            if len(out) == n:
+                break
+        return bytes(out)
+
+    def _take(self, n: int) -> memoryview:
+        if n == 0:
+            return memoryview(b"")
+        self._size -= n
+        first = self._parts[0]
+        if len(first) >= n:
+            if len(first) == n:
+                self._parts.popleft()
+            else:
+                self._parts[0] = first[n:]
+            return first[:n]
+        out = bytearray(n)
+        pos = 0
+        while pos < n:
+            part = self._parts[0]
+            take = min(len(part), n - pos)
+            out[pos : pos + take] = part[:take]
+            pos += take
+            if take == len(part):
+                self._parts.popleft()
+            else:
+                self._parts[0] = part[take:]
+        return memoryview(out)
+
+
+# -- payloads ---------------------------------------------------------------------
+
+
+def encode_begin(tar_aware: bool) -> bytes:
+    return json.dumps({"tar_aware": tar_aware}).encode()
+
+
+def decode_begin(payload: bytes | memoryview) -> bool:
+    """Whether the upload is split tar-aware."""
+    return bool(json.loads(bytes(payload)).get("tar_aware", True))
+
+
+def encode_result(stats: IngestStats, stored: StoredManifest) -> bytes:
+    """``u32 JSON length | JSON (stats, id, size, digest) | manifest body``: the body
+    crosses as the worker encoded it, so the server neither decodes nor re-encodes it."""
+    meta = json.dumps(
+        {
+            "stats": asdict(stats),
+            "id": stored.manifest_id.hex(),
+            "size": stored.size,
+            "digest": stored.digest.hex(),
+        }
+    ).encode()
+    return _LENGTH.pack(len(meta)) + meta + stored.body
+
+
+def decode_result(payload: bytes | memoryview) -> tuple[IngestStats, StoredManifest]:
+    (length,) = _LENGTH.unpack_from(payload)
+    meta = json.loads(bytes(payload[_LENGTH.size : _LENGTH.size + length]))
+    body = bytes(payload[_LENGTH.size + length :])
+    stored = StoredManifest(
+        bytes.fromhex(meta["id"]), body, meta["size"], bytes.fromhex(meta["digest"])
+    )
+    return IngestStats(**meta["stats"]), stored
+
+
+def encode_error(exc: OSError) -> bytes:
+    return json.dumps({"message": str(exc), "errno": exc.errno}).encode()
+
+
+def decode_error(payload: bytes | memoryview) -> OSError:
+    """The worker's failure as this side's OSError (ENOSPC stays ENOSPC: a 507)."""
+    report = json.loads(bytes(payload))
+    return OSError(report.get("errno") or errno.EIO, report["message"])

@@ -1,0 +1,119 @@
+"""An ingest worker process: runs uploads the server forwards, one at a time.
+
+Started by :class:`cachesrv.ingest.workers.IngestPool` as
+``python -m cachesrv.ingest.process``; see that module for why. Speaks
+:mod:`cachesrv.ingest.frames` on a blocking Unix socket, and stops when the server
+closes it (never on a signal: a SIGTERM to the process group must not end an upload
+the server is still draining).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+from pathlib import Path
+
+from cachesrv.catalog import StoredManifest
+from cachesrv.chunking import ChunkParams
+from cachesrv.ingest import frames
+from cachesrv.ingest.session import IngestSession
+from cachesrv.malloc import bound_heap
+
+RECEIVE_BYTES = 1 << 20
+
+
+def worker_main(
+    sock: socket.socket,
+    data: Path,
+    params: ChunkParams,
+    level: int,
+    threads: int = 2,
+    hard_limit: int | None = None,
+    pin_ttl: float = 600.0,
+) -> None:
+    """Serve uploads until the server closes the socket."""
+    from cachesrv.store.local import LocalChunkStore
+
+    store = LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
+    decoder = frames.FrameDecoder()
+    session: IngestSession | None = None
+    failure: OSError | None = None
+    try:
+        while True:
+            received = decoder.next_frame()
+            if received is None:
+                incoming = sock.recv(RECEIVE_BYTES)
+                if not incoming:
+                    return
+                decoder.feed(incoming)
+                continue
+            kind, payload = received
+            if kind == frames.BEGIN:
+                if session is not None:
+                    session.abort()
+                session = IngestSession(
+                    store.writer(),
+                    params,
+                    level,
+                    frames.decode_begin(payload),
+                    threads=threads,
+                )
+                failure = None
+            elif kind == frames.DATA:
+                if session is not None and failure is None:
+                    try:
+                        session.feed(payload)
+                    except OSError as exc:  # ENOSPC & co: keep reading, answer at the end
+                        failure = exc
+            elif kind == frames.END:
+                assert session is not None
+                try:
+                    if failure is not None:
+                        raise failure
+                    stored = StoredManifest.of(session.finish())
+                except OSError as exc:
+                    sock.sendall(frames.frame(frames.ERROR, frames.encode_error(exc)))
+                else:
+                    result = frames.encode_result(session.stats, stored)
+                    sock.sendall(frames.frame(frames.RESULT, result))
+                session = None
+            elif kind == frames.ABORT:
+                if session is not None:
+                    session.abort()
+                session = None
+                sock.sendall(frames.frame(frames.ABORTED))
+    finally:
+        store.close()
+
+
+def _main() -> None:
+    # The server stops workers by closing their socket, after it drained its requests.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parser = argparse.ArgumentParser(description="cachesrv ingest worker (started by the server)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--chunk", type=int, nargs=3, required=True)
+    parser.add_argument("--level", type=int, required=True)
+    parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
+    parser.add_argument("--pin-ttl", type=float, required=True)
+    args = parser.parse_args()
+    bound_heap()
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(True)  # the server's end is non-blocking, and so was the fd
+    try:
+        worker_main(
+            sock,
+            args.data,
+            ChunkParams(*args.chunk),
+            args.level,
+            hard_limit=args.hard_limit or None,
+            pin_ttl=args.pin_ttl,
+        )
+    except ConnectionError:
+        pass
+
+
+if __name__ == "__main__":
+    _main()
