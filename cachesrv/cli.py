@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from cachesrv import __version__, config
+from cachesrv.http.accesslog import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,11 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = config.load(args)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(cfg.log_level, cfg.log_format, sys.stderr)
     if args.command == "serve":
         from cachesrv.malloc import bound_heap
         from cachesrv.server import serve
@@ -81,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
         repo = Repository.open(cfg)
         try:
-            json.dump(repo.stats(objects=args.objects), sys.stdout, indent=2)
+            from cachesrv.status import status
+
+            json.dump(status(repo, objects=args.objects), sys.stdout, indent=2)
             print()
         finally:
             repo.close()

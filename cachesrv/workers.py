@@ -273,6 +273,8 @@ class WorkerPool:
         self._idle = [Worker(*self._spawn_args) for _ in range(size)]
         self._available = trio.Semaphore(size)
         self.size = size
+        self.restarted_broken = 0  # workers replaced because they died or broke protocol
+        self.restarted_recycled = 0  # replaced because they grew past RECYCLE_RSS
 
     def try_acquire(self) -> Worker | None:
         """An idle worker, or None: uploads never queue behind busy workers."""
@@ -288,12 +290,14 @@ class WorkerPool:
             worker.proc.wait()
             worker._sock.close()
             worker = Worker(*self._spawn_args)
+            self.restarted_broken += 1
         elif _resident_bytes(worker.proc.pid) > RECYCLE_RSS:
             # A big upload leaves ~30 MB of fragmented heap behind (pin cache, pieces);
             # a fresh worker is cheaper than carrying it into the next restore's budget.
             # Closing the socket makes it exit; subprocess reaps it later, no waiting here.
             worker._sock.close()
             worker = Worker(*self._spawn_args)
+            self.restarted_recycled += 1
         self._idle.append(worker)
         self._available.release()
 

@@ -359,9 +359,7 @@ class SqliteCatalog:
 
     def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO history VALUES (?, ?)", (at, json.dumps(values))
-            )
+            conn.execute("INSERT OR REPLACE INTO history VALUES (?, ?)", (at, json.dumps(values)))
             conn.execute(
                 "DELETE FROM history WHERE at NOT IN "
                 "(SELECT at FROM history ORDER BY at DESC LIMIT ?)",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import errno
 import hmac
-import html
 import json
 import logging
 import math
@@ -28,8 +27,9 @@ from urllib.parse import parse_qs, quote
 
 import trio
 
+from cachesrv import status
 from cachesrv.catalog import Conflict, EntryExists, Ref, StoredManifest
-from cachesrv.http import conditional, metrics
+from cachesrv.http import accesslog, conditional, metrics, status_page
 from cachesrv.http.errors import ClientGone, HttpError
 from cachesrv.http.forms import read_form
 from cachesrv.http.paths import clean_key, clean_path
@@ -97,6 +97,10 @@ class App:
         self.repo = repo
         self.config = repo.config
         self.metrics = metrics.Metrics(repo)
+        # each request once in the access log, the metrics and the status page's activity
+        self.observer = accesslog.RequestObserver(
+            [accesslog.log_exchange, self.metrics.observe, status_page.recorder(repo)]
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -104,6 +108,9 @@ class App:
             return
         if scope["type"] != "http":
             return
+        await self.observer.run(scope, receive, send, self._handle)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive)
         started = [False]
 
@@ -207,9 +214,11 @@ class App:
     async def _finish(self, upload: Upload | RemoteUpload) -> StoredManifest:
         manifest = await upload.finish()
         self.repo.counters.add_upload(upload.stats)
+        accesslog.note_upload(upload.stats)
         return await trio.to_thread.run_sync(StoredManifest.of, manifest)
 
     async def _publish(self, items: list[tuple[str, StoredManifest]]) -> float:
+        accesslog.note_name(items[0][0] if len(items) == 1 else f"{len(items)} members")
         try:
             return await trio.to_thread.run_sync(self.repo.catalog.publish, items)
         except Conflict as exc:
@@ -380,6 +389,7 @@ class App:
             _h("Vary", "Accept-Encoding"),
             *extra,
         ]
+        accesslog.note_name(ref.name)
         status = conditional.precondition(headers, etag, ref.mtime)
         if status is not None:
             await send({"type": "http.response.start", "status": status, "headers": common})
@@ -471,11 +481,14 @@ class App:
             exact = request.arg("exact") in ("1", "true", "True")
             ref = catalog.find_entry(key, restore_keys, exact=exact)
             if ref is None:
+                accesslog.note_match("miss")
                 await self._not_found(request, send, f"no cache entry matches {key!r}")
                 return
+            match = "exact" if ref.name == key else "partial"
+            accesslog.note_match(match, ref.name)
             extra = [
                 _h("Cachesrv-Key", quote(ref.name, safe="/:@,+=")),
-                _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
+                _h("Cachesrv-Match", match),
                 _h("Cachesrv-Age", max(0, math.floor(time.time() - ref.mtime))),
             ]
             self.repo.access.touch("entry", ref.name)
@@ -495,6 +508,7 @@ class App:
             ):
                 raise HttpError(409, f"cache entry {key!r} exists (ask ?replace=true or ?max-age=)")
             stored = await self._ingest(request.body())
+            accesslog.note_name(key)
             try:
                 await trio.to_thread.run_sync(
                     lambda: catalog.save_entry(key, stored, replace=replace, max_age=max_age)
@@ -529,18 +543,11 @@ class App:
             await _send_simple(send, 200, body, metrics.CONTENT_TYPE)
         elif path == "/-/stats":
             objects = request.arg("objects") in ("1", "true")  # per-object: a full mark
-            stats = await trio.to_thread.run_sync(lambda: self.repo.stats(objects=objects))
+            stats = await trio.to_thread.run_sync(lambda: status.status(self.repo, objects))
             await send_json(send, 200, stats)
         elif path in ("/-/", "/-"):
-            stats = await trio.to_thread.run_sync(self.repo.stats)
-            rows = "".join(
-                f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-                for k, v in stats.items()
-            )
-            await send_html(
-                send,
-                200,
-                f"<!doctype html><title>cachesrv</title><h1>cachesrv</h1><table>{rows}</table>\n",
-            )
+            stats = await trio.to_thread.run_sync(status.status, self.repo)
+            page = status_page.render(stats, refresh=request.arg("refresh"))
+            await send_html(send, 200, page)
         else:
             raise HttpError(404, "Not Found")
