@@ -45,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         help="quarantine corrupt chunks, trim torn pack tails, remove leftover files",
     )
 
+    imports = commands.add_parser(
+        "import",
+        help="bring an old go-simple-uploader directory into the store (idempotent)",
+        description="Store every file below DIR as the object at its relative path, with "
+        "the file's mtime as Last-Modified and now as its last access. Files already stored "
+        "with the same size and mtime are skipped, so it can run again.",
+    )
+    imports.add_argument("directory", metavar="DIR", help="the old server's directory")
+    config.add_arguments(
+        imports,
+        server=False,
+        also=("compression_level", "max_size", "hard_limit", "upload_pin_ttl"),
+        chunking=True,
+    )
+
     analyze = commands.add_parser(
         "analyze",
         help="replay tarballs through the chunker to size a volume (writes nothing)",
@@ -103,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.clean else 1
         finally:
             repo.close()
+    if args.command == "import":
+        return _import(cfg, args.directory)
     if args.command == "analyze":
         from cachesrv.analyze import analyze, render
 
@@ -116,3 +133,40 @@ def main(argv: list[str] | None = None) -> int:
         print(render(reports, store, cfg.chunking))
         return 0
     return 2
+
+
+def _import(cfg: config.Config, directory: str) -> int:
+    from pathlib import Path
+
+    from cachesrv.importer import StoreFull, import_tree, walk
+    from cachesrv.progress import Progress
+    from cachesrv.repository import Repository
+
+    root = Path(directory)
+    if not root.is_dir():
+        print(f"cachesrv import: {directory} is not a directory", file=sys.stderr)
+        return 2
+    repo = Repository.open(cfg)
+    try:
+        total = sum(st.st_size for _, _, st in walk(root))
+        try:
+            report = import_tree(repo, root, Progress(total, "import"))
+        except StoreFull as exc:
+            print(f"cachesrv import: {exc}; run it again after raising the limit", file=sys.stderr)
+            return 1
+    finally:
+        repo.close()
+    mb = 1e6
+    dedup = report.as_dict()["dedup_fraction"]
+    print(
+        f"imported {report.files} files, {report.bytes / mb:.1f} MB "
+        f"({report.new_bytes / mb:.1f} MB new after dedup"
+        + (f", {dedup:.1%} deduplicated" if dedup is not None else "")
+        + f", {report.stored_bytes / mb:.1f} MB stored); "
+        f"skipped {report.skipped} already stored ({report.skipped_bytes / mb:.1f} MB)"
+        + (f"; {len(report.refused)} refused (see the warnings)" if report.refused else ""),
+        file=sys.stderr,
+    )
+    json.dump(report.as_dict(), sys.stdout)
+    print()
+    return 1 if report.refused else 0
