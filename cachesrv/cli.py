@@ -63,15 +63,39 @@ def _parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze",
         help="replay tarballs through the chunker to size a volume (writes nothing)",
-        description="Replay tarballs, in order (day 1, day 2, ...), as successive uploads "
-        "and report dedup, compression and stored bytes per version.",
+        description="Replay tarballs, oldest first (day 1, day 2, ...), as successive uploads "
+        "at each chunk size and zstd level asked, and report stored bytes, dedup, chunk count "
+        "and speed per setting, the bytes needed to keep the last N versions, and a "
+        "recommended setting and volume.",
     )
     analyze.add_argument("files", nargs="+", metavar="TAR", help="files to replay ('-': stdin)")
+    analyze.add_argument(
+        "--chunk-avg",
+        action="append",
+        type=config.parse_size,
+        metavar="SIZE",
+        help="FastCDC average chunk size (64K, 65536); repeat to compare; min and max are "
+        "a quarter and four times it, as the server's defaults; default 16K, 64K and 256K",
+    )
+    analyze.add_argument(
+        "--level",
+        action="append",
+        type=int,
+        help="zstd level; repeat to compare; default --compression-level (1)",
+    )
+    analyze.add_argument(
+        "--retention",
+        type=int,
+        metavar="N",
+        help="size the store for keeping the last N versions (default: all)",
+    )
+    analyze.add_argument("--plot", metavar="FILE.png", help="write a PNG of bytes kept per version")
+    analyze.add_argument("--json", action="store_true", help="the numbers as JSON on stdout")
     analyze.add_argument("--plain", action="store_true", help="plain CDC, not tar-aware")
     analyze.add_argument(
         "--no-zstd-compare", action="store_true", help="skip compressing each file whole"
     )
-    config.add_arguments(analyze, server=False, also=("compression_level",), chunking=True)
+    config.add_arguments(analyze, server=False, also=("compression_level", "max_size"))
     return parser
 
 
@@ -121,17 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         return _import(cfg, args.directory)
     if args.command == "analyze":
-        from cachesrv.analyze import analyze, render
-
-        reports, store = analyze(
-            args.files,
-            cfg.chunking,
-            cfg.compression_level,
-            tar_aware=not args.plain,
-            compare_zstd=not args.no_zstd_compare,
-        )
-        print(render(reports, store, cfg.chunking))
-        return 0
+        return _analyze(cfg, args)
     return 2
 
 
@@ -170,3 +184,34 @@ def _import(cfg: config.Config, directory: str) -> int:
     json.dump(report.as_dict(), sys.stdout)
     print()
     return 1 if report.refused else 0
+
+
+def _analyze(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cachesrv import analyze
+    from cachesrv.progress import Progress
+
+    if args.retention is not None and args.retention < 1:
+        print("cachesrv analyze: --retention must be at least 1", file=sys.stderr)
+        return 2
+    avgs = args.chunk_avg or list(analyze.DEFAULT_CHUNK_AVGS)
+    levels = args.level or [cfg.compression_level]
+    settings = [analyze.Setting(a, lv) for a in dict.fromkeys(avgs) for lv in dict.fromkeys(levels)]
+    progress = Progress(analyze._total_size(args.files), "analyze")
+    result = analyze.run(
+        args.files,
+        settings,
+        retention=args.retention,
+        tar_aware=not args.plain,
+        compare_zstd=not args.no_zstd_compare,
+        progress=progress,
+    )
+    if args.plot:
+        analyze.plot(result, args.plot)
+    if args.json:
+        json.dump(result.as_dict(cfg.max_size), sys.stdout, indent=2)
+        print()
+    else:
+        print(analyze.render(result, cfg.max_size))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
