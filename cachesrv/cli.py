@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from cachesrv import __version__, config
+from cachesrv.http.accesslog import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,29 +45,64 @@ def _parser() -> argparse.ArgumentParser:
         help="quarantine corrupt chunks, trim torn pack tails, remove leftover files",
     )
 
+    imports = commands.add_parser(
+        "import",
+        help="bring an old go-simple-uploader directory into the store (idempotent)",
+        description="Store every file below DIR as the object at its relative path, with "
+        "the file's mtime as Last-Modified and now as its last access. Files already stored "
+        "with the same size and mtime are skipped, so it can run again.",
+    )
+    imports.add_argument("directory", metavar="DIR", help="the old server's directory")
+    config.add_arguments(
+        imports,
+        server=False,
+        also=("compression_level", "max_size", "hard_limit", "upload_pin_ttl"),
+        chunking=True,
+    )
+
     analyze = commands.add_parser(
         "analyze",
         help="replay tarballs through the chunker to size a volume (writes nothing)",
-        description="Replay tarballs, in order (day 1, day 2, ...), as successive uploads "
-        "and report dedup, compression and stored bytes per version.",
+        description="Replay tarballs, oldest first (day 1, day 2, ...), as successive uploads "
+        "at each chunk size and zstd level asked, and report stored bytes, dedup, chunk count "
+        "and speed per setting, the bytes needed to keep the last N versions, and a "
+        "recommended setting and volume.",
     )
     analyze.add_argument("files", nargs="+", metavar="TAR", help="files to replay ('-': stdin)")
+    analyze.add_argument(
+        "--chunk-avg",
+        action="append",
+        type=config.parse_size,
+        metavar="SIZE",
+        help="FastCDC average chunk size (64K, 65536); repeat to compare; min and max are "
+        "a quarter and four times it, as the server's defaults; default 16K, 64K and 256K",
+    )
+    analyze.add_argument(
+        "--level",
+        action="append",
+        type=int,
+        help="zstd level; repeat to compare; default --compression-level (1)",
+    )
+    analyze.add_argument(
+        "--retention",
+        type=int,
+        metavar="N",
+        help="size the store for keeping the last N versions (default: all)",
+    )
+    analyze.add_argument("--plot", metavar="FILE.png", help="write a PNG of bytes kept per version")
+    analyze.add_argument("--json", action="store_true", help="the numbers as JSON on stdout")
     analyze.add_argument("--plain", action="store_true", help="plain CDC, not tar-aware")
     analyze.add_argument(
         "--no-zstd-compare", action="store_true", help="skip compressing each file whole"
     )
-    config.add_arguments(analyze, server=False, also=("compression_level",), chunking=True)
+    config.add_arguments(analyze, server=False, also=("compression_level", "max_size"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = config.load(args)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(cfg.log_level, cfg.log_format, sys.stderr)
     if args.command == "serve":
         from cachesrv.malloc import bound_heap
         from cachesrv.server import serve
@@ -81,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
         repo = Repository.open(cfg)
         try:
-            json.dump(repo.stats(objects=args.objects), sys.stdout, indent=2)
+            from cachesrv.status import status
+
+            json.dump(status(repo, objects=args.objects), sys.stdout, indent=2)
             print()
         finally:
             repo.close()
@@ -105,16 +142,76 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.clean else 1
         finally:
             repo.close()
+    if args.command == "import":
+        return _import(cfg, args.directory)
     if args.command == "analyze":
-        from cachesrv.analyze import analyze, render
-
-        reports, store = analyze(
-            args.files,
-            cfg.chunking,
-            cfg.compression_level,
-            tar_aware=not args.plain,
-            compare_zstd=not args.no_zstd_compare,
-        )
-        print(render(reports, store, cfg.chunking))
-        return 0
+        return _analyze(cfg, args)
     return 2
+
+
+def _import(cfg: config.Config, directory: str) -> int:
+    from pathlib import Path
+
+    from cachesrv.importer import StoreFull, import_tree, walk
+    from cachesrv.progress import Progress
+    from cachesrv.repository import Repository
+
+    root = Path(directory)
+    if not root.is_dir():
+        print(f"cachesrv import: {directory} is not a directory", file=sys.stderr)
+        return 2
+    repo = Repository.open(cfg)
+    try:
+        total = sum(st.st_size for _, _, st in walk(root))
+        try:
+            report = import_tree(repo, root, Progress(total, "import"))
+        except StoreFull as exc:
+            print(f"cachesrv import: {exc}; run it again after raising the limit", file=sys.stderr)
+            return 1
+    finally:
+        repo.close()
+    mb = 1e6
+    dedup = report.as_dict()["dedup_fraction"]
+    print(
+        f"imported {report.files} files, {report.bytes / mb:.1f} MB "
+        f"({report.new_bytes / mb:.1f} MB new after dedup"
+        + (f", {dedup:.1%} deduplicated" if dedup is not None else "")
+        + f", {report.stored_bytes / mb:.1f} MB stored); "
+        f"skipped {report.skipped} already stored ({report.skipped_bytes / mb:.1f} MB)"
+        + (f"; {len(report.refused)} refused (see the warnings)" if report.refused else ""),
+        file=sys.stderr,
+    )
+    json.dump(report.as_dict(), sys.stdout)
+    print()
+    return 1 if report.refused else 0
+
+
+def _analyze(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cachesrv import analyze
+    from cachesrv.progress import Progress
+
+    if args.retention is not None and args.retention < 1:
+        print("cachesrv analyze: --retention must be at least 1", file=sys.stderr)
+        return 2
+    avgs = args.chunk_avg or list(analyze.DEFAULT_CHUNK_AVGS)
+    levels = args.level or [cfg.compression_level]
+    settings = [analyze.Setting(a, lv) for a in dict.fromkeys(avgs) for lv in dict.fromkeys(levels)]
+    progress = Progress(analyze._total_size(args.files), "analyze")
+    result = analyze.run(
+        args.files,
+        settings,
+        retention=args.retention,
+        tar_aware=not args.plain,
+        compare_zstd=not args.no_zstd_compare,
+        progress=progress,
+    )
+    if args.plot:
+        analyze.plot(result, args.plot)
+    if args.json:
+        json.dump(result.as_dict(cfg.max_size), sys.stdout, indent=2)
+        print()
+    else:
+        print(analyze.render(result, cfg.max_size))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0

@@ -39,6 +39,9 @@ class Config:
     # Worker processes that take uploads off the event loop's process (0: threads only).
     ingest_workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"  # "json": every log line (the access log too) as a JSON object
+    # seconds between two points of the status page's history (kept in the catalog)
+    history_interval: float = 60.0
     # Lifecycle (cachesrv.lifecycle): evict least recently used names once the packs hold
     # more than max_size bytes; refuse uploads with 507 past hard_limit (default
     # max_size * 1.2; with neither set, only a really full disk refuses them).
@@ -97,6 +100,13 @@ def parse_duration(value: str) -> float:
     return number * _TIME_UNITS[unit]
 
 
+def _log_format(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"{value!r} is neither text nor json")
+    return text
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -142,6 +152,18 @@ SETTINGS: tuple[_Setting, ...] = (
         "worker processes for uploads (0: in-process threads)",
     ),
     _Setting("log_level", ("CACHESRV_LOG_LEVEL",), str, "debug, info, warning or error"),
+    _Setting(
+        "log_format",
+        ("CACHESRV_LOG_FORMAT",),
+        _log_format,
+        "text or json: log lines (one access line per request) as text or JSON objects",
+    ),
+    _Setting(
+        "history_interval",
+        ("CACHESRV_HISTORY_INTERVAL",),
+        parse_duration,
+        "time between two points of the status page's charts (1m)",
+    ),
     _Setting(
         "max_size",
         ("CACHESRV_MAX_SIZE",),
@@ -203,7 +225,7 @@ def add_arguments(
 
     The FastCDC size flags come with ``server`` unless ``chunking`` says otherwise."""
     for setting in SETTINGS:
-        if not server and setting.name not in ("data", "log_level", *also):
+        if not server and setting.name not in ("data", "log_level", "log_format", *also):
             continue
         flag = "--" + setting.name.replace("_", "-")
         envs = ", ".join(setting.env)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from cachesrv.activity import Activity
 from cachesrv.catalog import Catalog, CatalogBackend
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
 from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
-from cachesrv.lifecycle.gc import Collector, GcReport, Limits
+from cachesrv.lifecycle.gc import Collector, GcReport, Limits, NameUsage
 from cachesrv.restore.hot import HotCache
 from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
@@ -42,6 +43,33 @@ class Counters:
 
 
 @dataclass
+class GcTally:
+    """Collections run by this process since it started."""
+
+    runs: int = 0
+    seconds: float = 0.0
+    expired_names: int = 0
+    evicted_names: int = 0
+    last_eviction: GcReport | None = None  # the last collection that evicted anything
+
+    def add(self, report: GcReport) -> None:
+        self.runs += 1
+        self.seconds += report.seconds
+        self.expired_names += report.expired_names
+        self.evicted_names += report.evicted_names
+        if report.evicted_names:
+            self.last_eviction = report
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """Each name's unique and shared bytes at the last collection's mark."""
+
+    marked_at: float
+    names: dict[tuple[str, str], NameUsage]
+
+
+@dataclass
 class Repository:
     config: Config
     store: ChunkStore
@@ -53,6 +81,10 @@ class Repository:
     access: AccessLog = field(default_factory=AccessLog)  # read times, flushed in batches
     pins: ManifestPins = field(default_factory=ManifestPins)  # manifests being served
     last_gc: GcReport | None = None
+    gc_tally: GcTally = field(default_factory=GcTally)
+    usage: UsageSnapshot | None = None
+    activity: Activity = field(default_factory=Activity)  # recent uploads and restores
+    started: float = field(default_factory=time.time)
 
     @classmethod
     def open(cls, config: Config) -> Repository:
@@ -111,6 +143,13 @@ class Repository:
             lambda: self.pins.manifests(self.catalog.manifest),
         )
 
+    def record_gc(self, report: GcReport, usage: list[NameUsage] | None) -> None:
+        """A collection finished (the server's lifecycle task)."""
+        self.last_gc = report
+        self.gc_tally.add(report)
+        if usage is not None:
+            self.usage = UsageSnapshot(report.started, {(u.namespace, u.name): u for u in usage})
+
     def hot_bytes(self) -> int:
         return self.hot.hot_bytes() if self.hot is not None else 0
 
@@ -127,6 +166,7 @@ class Repository:
         self, objects: bool = False, quarantined: int | None = None
     ) -> dict[str, object]:
         cfg = self.config
+        last_eviction = self.gc_tally.last_eviction
         if quarantined is None:
             quarantined = self.store.stats().quarantined
         result: dict[str, object] = {
@@ -137,6 +177,11 @@ class Repository:
             "pack_bytes": self.store.usage_bytes(),
             "quarantined_chunks": quarantined,
             "last_gc": self.last_gc.as_dict() if self.last_gc else None,
+            "gc_runs": self.gc_tally.runs,
+            "gc_seconds": round(self.gc_tally.seconds, 3),
+            "expired_names": self.gc_tally.expired_names,
+            "evicted_names": self.gc_tally.evicted_names,
+            "last_eviction": last_eviction.as_dict() if last_eviction else None,
         }
         if objects:
             result.update(self._usage_by_name())
@@ -167,6 +212,7 @@ class Repository:
         c = self.counters
         hot_bytes = self.hot_bytes()
         restored = self.restores.stats
+        hits = self.access.hits.total()
         return {
             **totals,
             "stored_bytes": chunks.stored_bytes,
@@ -190,8 +236,12 @@ class Repository:
                 "upload_dedup_fraction": (
                     round(1 - c.upload_new_bytes / c.upload_bytes, 4) if c.upload_bytes else None
                 ),
+                "started": round(self.started, 3),
+                "uptime_seconds": round(time.time() - self.started, 1),
                 "downloads": c.downloads,
+                "hits": hits,  # reads (GET, HEAD) that found a name
                 "not_found": c.not_found,
+                "hit_rate": round(hits / (hits + c.not_found), 4) if hits + c.not_found else None,
                 "corrupt_chunks": c.corrupt_chunks,
                 "hot_span_hits": restored.hot_hits,
                 "hot_span_misses": restored.hot_misses,

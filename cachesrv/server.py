@@ -23,7 +23,9 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
     hc.graceful_timeout = config.grace_period
-    hc.accesslog = logging.getLogger("cachesrv.access")
+    # hypercorn logs a request at its start and again at its end; the app logs each
+    # request once, with its id and numbers (cachesrv.http.accesslog)
+    hc.accesslog = None
     hc.errorlog = logging.getLogger("cachesrv.error")
     # Request line + headers beyond this are refused by h11 without reaching the app.
     hc.h11_max_incomplete_size = 64 * 1024

@@ -19,7 +19,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from cachesrv import status
 from cachesrv.catalog import Ref, StoredManifest, entry_is_kept
+from cachesrv.http import accesslog
 from cachesrv.ingest import Upload
 from cachesrv.ingest.targz import extract_targz
 from cachesrv.repository import Repository
@@ -75,6 +77,7 @@ class CacheService:
         """The upload's chunks are durable; the version is ready to publish."""
         stored = await upload.finish()
         self.repo.counters.add_upload(upload.stats)
+        accesslog.note_upload(upload.stats)
         return stored
 
     async def ingest(self, body: AsyncIterator[bytes]) -> StoredManifest:
@@ -85,6 +88,7 @@ class CacheService:
 
     async def publish(self, items: list[tuple[str, StoredManifest]]) -> float:
         """Every (path, version) visible at once, all or nothing; the time (mtime)."""
+        accesslog.note_name(items[0][0] if len(items) == 1 else f"{len(items)} members")
         mtime = await trio.to_thread.run_sync(self.repo.catalog.publish, items)
         if len(items) == 1:  # not every member of a targz: those are small
             self._warm(items[0][1])
@@ -124,6 +128,7 @@ class CacheService:
         if entry_is_kept(mtime, time.time(), replace, max_age):
             raise EntryKept(key)
         stored = await self.ingest(body)
+        accesslog.note_name(key)
         await trio.to_thread.run_sync(
             lambda: catalog.save_entry(key, stored, replace=replace, max_age=max_age)
         )
@@ -213,7 +218,7 @@ class CacheService:
     async def stats(self, objects: bool = False) -> dict[str, object]:
         """The store's numbers (``objects``: per-object usage, a full mark) and the
         worker pools'."""
-        stats = await trio.to_thread.run_sync(lambda: self.repo.stats(objects=objects))
+        stats = await trio.to_thread.run_sync(lambda: status.status(self.repo, objects))
         pool = self.repo.ingest
         stats["workers"] = {"ingest": {"size": pool.size, "idle": pool.idle}}
         return stats

@@ -49,9 +49,15 @@ class CatalogBackend(Protocol):
 
     # -- objects (legacy paths) ------------------------------------------------
 
-    def publish(self, items: Iterable[tuple[str, StoredManifest]]) -> float:
+    def publish(
+        self, items: Iterable[tuple[str, StoredManifest]], mtime: float | None = None
+    ) -> float:
         """Make every (path, manifest) visible at once, all or nothing (:class:`Conflict`
-        if a path would be both a file and a directory). Returns the time (mtime)."""
+        if a path would be both a file and a directory). Returns the time (mtime).
+
+        ``mtime`` (an import of another server's files) is the versions' Last-Modified
+        instead of now; their last access is now either way, so TTL and eviction count
+        from the publication."""
 
     def get(self, path: str) -> Ref | None: ...
 
@@ -114,6 +120,13 @@ class CatalogBackend(Protocol):
     def live_manifest_ids(self) -> set[bytes]: ...
 
     # -- numbers and health ----------------------------------------------------
+
+    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
+        """Add one point of the server's history (the status page's charts) and drop
+        all but the newest ``keep`` points."""
+
+    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+        """The newest ``limit`` history points, oldest first: (time, values)."""
 
     def totals(self) -> dict[str, int]:
         """``objects``, ``cache_entries``, ``logical_bytes``."""

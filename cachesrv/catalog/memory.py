@@ -33,6 +33,7 @@ class MemoryCatalog:
         self._manifests: dict[bytes, bytes] = {}
         self._names: dict[str, dict[str, _Name]] = {namespace: {} for namespace in NAMESPACES}
         self._doomed: dict[bytes, float] = {}
+        self._history: dict[float, dict[str, float]] = {}
 
     @property
     def _objects(self) -> dict[str, _Name]:
@@ -54,15 +55,25 @@ class MemoryCatalog:
         with self._lock:
             return self._manifests.get(manifest_id)
 
-    def _put(self, namespace: str, name: str, stored: StoredManifest, now: float) -> None:
+    def _put(
+        self,
+        namespace: str,
+        name: str,
+        stored: StoredManifest,
+        now: float,
+        mtime: float | None = None,
+    ) -> None:
         self._manifests.setdefault(stored.manifest_id, stored.body)
+        modified = now if mtime is None else mtime
         self._names[namespace][name] = _Name(
-            stored.manifest_id, stored.size, stored.digest, now, now
+            stored.manifest_id, stored.size, stored.digest, modified, now
         )
 
     # -- objects ---------------------------------------------------------------
 
-    def publish(self, items: Iterable[tuple[str, StoredManifest]]) -> float:
+    def publish(
+        self, items: Iterable[tuple[str, StoredManifest]], mtime: float | None = None
+    ) -> float:
         items = list(items)
         now = time.time()
         with self._lock:
@@ -79,8 +90,8 @@ class MemoryCatalog:
                     raise Conflict(f"{path!r} is a directory")
                 paths.add(path)
             for path, stored in items:
-                self._put("object", path, stored, now)
-        return now
+                self._put("object", path, stored, now, mtime)
+        return now if mtime is None else mtime
 
     def get(self, path: str) -> Ref | None:
         with self._lock:
@@ -243,6 +254,17 @@ class MemoryCatalog:
                 "cache_entries": len(self._entries),
                 "logical_bytes": sum(e.size for n in self._names.values() for e in n.values()),
             }
+
+    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
+        with self._lock:
+            self._history[at] = dict(values)
+            for old in sorted(self._history)[:-keep] if keep else list(self._history):
+                del self._history[old]
+
+    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+        with self._lock:
+            newest = sorted(self._history)[-limit:] if limit else []
+            return [(at, dict(self._history[at])) for at in newest]
 
     def ping(self) -> None:
         return None

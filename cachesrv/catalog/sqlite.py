@@ -9,6 +9,7 @@ commit together, after the chunks they reference are durable.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -57,6 +58,11 @@ CREATE TABLE IF NOT EXISTS doomed (
     manifest BLOB PRIMARY KEY,
     since REAL NOT NULL
 ) WITHOUT ROWID;
+-- the status page's history: one row per sample (JSON numbers), the newest few kept
+CREATE TABLE IF NOT EXISTS history (
+    at REAL PRIMARY KEY,
+    sample TEXT NOT NULL
+);
 """
 
 
@@ -108,13 +114,27 @@ class SqliteCatalog:
 
     @classmethod
     def _put_name(
-        cls, conn: sqlite3.Connection, table: str, name: str, stored: StoredManifest, now: float
+        cls,
+        conn: sqlite3.Connection,
+        table: str,
+        name: str,
+        stored: StoredManifest,
+        now: float,
+        mtime: float | None = None,
     ) -> None:
-        """Point ``name`` in ``objects`` or ``entries`` at a (new) version, uploaded now."""
+        """Point ``name`` in ``objects`` or ``entries`` at a (new) version, uploaded now
+        (Last-Modified ``mtime`` when given)."""
         cls._insert_manifest(conn, stored, now)
         conn.execute(
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
-            (name, stored.manifest_id, stored.size, stored.digest, now, now),
+            (
+                name,
+                stored.manifest_id,
+                stored.size,
+                stored.digest,
+                now if mtime is None else mtime,
+                now,
+            ),
         )
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
@@ -143,15 +163,17 @@ class SqliteCatalog:
 
     # -- objects (legacy paths) ----------------------------------------------
 
-    def publish(self, items: Iterable[tuple[str, StoredManifest]]) -> float:
-        """Make every (path, manifest) visible at once; all or nothing. Returns the time."""
+    def publish(
+        self, items: Iterable[tuple[str, StoredManifest]], mtime: float | None = None
+    ) -> float:
+        """Make every (path, manifest) visible at once; all or nothing. Returns the mtime."""
         items = list(items)
         now = time.time()
         with self.db.transaction() as conn:
             for path, stored in items:
                 _check_tree(conn, path)
-                self._put_name(conn, "objects", path, stored, now)
-        return now
+                self._put_name(conn, "objects", path, stored, now, mtime)
+        return now if mtime is None else mtime
 
     def get(self, path: str) -> Ref | None:
         row = self.db.conn.execute(
@@ -332,6 +354,21 @@ class SqliteCatalog:
             "cache_entries": entries,
             "logical_bytes": logical + entry_bytes,
         }
+
+    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO history VALUES (?, ?)", (at, json.dumps(values)))
+            conn.execute(
+                "DELETE FROM history WHERE at NOT IN "
+                "(SELECT at FROM history ORDER BY at DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+        rows = self.db.conn.execute(
+            "SELECT at, sample FROM history ORDER BY at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(at, json.loads(sample)) for at, sample in reversed(rows)]
 
     def close(self) -> None:
         self.db.close()

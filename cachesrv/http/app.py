@@ -21,7 +21,7 @@ import hmac
 import logging
 from typing import Any
 
-from cachesrv.http import metrics
+from cachesrv.http import accesslog, metrics, status_page
 from cachesrv.http.errors import ClientGone, HttpError, as_http_error, disk_full
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
@@ -40,6 +40,10 @@ class App:
         self.config = repo.config
         self.service = CacheService(repo)
         self.metrics = metrics.Metrics(repo)
+        # each request once in the access log, the metrics and the status page's activity
+        self.observer = accesslog.RequestObserver(
+            [accesslog.log_exchange, self.metrics.observe, status_page.recorder(repo)]
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -47,6 +51,9 @@ class App:
             return
         if scope["type"] != "http":
             return
+        await self.observer.run(scope, receive, send, self._handle)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive)
         started = [False]
 

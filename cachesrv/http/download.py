@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 from cachesrv.catalog import Ref
-from cachesrv.http import conditional
+from cachesrv.http import accesslog, conditional
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 from cachesrv.http.responses import Headers, send_simple
@@ -51,6 +51,7 @@ async def send_object(
         _h("Vary", "Accept-Encoding"),
         *extra,
     ]
+    accesslog.note_name(ref.name)
     status = conditional.precondition(headers, etag, ref.mtime)
     if status is not None:
         await send({"type": "http.response.start", "status": status, "headers": common})

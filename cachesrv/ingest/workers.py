@@ -126,6 +126,8 @@ class IngestPool:
         self.settings = settings
         self.size = size
         self._idle: list[Worker] = []
+        self.restarted_broken = 0  # replaced: died or broke protocol
+        self.restarted_recycled = 0  # replaced: grew past RECYCLE_RSS
 
     @property
     def idle(self) -> int:
@@ -173,7 +175,12 @@ class IngestPool:
                 with trio.CancelScope(shield=True):
                     await self._stop(worker)
             if worker._retire.cancelled_caught:
+                if worker.broken:
+                    self.restarted_broken += 1
+                else:
+                    self.restarted_recycled += 1
                 continue  # replaced on purpose: the next one starts now
+            self.restarted_broken += 1
             log.error("ingest worker exited with %s; starting another", process.returncode)
             await trio.sleep(0.5)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 from cachesrv.catalog import CatalogBackend
 
@@ -17,12 +18,15 @@ class AccessLog:
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
+        # reads per (namespace, name) since the process started (the status page's hits)
+        self.hits: Counter[tuple[str, str]] = Counter()
 
     def touch(self, namespace: str, name: str) -> None:
         """``namespace`` is ``"object"`` (a path) or ``"entry"`` (a cache key)."""
         now = time.time()
         with self._lock:
             self._seen[(namespace, name)] = now
+            self.hits[(namespace, name)] += 1
 
     def flush(self, catalog: CatalogBackend) -> int:
         with self._lock:

@@ -114,6 +114,9 @@ class Collector:
         self.serving = serving
         self.report = GcReport()
         self._marks: MarkSession | None = None
+        # each live name's unique and shared bytes, from this collection's mark (after
+        # eviction): the status page shows them until the next collection
+        self.usage: list[NameUsage] | None = None
 
     # -- the whole collection ----------------------------------------------------
 
@@ -144,6 +147,8 @@ class Collector:
         if limits.max_size is not None:
             self._evict(limits.max_size)
             yield
+        self.usage = self.usage_by_name()
+        yield
         yield from self._sweep(start)
         report.dropped_manifests = self.catalog.drop_doomed(start - limits.grace)
         report.pruned_pins = self.store.prune_pins(start)

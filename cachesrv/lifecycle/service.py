@@ -13,6 +13,7 @@ import trio
 
 from cachesrv.lifecycle.gc import GcReport
 from cachesrv.repository import Repository
+from cachesrv.status import History
 
 log = logging.getLogger("cachesrv.gc")
 
@@ -23,17 +24,26 @@ STEP_PAUSE = 0.002  # seconds between two GC increments: the event loop's turn
 async def run(
     repo: Repository, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Until cancelled. The first collection waits for one interval (never at start-up)."""
+    """Until cancelled. The first collection waits for one interval (never at start-up);
+    the first history point is taken at start-up, the next ones every history interval."""
     interval = repo.config.gc_interval
     task_status.started()
     next_gc = trio.current_time() + interval if interval > 0 else float("inf")
+    history, next_sample = History(), trio.current_time()
     try:
         while True:
-            await trio.sleep(min(FLUSH_INTERVAL, max(next_gc - trio.current_time(), 0)))
+            wake = min(next_gc, next_sample)
+            await trio.sleep(min(FLUSH_INTERVAL, max(wake - trio.current_time(), 0)))
             await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
+            if trio.current_time() >= next_sample:
+                try:
+                    await trio.to_thread.run_sync(history.sample, repo)
+                except Exception:
+                    log.exception("recording the status page's history failed")
+                next_sample = trio.current_time() + repo.config.history_interval
             if trio.current_time() >= next_gc:
                 try:
-                    repo.last_gc = await collect(repo)
+                    await collect(repo)
                 except Exception:
                     log.exception("garbage collection failed; the next one retries")
                 next_gc = trio.current_time() + interval
@@ -60,6 +70,7 @@ async def collect(repo: Repository) -> GcReport:
     if report.skipped:
         log.info("gc skipped: %s", report.skipped)
     else:
+        repo.record_gc(report, collector.usage)
         log.info(
             "gc: %d chunks (%d bytes) swept, %d packs compacted, %d bytes reclaimed in %.2fs",
             report.swept_chunks,

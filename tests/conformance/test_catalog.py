@@ -192,3 +192,30 @@ def test_root_manifests_pages_by_id(catalog: CatalogBackend) -> None:
 
 def test_ping_answers_when_readable(catalog: CatalogBackend) -> None:
     catalog.ping()
+
+
+def test_publish_with_an_mtime_keeps_it_as_last_modified_and_now_as_access(
+    catalog: CatalogBackend,
+) -> None:
+    old = time.time() - 30 * 86400  # an imported file, a month old
+    before = time.time()
+    assert catalog.publish([("imported/a.tar", _version())], mtime=old) == old
+    ref = catalog.get("imported/a.tar")
+    assert ref is not None and ref.mtime == old
+    (atime,) = [t for _, n, _, _, t in catalog.names_by_access() if n == "imported/a.tar"]
+    assert atime >= before  # TTL counts from the import, not from the file's age
+    assert catalog.expire(before - 86400) == 0 and catalog.get("imported/a.tar") is not None
+    # the directory listing (DELETE /delete?days=) sees the file's age
+    assert catalog.children("imported") == [("a.tar", False, old)]
+
+
+def test_history_keeps_the_newest_samples_oldest_first(catalog: CatalogBackend) -> None:
+    assert catalog.samples(10) == []
+    for i in range(5):
+        catalog.record_sample(1000.0 + i, {"stored_bytes": i * 10, "hits": i}, keep=3)
+    assert catalog.samples(10) == [
+        (1002.0, {"stored_bytes": 20, "hits": 2}),
+        (1003.0, {"stored_bytes": 30, "hits": 3}),
+        (1004.0, {"stored_bytes": 40, "hits": 4}),
+    ]
+    assert [at for at, _ in catalog.samples(2)] == [1003.0, 1004.0]

@@ -7,6 +7,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from cachesrv.http import accesslog
 from cachesrv.http.download import not_found, send_object
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
@@ -31,11 +32,14 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
         exact = request.arg("exact") in ("1", "true", "True")
         ref = await service.find_entry(key, restore_keys, exact=exact)
         if ref is None:
+            accesslog.note_match("miss")
             await not_found(service, request, send, f"no cache entry matches {key!r}")
             return
+        match = "exact" if ref.name == key else "partial"
+        accesslog.note_match(match, ref.name)
         extra = [
             _h("Cachesrv-Key", quote(ref.name, safe="/:@,+=")),
-            _h("Cachesrv-Match", "exact" if ref.name == key else "partial"),
+            _h("Cachesrv-Match", match),
             _h("Cachesrv-Age", max(0, math.floor(time.time() - ref.mtime))),
         ]
         await send_object(service, request, send, ref, "application/x-tar", extra)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import html
-import json
 from typing import Any
 
 import trio
 
-from cachesrv.http import metrics
+from cachesrv.http import metrics, status_page
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
@@ -36,14 +34,6 @@ async def own_endpoint(
         await send_json(send, 200, await service.stats(objects=objects))
     elif path in ("/-/", "/-"):
         stats = await service.stats()
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-            for k, v in stats.items()
-        )
-        await send_html(
-            send,
-            200,
-            f"<!doctype html><title>cachesrv</title><h1>cachesrv</h1><table>{rows}</table>\n",
-        )
+        await send_html(send, 200, status_page.render(stats, refresh=request.arg("refresh")))
     else:
         raise HttpError(404, "Not Found")
