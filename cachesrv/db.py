@@ -18,10 +18,14 @@ from pathlib import Path
 
 
 class Database:
-    def __init__(self, path: Path, schema: str, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, schema: str, durable: bool = True, busy_timeout: float = 60.0
+    ) -> None:
         """``durable=False`` (a cache): commits are not fsynced; WAL still keeps the file
-        consistent, a crash may lose the last commits."""
+        consistent, a crash may lose the last commits. ``busy_timeout``: seconds a write
+        waits for another connection's lock before ``database is locked``."""
         self.path = path
+        self.busy_timeout = busy_timeout
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -33,11 +37,14 @@ class Database:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -12,9 +12,6 @@ Routes (LEGACY-API.md is the contract for the first five):
 
 from __future__ import annotations
 
-import base64
-import errno
-import hmac
 import html
 import json
 import logging
@@ -29,9 +26,11 @@ from urllib.parse import parse_qs, quote
 import trio
 
 from cachesrv.catalog import Conflict, EntryExists, Ref, StoredManifest
-from cachesrv.http import conditional, metrics
+from cachesrv.http import conditional, faults, metrics
+from cachesrv.http.auth import Authorizer, Scope
 from cachesrv.http.errors import ClientGone, HttpError
 from cachesrv.http.forms import read_form
+from cachesrv.http.limits import RequestLimits, parse_days
 from cachesrv.http.paths import clean_key, clean_path
 from cachesrv.http.request import Request
 from cachesrv.http.targz import extract_targz
@@ -86,17 +85,13 @@ async def send_html(send: Any, status: int, text: str, headers: Headers = ()) ->
     await _send_simple(send, status, text.encode(), "text/html; charset=UTF-8", headers)
 
 
-def _disk_full(exc: Exception) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)  # the catalog raises SQLite's too
-    return False
-
-
 class App:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, authorizer: Authorizer | None = None) -> None:
         self.repo = repo
         self.config = repo.config
         self.metrics = metrics.Metrics(repo)
+        self.auth = authorizer or Authorizer(repo.config.credentials)
+        self.limits = RequestLimits(repo.config)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -104,7 +99,8 @@ class App:
             return
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
+        request = Request(scope, self.limits.guard(receive))
+        request.max_decoded = self.limits.decoded_limit()
         started = [False]
 
         async def tracked_send(message: dict[str, Any]) -> None:
@@ -113,7 +109,9 @@ class App:
             await send(message)
 
         try:
-            await self.route(request, tracked_send)
+            self.limits.check(request)
+            with self.limits.upload_slot(request):
+                await self.route(request, tracked_send)
         except ClientGone:
             log.info(
                 "%s %s: client disconnected before the body was complete",
@@ -124,13 +122,12 @@ class App:
             if started[0]:
                 raise
             await send_json(tracked_send, exc.status, {"message": exc.message}, exc.headers)
-        except OSError as exc:
-            if not _disk_full(exc) or started[0]:
+        except Exception as exc:
+            error = faults.as_http_error(exc)
+            if error is None or started[0]:
                 raise
-            log.error("%s %s: disk full: %s", request.method, request.path, exc)
-            await send_json(
-                tracked_send, 507, {"message": "Insufficient Storage: the disk is full"}
-            )
+            log.error("%s %s: %s: %s", request.method, request.path, error.status, exc)
+            await send_json(tracked_send, error.status, {"message": error.message}, error.headers)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -145,8 +142,7 @@ class App:
 
     async def route(self, request: Request, send: Any) -> None:
         method, path = request.method, request.path
-        if method in WRITE_METHODS:
-            self._authorize(request)
+        self._authorize(request, self._needs(method, path))
         if method in ("PUT", "POST") and not self.repo.admits(request.content_length):
             # refused before a byte of the body is read; the previous version stays
             raise HttpError(507, "Insufficient Storage: the store is at its hard limit")
@@ -169,21 +165,18 @@ class App:
             allow += ", DELETE" if path == "/delete" else ""
             raise HttpError(405, "Method Not Allowed", [_h("Allow", allow)])
 
-    def _authorize(self, request: Request) -> None:
-        credentials = self.config.credentials
-        if credentials is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                user = password = ""
-            good_user = hmac.compare_digest(user.encode(), credentials[0].encode())
-            good_password = hmac.compare_digest(password.encode(), credentials[1].encode())
-            if good_user and good_password:
-                return
-        raise HttpError(401, "Unauthorized", [_h("WWW-Authenticate", 'basic realm="Restricted"')])
+    @staticmethod
+    def _needs(method: str, path: str) -> Scope | None:
+        """The scope a request needs before its names are known (None: open)."""
+        if path == "/-/healthz":
+            return None
+        if method == "DELETE" and path in ("/upload", "/delete"):
+            return Scope.ADMIN
+        return Scope.WRITE if method in WRITE_METHODS else Scope.READ
+
+    def _authorize(self, request: Request, need: Scope | None, *names: str) -> None:
+        if need is not None:
+            self.auth.check(request.headers.get("authorization", ""), need, list(names))
 
     # -- uploads ---------------------------------------------------------------
 
@@ -218,7 +211,8 @@ class App:
     async def _upload_form(self, request: Request, send: Any) -> None:
         query_path = request.arg("path")
         if query_path is not None:
-            clean_path(query_path)  # refuse early: nothing is read or stored
+            # refuse early: nothing is read or stored
+            self._authorize(request, Scope.WRITE, clean_path(query_path))
         async with self._upload() as upload:
             form = await read_form(
                 request.headers.get("content-type", ""), request.body(), upload.write
@@ -229,9 +223,11 @@ class App:
             if raw_path is None:
                 raise HttpError(400, "missing form field 'path' (curl -F path=NAME)")
             path = clean_path(raw_path)
+            self._authorize(request, Scope.WRITE, path)  # a 403 here discards the upload
             stored = await self._finish(upload)
         if form.fields.get("targz") or request.arg("targz"):
             members = await trio.to_thread.run_sync(extract_targz, self.repo, stored.manifest, path)
+            self._authorize(request, Scope.WRITE, *(name for name, _ in members))
             await self._publish(members)
         else:
             await self._publish([(path, stored)])
@@ -239,6 +235,7 @@ class App:
 
     async def _put(self, request: Request, send: Any) -> None:
         path = clean_path(request.path)
+        self._authorize(request, Scope.WRITE, path)
         stored = await self._ingest(request.body())
         mtime = await self._publish([(path, stored)])
         await send_json(
@@ -275,6 +272,7 @@ class App:
         values = await self._form_values(request)
         raw_path = values.get("path", "")
         path = clean_path(raw_path)
+        self._authorize(request, Scope.ADMIN, path)
         removed = await trio.to_thread.run_sync(self.repo.catalog.delete_tree, path)
         if not removed:
             raise HttpError(404, "Could not find your file")
@@ -282,10 +280,7 @@ class App:
 
     async def _delete_old(self, request: Request, send: Any) -> None:
         values = await self._form_values(request)
-        try:
-            days = int(values.get("days", "0"))
-        except ValueError:
-            days = 0  # the old server ignored a bad number the same way
+        days = parse_days(values.get("days", ""))  # before anything is looked at
         flag = values.get("recursive", "") or "false"
         if flag not in (
             "true",
@@ -308,6 +303,7 @@ class App:
             )
         recursive = flag in ("true", "True", "TRUE", "t", "T", "1")
         directory = clean_path(values.get("path", ""), for_write=False)
+        self._authorize(request, Scope.ADMIN, directory + "/" if directory else "")
         catalog = self.repo.catalog
         if directory and not catalog.is_directory(directory) and catalog.get(directory) is None:
             raise HttpError(404, "Not Found")
@@ -339,6 +335,7 @@ class App:
         path = clean_path(request.path, for_write=False)
         catalog = self.repo.catalog
         wants_dir = request.path.endswith("/")
+        self._authorize(request, Scope.READ, f"{path}/index.html" if wants_dir and path else path)
         ref = (
             catalog.get(path + "/index.html" if wants_dir and path else "index.html")
             if wants_dir
@@ -468,6 +465,7 @@ class App:
                 for k in value.replace("\n", ",").split(",")
                 if k.strip()
             ]
+            self._authorize(request, Scope.READ, key, *restore_keys)
             exact = request.arg("exact") in ("1", "true", "True")
             ref = catalog.find_entry(key, restore_keys, exact=exact)
             if ref is None:
@@ -481,6 +479,7 @@ class App:
             self.repo.access.touch("entry", ref.name)
             await self._send_object(request, send, ref, "application/x-tar", extra)
         elif method in ("PUT", "POST"):
+            self._authorize(request, Scope.WRITE, key)
             replace = request.arg("replace") in ("1", "true", "True")
             max_age_arg = request.arg("max-age")
             try:
@@ -507,6 +506,7 @@ class App:
                 {"key": key, "size": stored.manifest.size, "etag": f'"{stored.manifest.etag}"'},
             )
         elif method == "DELETE":
+            self._authorize(request, Scope.WRITE, key)
             if not await trio.to_thread.run_sync(catalog.delete_entry, key):
                 raise HttpError(404, f"no cache entry {key!r}")
             await send_json(send, 202, {"deleted": key})
@@ -529,6 +529,8 @@ class App:
             await _send_simple(send, 200, body, metrics.CONTENT_TYPE)
         elif path == "/-/stats":
             objects = request.arg("objects") in ("1", "true")  # per-object: a full mark
+            if objects:  # every name in the store: a token limited to a prefix may not
+                self._authorize(request, Scope.READ, "")
             stats = await trio.to_thread.run_sync(lambda: self.repo.stats(objects=objects))
             await send_json(send, 200, stats)
         elif path in ("/-/", "/-"):

@@ -27,6 +27,8 @@ class Request:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         self.headers = headers
+        # bytes a compressed body may decode to (None: no limit); see cachesrv.http.limits
+        self.max_decoded: int | None = None
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -65,8 +67,14 @@ class Request:
         return self._decoded_body(_Decoder(encoding))
 
     async def _decoded_body(self, decoder: _Decoder) -> AsyncIterator[bytes]:
+        decoded = 0
         async for data in self.raw_body():
             out = decoder.feed(data)
+            decoded += len(out)
+            if self.max_decoded is not None and decoded > self.max_decoded:
+                raise HttpError(
+                    413, f"Payload Too Large: uploads are limited to {self.max_decoded} bytes"
+                )
             if out:
                 yield out
         decoder.finish()
