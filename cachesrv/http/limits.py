@@ -27,6 +27,7 @@ from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+HEADER_BYTES = 64 * 1024  # as h11_max_incomplete_size in server.py
 RETRY_AFTER = 2  # seconds a client refused for lack of an upload slot should wait
 UPLOAD_METHODS = ("PUT", "POST")
 
@@ -78,6 +79,9 @@ class RequestLimits:
             raise HttpError(
                 431, f"Request Header Fields Too Large: more than {self.max_headers} headers"
             )
+        # h11 bounds only headers still incomplete: a block that arrived fast can be larger
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > HEADER_BYTES:
+            raise HttpError(431, f"Request Header Fields Too Large: more than {HEADER_BYTES} bytes")
         if "transfer-encoding" in request.headers and "content-length" in request.headers:
             # the framing a proxy in front of us used may not be ours (request smuggling)
             raise HttpError(
