@@ -454,9 +454,16 @@ def test_step_action_secret_matches_the_deployment_secret() -> None:
     for action in step_actions().values():
         spec = action["spec"]
         defaults = {p["name"]: p.get("default") for p in spec["params"]}
-        (secret_env,) = [e for e in spec["env"] if "valueFrom" in e]
-        ref = secret_env["valueFrom"]["secretKeyRef"]
+        secrets = {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in spec["env"] if "valueFrom" in e
+        }
+        assert set(secrets) == {"SECRET_CREDENTIALS", "SECRET_TOKEN"}
+        ref = secrets["SECRET_CREDENTIALS"]
         assert ref["name"] == "$(params.credentials-secret)"
         assert defaults["credentials-secret"] == server_ref["name"]
         assert ref["key"] == server_ref["key"]
         assert ref["optional"] is True
+        # a pipeline's own token: another optional Secret, as deploy/README.md shows
+        token = secrets["SECRET_TOKEN"]
+        assert token == {"name": "$(params.token-secret)", "key": "token", "optional": True}
+        assert defaults["token"] == ""
