@@ -4,7 +4,8 @@ One connection per thread (sqlite3 objects must not cross threads), WAL so
 readers never wait for the writer, ``synchronous=FULL`` because a commit here
 is what makes an upload durable: it is done once per upload, not per chunk.
 A full disk in a write transaction is raised as ``OSError(ENOSPC)``, the way a
-failed pack write arrives, so that callers (the HTTP layer's 507) know one error.
+failed pack write arrives, so that callers (the HTTP layer's 507) know one error;
+a lock held by another process past the busy timeout likewise as ``OSError(EBUSY)``.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code == sqlite3.SQLITE_FULL:
                 raise OSError(errno.ENOSPC, f"{self.path.name}: {exc}") from exc
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                # another process held the lock past busy_timeout: the HTTP layer's 503
+                raise OSError(errno.EBUSY, f"{self.path.name} is locked: {exc}") from exc
             raise
 
     def close(self) -> None:

@@ -63,6 +63,8 @@ def test_grace_period_bounds_a_stuck_upload(start_server: StartServer) -> None:
             "/dev/null",
             "-H",
             "Content-Length: 100000000",
+            "-H",
+            "Transfer-Encoding:",  # curl would send both, which is refused (smuggling)
             "-T",
             "-",
             f"{server.url}/stuck.bin",

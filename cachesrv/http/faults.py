@@ -16,7 +16,6 @@ version stays whole and nothing acknowledged is lost.
 from __future__ import annotations
 
 import errno
-import sqlite3
 
 from cachesrv.http.errors import HttpError
 
@@ -25,19 +24,14 @@ RETRY_AFTER_LOCKED = 5  # seconds
 
 def as_http_error(exc: BaseException) -> HttpError | None:
     """The response for a fault, or None for an exception that is a bug (a 500 by hypercorn)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return HttpError(
-                503,
-                "Service Unavailable: the catalog is locked by another process; retry later",
-                [(b"Retry-After", str(RETRY_AFTER_LOCKED).encode())],
-            )
-        if "disk i/o error" in text:
-            return HttpError(500, f"I/O error in the catalog ({exc})")
-        return None
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
+    if exc.errno == errno.EBUSY:  # cachesrv.db: a lock held past the busy timeout
+        return HttpError(
+            503,
+            "Service Unavailable: a store database is locked by another process; retry later",
+            [(b"Retry-After", str(RETRY_AFTER_LOCKED).encode())],
+        )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HttpError(507, "Insufficient Storage: the disk is full")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
