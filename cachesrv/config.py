@@ -26,6 +26,18 @@ class Config:
     data: Path = Path("./pub")
     # (user, password) needed for every write when set; reads stay open.
     credentials: tuple[str, str] | None = None
+    # Tokens file (cachesrv.http.auth): TOKEN SCOPE [PREFIX] a line, reloaded on change.
+    tokens: Path | None = None
+    # Reads (GET/HEAD of objects and keyed caches, /-/metrics, /-/) need credentials too.
+    read_auth: bool = False
+    # Limits (cachesrv.http.limits): body bytes of one upload, uploads at once, seconds
+    # an upload may go without a body byte.
+    max_upload_size: int | None = None
+    max_concurrent_uploads: int | None = None
+    body_timeout: float | None = 60.0
+    max_headers: int = 100
+    # Seconds a catalog write waits for another process's lock; then 503 + Retry-After.
+    catalog_busy_timeout: float = 5.0
     grace_period: float = 30.0
     chunking: ChunkParams = field(default_factory=ChunkParams)
     # zstd level for chunks written on the request path.
@@ -107,6 +119,22 @@ def _log_format(value: str) -> str:
     return text
 
 
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (1/0, true/false)")
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value!r} is negative")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -123,6 +151,43 @@ SETTINGS: tuple[_Setting, ...] = (
         ("CACHESRV_UPLOAD_CREDENTIALS", "UPLOADER_UPLOAD_CREDENTIALS"),
         _credentials,
         "user:pass required (HTTP Basic) for every write",
+    ),
+    _Setting(
+        "tokens",
+        ("CACHESRV_TOKENS_FILE",),
+        Path,
+        "file of access tokens, one 'TOKEN SCOPE [PREFIX]' a line (scope read, write or "
+        "admin); reloaded when it changes",
+    ),
+    _Setting(
+        "read_auth",
+        ("CACHESRV_READ_AUTH",),
+        _flag,
+        "reads need a token too (read scope); /-/healthz stays open (1/0)",
+    ),
+    _Setting(
+        "max_upload_size",
+        ("CACHESRV_MAX_UPLOAD_SIZE",),
+        parse_size,
+        "refuse an upload body larger than this with 413 (20G); 0: no limit",
+    ),
+    _Setting(
+        "max_concurrent_uploads",
+        ("CACHESRV_MAX_CONCURRENT_UPLOADS",),
+        _count,
+        "uploads in flight at once; past it 503 with Retry-After; 0: no limit",
+    ),
+    _Setting(
+        "body_timeout",
+        ("CACHESRV_BODY_TIMEOUT",),
+        parse_duration,
+        "abort an upload (408, nothing changes) that sends no body byte for this long; 0: never",
+    ),
+    _Setting(
+        "max_headers",
+        ("CACHESRV_MAX_HEADERS",),
+        _positive_int,
+        "refuse a request with more header lines than this (431)",
     ),
     _Setting(
         "grace_period",
@@ -231,8 +296,14 @@ def add_arguments(
         envs = ", ".join(setting.env)
         default = getattr(_DEFAULTS, setting.name)
         shown = "" if default is None else f"; default {default}"
+        # a boolean is a bare flag (--read-auth), or takes a value (--read-auth 0)
+        bare = {"nargs": "?", "const": "1"} if setting.parse is _flag else {}
         parser.add_argument(
-            flag, dest=setting.name, default=None, help=f"{setting.help} (env {envs}{shown})"
+            flag,
+            dest=setting.name,
+            default=None,
+            help=f"{setting.help} (env {envs}{shown})",
+            **bare,  # type: ignore[arg-type]
         )
     if server if chunking is None else chunking:
         for name, env, attr in _CHUNK_SETTINGS:
@@ -270,6 +341,7 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
     values["chunking"] = ChunkParams(**chunk)
     if values.get("ttl") == 0:
         values["ttl"] = None
-    if values.get("max_size") == 0:
-        values["max_size"] = None
+    for name in ("max_size", "max_upload_size", "max_concurrent_uploads", "body_timeout"):
+        if values.get(name) == 0:
+            values[name] = None
     return Config(**values)

@@ -4,7 +4,8 @@ One connection per thread (sqlite3 objects must not cross threads), WAL so
 readers never wait for the writer, ``synchronous=FULL`` because a commit here
 is what makes an upload durable: it is done once per upload, not per chunk.
 A full disk in a write transaction is raised as ``OSError(ENOSPC)``, the way a
-failed pack write arrives, so that callers (the HTTP layer's 507) know one error.
+failed pack write arrives, so that callers (the HTTP layer's 507) know one error;
+a lock held by another process past the busy timeout likewise as ``OSError(EBUSY)``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ class Database:
     # threads, so many connections, lowers it (cachesrv.restore.process).
     cache_kib = 2000
 
-    def __init__(self, path: Path, schema: str, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, schema: str, durable: bool = True, busy_timeout: float = 60.0
+    ) -> None:
         """``durable=False`` (a cache): commits are not fsynced; WAL still keeps the file
-        consistent, a crash may lose the last commits."""
+        consistent, a crash may lose the last commits. ``busy_timeout``: seconds a write
+        waits for another connection's lock before ``database is locked``."""
         self.path = path
+        self.busy_timeout = busy_timeout
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -37,11 +42,14 @@ class Database:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             self._local.conn = conn
             with self._lock:
@@ -62,8 +70,12 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code == sqlite3.SQLITE_FULL:
                 raise OSError(errno.ENOSPC, f"{self.path.name}: {exc}") from exc
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                # another process held the lock past busy_timeout: the HTTP layer's 503
+                raise OSError(errno.EBUSY, f"{self.path.name} is locked: {exc}") from exc
             raise
 
     def close(self) -> None:

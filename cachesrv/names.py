@@ -27,6 +27,8 @@ def clean_path(raw: str, *, for_write: bool = True) -> str:
     """
     if "\x00" in raw or "\\" in raw:
         raise InvalidName("path must not contain NUL or backslash")
+    if "\ufffd" in raw:  # what a decoder left of bytes that are not UTF-8
+        raise InvalidName("path is not valid UTF-8")
     parts: list[str] = []
     for segment in raw.split("/"):
         if segment in ("", "."):

@@ -93,7 +93,7 @@ class Repository:
         store = LocalChunkStore(
             config.data, hard_limit=config.effective_hard_limit, pin_ttl=config.upload_pin_ttl
         )
-        catalog = Catalog(config.data)
+        catalog = Catalog(config.data, busy_timeout=config.catalog_busy_timeout)
         hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
         restores = RestorePool(
             config.data,

@@ -12,6 +12,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from cachesrv.config import Config
 from cachesrv.http.app import App
+from cachesrv.http.auth import Authorizer, TokensFile, TokensFileError
 from cachesrv.lifecycle import service as lifecycle_service
 from cachesrv.repository import Repository
 
@@ -45,10 +46,15 @@ async def _until_signal() -> None:
 
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
+    try:
+        tokens = TokensFile(config.tokens) if config.tokens is not None else None
+        authorizer = Authorizer(config.credentials, tokens, config.read_auth)
+    except TokensFileError as exc:
+        raise SystemExit(f"cachesrv: {exc}") from exc
     repo = Repository.open(config)
     try:
         log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
-        app: Any = App(repo)  # an ASGI callable; hypercorn's type for it is narrower
+        app: Any = App(repo, authorizer)  # an ASGI callable; hypercorn's type for it is narrower
         trio.run(_serve_with_lifecycle, app, repo, config)
     finally:
         repo.close()

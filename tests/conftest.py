@@ -164,3 +164,26 @@ def status(*args: str, input: bytes | None = None) -> int:
     """The HTTP status of one real curl request (the body is discarded)."""
     result = curl("-w", "%{http_code}", "-o", "/dev/null", *args, input=input)
     return int(result.stdout or 0)
+
+
+def launch_server(
+    factory: pytest.TempPathFactory,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """One ``cachesrv serve`` for a module-scoped fixture (the caller stops it)."""
+    port = free_port()
+    base = factory.mktemp("server")
+    log = base / "server.log"
+    command = [sys.executable, "-m", "cachesrv", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--data", str(base / "data"), *(args or [])]
+    full_env = clean_env(env)
+    with open(log, "ab") as log_file:
+        proc = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=log_file)
+    server = Server(f"http://127.0.0.1:{port}", port, base / "data", log, proc, full_env)
+    try:
+        wait_ready(server.url, proc)
+    except BaseException:
+        server.kill()
+        raise
+    return server

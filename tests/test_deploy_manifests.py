@@ -46,6 +46,11 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
     return [d for p in kube_manifests() for d in docs(p) if d["kind"] == kind]
 
 
+def secret_named(name: str) -> dict[str, Any]:
+    (secret,) = [s for s in by_kind("Secret") if s["metadata"]["name"] == name]
+    return secret
+
+
 def deployment() -> dict[str, Any]:
     (dep,) = by_kind("Deployment")
     return dep
@@ -74,7 +79,7 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     assert kust["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kust["kind"] == "Kustomization"
     names = {p.name for p in kube_manifests()}
-    assert set(kust["resources"]) == names - {"secret-example.yaml"}
+    assert set(kust["resources"]) == names - {"secret-example.yaml", "tokens-example.yaml"}
     images = {i["name"] for i in kust.get("images", [])}
     assert container()["image"].split(":")[0] in images
 
@@ -98,7 +103,7 @@ def test_drop_in_names_port_and_environment() -> None:
     assert env["UPLOADER_PORT"]["value"] == "8080"
     assert env["UPLOADER_DIRECTORY"]["value"] == "/data"
     ref = env["UPLOADER_UPLOAD_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
-    (secret,) = by_kind("Secret")
+    secret = secret_named("uploader-credentials")
     assert ref["name"] == secret["metadata"]["name"]
     assert ref["key"] in secret["stringData"]
     # Every variable is one the server reads (UPLOADER_* kept as aliases).
@@ -169,7 +174,7 @@ def test_the_deployment_command_line_starts_the_server(start_server: StartServer
     env.pop("UPLOADER_HOST")  # the fixture binds to loopback and picks the port and data
     env.pop("UPLOADER_PORT")
     env.pop("UPLOADER_DIRECTORY")
-    (secret,) = by_kind("Secret")
+    secret = secret_named("uploader-credentials")
     env.update(secret["stringData"])
     server = start_server(env=env, args=list(c.get("args", [])))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -187,6 +192,29 @@ def test_the_deployment_command_line_starts_the_server(start_server: StartServer
         f"{server.url}/-/cache/k", input=b"x",
     )  # fmt: skip
     assert put.stdout == b"201"
+
+
+def test_the_example_tokens_secret_works_where_the_deployment_mounts_it(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    c = container()
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tokens")
+    volumes = deployment()["spec"]["template"]["spec"]["volumes"]
+    volume = next(v for v in volumes if v["name"] == "tokens")
+    secret = secret_named(volume["secret"]["secretName"])
+    assert volume["secret"]["optional"] is True and mount["readOnly"] is True
+    assert volume["secret"]["defaultMode"] & 0o040  # readable by the fsGroup the pod runs in
+    tokens = tmp_path / "tokens"
+    tokens.write_text(secret["stringData"]["tokens"])
+    assert mount["mountPath"] + "/tokens" in (DEPLOY / "README.md").read_text()
+    server = start_server(env={"CACHESRV_TOKENS_FILE": str(tokens)})
+    token = secret["stringData"]["tokens"].split("\n")[1].split()[0]
+    for path, expected in (("team-a/x", b"201"), ("team-b/x", b"403")):
+        put = curl(
+            "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Authorization: Bearer {token}",
+            "-T", "-", f"{server.url}/{path}", input=b"x",
+        )  # fmt: skip
+        assert put.stdout == expected, path
 
 
 def test_server_cli_knows_the_grace_period_flag() -> None:
@@ -454,9 +482,16 @@ def test_step_action_secret_matches_the_deployment_secret() -> None:
     for action in step_actions().values():
         spec = action["spec"]
         defaults = {p["name"]: p.get("default") for p in spec["params"]}
-        (secret_env,) = [e for e in spec["env"] if "valueFrom" in e]
-        ref = secret_env["valueFrom"]["secretKeyRef"]
+        secrets = {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in spec["env"] if "valueFrom" in e
+        }
+        assert set(secrets) == {"SECRET_CREDENTIALS", "SECRET_TOKEN"}
+        ref = secrets["SECRET_CREDENTIALS"]
         assert ref["name"] == "$(params.credentials-secret)"
         assert defaults["credentials-secret"] == server_ref["name"]
         assert ref["key"] == server_ref["key"]
         assert ref["optional"] is True
+        # a pipeline's own token: another optional Secret, as deploy/README.md shows
+        token = secrets["SECRET_TOKEN"]
+        assert token == {"name": "$(params.token-secret)", "key": "token", "optional": True}
+        assert defaults["token"] == ""

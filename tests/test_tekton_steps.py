@@ -69,6 +69,7 @@ def run_step(
     *,
     source: str = "stepaction",
     secret: str | None = None,
+    token_secret: str | None = None,
 ) -> StepRun:
     """Run the cache-fetch or cache-upload script as Tekton would, with dash."""
     spec = step_spec(kind, source)
@@ -84,8 +85,11 @@ def run_step(
     for item in spec["env"]:
         if "value" in item:
             env[item["name"]] = substitute(item["value"], values)
-        elif secret is not None:  # the optional Secret exists
-            env[item["name"]] = secret
+        else:  # an optional Secret: set when the test says it exists
+            key = item["valueFrom"]["secretKeyRef"]["key"]
+            value = secret if key == "UPLOADER_UPLOAD_CREDENTIALS" else token_secret
+            if value is not None:
+                env[item["name"]] = value
 
     script = spec["script"]
     for result in spec["results"]:
@@ -460,3 +464,45 @@ def test_key_files_patterns_match_at_any_depth(tmp_path: Path) -> None:
     assert key_for("vendor/**/b/go.sum\n**/tools/go.sum") == "k-" + key_files_hash(
         ws, ["src/tools/go.sum", "vendor/a/b/go.sum"]
     )
+
+
+TOKENS = "team-a-token-0123 write go-\nreader-token-4567 read\n"
+
+
+@pytest.mark.parametrize("source", ["stepaction", "task"])
+def test_a_token_from_param_or_secret(
+    start_server: StartServer, tmp_path: Path, source: str
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    server = start_server(
+        args=["--tokens", str(tokens), "--read-auth"],
+        env={"UPLOADER_UPLOAD_CREDENTIALS": "ci:s3cret"},
+    )
+    ws = make_workspace(tmp_path / "ws")
+    fill_cache(ws)
+
+    anonymous = run_step("upload", ws, upload_params(server.url, ws), source=source)
+    assert anonymous.results["uploaded"] == "false" and "401" in anonymous.output
+    reader = run_step(
+        "upload", ws, upload_params(server.url, ws), source=source, token_secret="reader-token-4567"
+    )
+    assert reader.results["uploaded"] == "false" and "403" in reader.output
+    saved = run_step(
+        "upload", ws, upload_params(server.url, ws), source=source, token_secret="team-a-token-0123"
+    )
+    assert saved.results["uploaded"] == "true", saved.output
+    # the token goes in a config file: never on curl's command line, never in the output
+    assert "team-a-token-0123" not in saved.output
+
+    restored = make_workspace(tmp_path / "restored")
+    denied = run_step("fetch", restored, go_params(server.url, restored), source=source)
+    assert denied.results["fetched"] == "false" and "401" in denied.output
+    got = run_step(
+        "fetch",
+        restored,
+        {**go_params(server.url, restored), "token": "reader-token-4567"},
+        source=source,
+        secret="wrong:one",
+    )
+    assert got.results["fetched"] == "true", got.output

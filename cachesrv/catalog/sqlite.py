@@ -79,9 +79,9 @@ def _ancestors(path: str) -> list[str]:
 class SqliteCatalog:
     """The catalog of one machine: ``<data>/catalog.sqlite``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, busy_timeout: float = 60.0) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.db = Database(root / "catalog.sqlite", _SCHEMA)
+        self.db = Database(root / "catalog.sqlite", _SCHEMA, busy_timeout=busy_timeout)
         self._cache: OrderedDict[bytes, Manifest] = OrderedDict()
         self._cache_lock = threading.Lock()
 

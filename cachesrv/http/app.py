@@ -16,13 +16,13 @@ every error becomes a response here (:func:`cachesrv.http.errors.as_http_error`)
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 from typing import Any
 
 from cachesrv.http import accesslog, metrics, status_page
+from cachesrv.http.auth import Authorizer, Scope
 from cachesrv.http.errors import ClientGone, HttpError, as_http_error, disk_full
+from cachesrv.http.limits import RequestLimits
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
 from cachesrv.http.responses import send_json
@@ -36,10 +36,12 @@ WRITE_METHODS = {"POST", "PUT", "DELETE"}
 
 
 class App:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, authorizer: Authorizer | None = None) -> None:
         self.config = repo.config
         self.service = CacheService(repo)
         self.metrics = metrics.Metrics(repo)
+        self.auth = authorizer or Authorizer(repo.config.credentials)
+        self.limits = RequestLimits(repo.config)
         # each request once in the access log, the metrics and the status page's activity
         self.observer = accesslog.RequestObserver(
             [accesslog.log_exchange, self.metrics.observe, status_page.recorder(repo)]
@@ -54,7 +56,8 @@ class App:
         await self.observer.run(scope, receive, send, self._handle)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
+        request = Request(scope, self.limits.guard(receive), self.auth)
+        request.max_decoded = self.limits.decoded_limit()
         started = [False]
 
         async def tracked_send(message: dict[str, Any]) -> None:
@@ -63,7 +66,9 @@ class App:
             await send(message)
 
         try:
-            await self.route(request, tracked_send)
+            self.limits.check(request)
+            with self.limits.upload_slot(request):
+                await self.route(request, tracked_send)
         except ClientGone:
             log.info(
                 "%s %s: client disconnected before the body was complete",
@@ -74,8 +79,8 @@ class App:
             error = as_http_error(exc)
             if error is None or started[0]:
                 raise
-            if disk_full(exc):
-                log.error("%s %s: disk full: %s", request.method, request.path, exc)
+            if disk_full(exc) or error.status >= 500:
+                log.error("%s %s: %s: %s", request.method, request.path, error.status, exc)
             await send_json(tracked_send, error.status, {"message": error.message}, error.headers)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -92,8 +97,9 @@ class App:
     async def route(self, request: Request, send: Any) -> None:
         method, path = request.method, request.path
         service = self.service
-        if method in WRITE_METHODS:
-            self._authorize(request)
+        need = self._needs(method, path)
+        if need is not None:
+            request.require(need)  # names are checked by the routes, once they are known
         if method in ("PUT", "POST"):
             # refused before a byte of the body is read; the previous version stays
             await service.check_room(request.content_length)
@@ -116,18 +122,11 @@ class App:
             allow += ", DELETE" if path == "/delete" else ""
             raise HttpError(405, "Method Not Allowed", [_h("Allow", allow)])
 
-    def _authorize(self, request: Request) -> None:
-        credentials = self.config.credentials
-        if credentials is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                user = password = ""
-            good_user = hmac.compare_digest(user.encode(), credentials[0].encode())
-            good_password = hmac.compare_digest(password.encode(), credentials[1].encode())
-            if good_user and good_password:
-                return
-        raise HttpError(401, "Unauthorized", [_h("WWW-Authenticate", 'basic realm="Restricted"')])
+    @staticmethod
+    def _needs(method: str, path: str) -> Scope | None:
+        """The scope a request needs before its names are known (None: open)."""
+        if path == "/-/healthz":
+            return None
+        if method == "DELETE" and path in ("/upload", "/delete"):
+            return Scope.ADMIN
+        return Scope.WRITE if method in WRITE_METHODS else Scope.READ

@@ -56,6 +56,34 @@ def as_http_error(exc: Exception) -> HttpError | None:
         return HttpError(400, str(exc))
     if isinstance(exc, StoreFull):
         return HttpError(507, "Insufficient Storage: the store is at its hard limit")
+    return _fault(exc)
+
+
+RETRY_AFTER_LOCKED = 5  # seconds
+
+
+def _fault(exc: Exception) -> HttpError | None:
+    """Faults of the machine under the store, as answers a client can act on. Each comes
+    before a version is published: the previous version stays whole.
+
+    - a full disk or quota: 507;
+    - a store that cannot be written (EROFS, EACCES, EPERM): 503; reads go on;
+    - an I/O error (EIO and other disk errors): 500 naming it;
+    - a store database locked by another process beyond the busy timeout (cachesrv.db
+      raises it as EBUSY): 503 with Retry-After (usually a tool such as cachesrv gc).
+    """
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    if exc.errno == errno.EBUSY:
+        return HttpError(
+            503,
+            "Service Unavailable: a store database is locked by another process; retry later",
+            [(b"Retry-After", str(RETRY_AFTER_LOCKED).encode())],
+        )
     if disk_full(exc):
         return HttpError(507, "Insufficient Storage: the disk is full")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return HttpError(503, f"Service Unavailable: the store is not writable ({exc.strerror})")
+    if exc.errno in (errno.EIO, errno.ENXIO, errno.EBADF, errno.ESTALE, errno.ENODEV):
+        return HttpError(500, f"I/O error in the store ({exc.strerror})")
     return None

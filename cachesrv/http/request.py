@@ -9,14 +9,16 @@ from urllib.parse import parse_qs
 
 import zstandard
 
+from cachesrv.http import auth as _auth
 from cachesrv.http.errors import ClientGone, HttpError
 
 Scope = dict[str, Any]
 
 
 class Request:
-    def __init__(self, scope: Scope, receive: Any) -> None:
+    def __init__(self, scope: Scope, receive: Any, auth: _auth.Authorizer | None = None) -> None:
         self.scope = scope
+        self._auth = auth
         self._receive = receive
         self.method: str = scope["method"]
         self.path: str = scope["path"]
@@ -27,6 +29,14 @@ class Request:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         self.headers = headers
+        # bytes a compressed body may decode to (None: no limit); see cachesrv.http.limits
+        self.max_decoded: int | None = None
+
+    def require(self, need: _auth.Scope, *names: str) -> None:
+        """Allow this request ``need`` on every one of ``names`` (object paths or cache
+        keys), or raise 401/403 (:mod:`cachesrv.http.auth`)."""
+        if self._auth is not None:
+            self._auth.check(self.headers.get("authorization", ""), need, list(names))
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -65,8 +75,14 @@ class Request:
         return self._decoded_body(_Decoder(encoding))
 
     async def _decoded_body(self, decoder: _Decoder) -> AsyncIterator[bytes]:
+        decoded = 0
         async for data in self.raw_body():
             out = decoder.feed(data)
+            decoded += len(out)
+            if self.max_decoded is not None and decoded > self.max_decoded:
+                raise HttpError(
+                    413, f"Payload Too Large: uploads are limited to {self.max_decoded} bytes"
+                )
             if out:
                 yield out
         decoder.finish()

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cachesrv.http import accesslog
+from cachesrv.http.auth import Scope
 from cachesrv.http.download import not_found, send_object
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
@@ -29,6 +30,7 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
             for k in value.replace("\n", ",").split(",")
             if k.strip()
         ]
+        request.require(Scope.READ, key, *restore_keys)
         exact = request.arg("exact") in ("1", "true", "True")
         ref = await service.find_entry(key, restore_keys, exact=exact)
         if ref is None:
@@ -44,6 +46,7 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
         ]
         await send_object(service, request, send, ref, "application/x-tar", extra)
     elif method in ("PUT", "POST"):
+        request.require(Scope.WRITE, key)
         replace = request.arg("replace") in ("1", "true", "True")
         max_age_arg = request.arg("max-age")
         try:
@@ -55,6 +58,7 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
             send, 201, {"key": key, "size": stored.size, "etag": f'"{stored.etag}"'}
         )
     elif method == "DELETE":
+        request.require(Scope.WRITE, key)
         if not await service.delete_entry(key):
             raise HttpError(404, f"no cache entry {key!r}")
         await send_json(send, 202, {"deleted": key})

@@ -13,6 +13,8 @@ from cachesrv.http.forms import read_form
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
 from cachesrv.http.responses import send_html, send_json, send_simple
+from cachesrv.http.auth import Scope
+from cachesrv.http.limits import parse_days
 from cachesrv.names import clean_path
 from cachesrv.service import CacheService
 
@@ -29,8 +31,8 @@ _FALSE = ("false", "False", "FALSE", "f", "F", "0")
 async def upload_form(service: CacheService, request: Request, send: Any) -> None:
     """``POST /upload``: multipart ``path``, ``file`` [, ``targz``]."""
     query_path = request.arg("path")
-    if query_path is not None:
-        clean_path(query_path)  # refuse early: nothing is read or stored
+    if query_path is not None:  # refuse early: nothing is read or stored
+        request.require(Scope.WRITE, clean_path(query_path))
     async with service.upload() as upload:
         form = await read_form(
             request.headers.get("content-type", ""), request.body(), upload.write
@@ -41,6 +43,8 @@ async def upload_form(service: CacheService, request: Request, send: Any) -> Non
         if raw_path is None:
             raise HttpError(400, "missing form field 'path' (curl -F path=NAME)")
         path = clean_path(raw_path)
+        # a 403 here discards the upload; targz members all lie below path
+        request.require(Scope.WRITE, path)
         stored = await service.finish(upload)
     if form.fields.get("targz") or request.arg("targz"):
         await service.publish_archive(path, stored)
@@ -52,6 +56,7 @@ async def upload_form(service: CacheService, request: Request, send: Any) -> Non
 async def put(service: CacheService, request: Request, send: Any) -> None:
     """``PUT /<path>``: the raw body (the modern upload)."""
     path = clean_path(request.path)
+    request.require(Scope.WRITE, path)
     stored, mtime = await service.put_object(path, request.body())
     await send_json(
         send,
@@ -91,6 +96,7 @@ async def delete_upload(service: CacheService, request: Request, send: Any) -> N
     values = await _form_values(request)
     raw_path = values.get("path", "")
     path = clean_path(raw_path)
+    request.require(Scope.ADMIN, path)
     if not await service.delete_tree(path):
         raise HttpError(404, "Could not find your file")
     await send_html(send, 202, f"File {raw_path} has been deleted 💇")
@@ -99,10 +105,7 @@ async def delete_upload(service: CacheService, request: Request, send: Any) -> N
 async def delete_old(service: CacheService, request: Request, send: Any) -> None:
     """``DELETE /delete?path=D&days=N&recursive=B``: old direct children of ``D``."""
     values = await _form_values(request)
-    try:
-        days = int(values.get("days", "0"))
-    except ValueError:
-        days = 0  # the old server ignored a bad number the same way
+    days = parse_days(values.get("days", ""))  # before anything is looked at
     flag = values.get("recursive", "") or "false"
     if flag not in _TRUE + _FALSE:
         raise HttpError(
@@ -112,6 +115,7 @@ async def delete_old(service: CacheService, request: Request, send: Any) -> None
         )
     recursive = flag in _TRUE
     directory = clean_path(values.get("path", ""), for_write=False)
+    request.require(Scope.ADMIN, directory + "/" if directory else "")
     if not await service.delete_older_than(directory, days, recursive):
         await send_html(send, 202, f"There are NO Old Files more than {days} days to be deleted 💇")
         return
@@ -127,6 +131,7 @@ async def serve_path(service: CacheService, request: Request, send: Any) -> None
     head = request.method == "HEAD"
     path = clean_path(request.path, for_write=False)
     wants_dir = request.path.endswith("/")
+    request.require(Scope.READ, f"{path}/index.html" if wants_dir and path else path)
     if wants_dir:
         ref = await service.find_object(path + "/index.html" if path else "index.html")
     else:

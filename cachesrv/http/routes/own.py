@@ -7,6 +7,7 @@ from typing import Any
 import trio
 
 from cachesrv.http import metrics, status_page
+from cachesrv.http.auth import Scope
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
@@ -31,6 +32,8 @@ async def own_endpoint(
         await send_simple(send, 200, body, metrics.CONTENT_TYPE)
     elif path == "/-/stats":
         objects = request.arg("objects") in ("1", "true")  # per-object: a full mark
+        if objects:  # every name in the store: a token limited to a prefix may not
+            request.require(Scope.READ, "")
         await send_json(send, 200, await service.stats(objects=objects))
     elif path in ("/-/", "/-"):
         stats = await service.stats()

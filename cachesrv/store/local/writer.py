@@ -105,6 +105,14 @@ class PackAppender:
                 self._flush()
                 try:
                     os.fsync(self._fd)
+                    # O_APPEND writes land at the file's end: if someone truncated the
+                    # pack, our offsets are wrong and nothing uncommitted may be trusted
+                    if os.fstat(self._fd).st_size != self._size:
+                        raise OSError(
+                            errno.EIO,
+                            f"pack {self.pack_id} changed size under its writer "
+                            "(truncated?); its uncommitted records are dropped",
+                        )
                 except OSError:
                     self.abandon()
                     raise
