@@ -92,11 +92,25 @@ class Manifest:
                 kind, length = _ENTRY.unpack_from(data, pos)
                 pos += _ENTRY.size
                 if kind == _CHUNK:
-                    pieces.append(Piece(length, chunk_id=data[pos : pos + 32]))
-                    pos += 32
+                    value, pos = data[pos : pos + 32], pos + 32
+                    pieces.append(Piece(length, chunk_id=value))
+                elif kind == _INLINE:
+                    value, pos = data[pos : pos + length], pos + length
+                    pieces.append(Piece(length, inline=value))
                 else:
-                    pieces.append(Piece(length, inline=data[pos : pos + length]))
-                    pos += length
+                    raise ManifestError(f"corrupt manifest: unknown piece kind {kind}")
+                if pos > len(data):
+                    raise ManifestError("corrupt manifest: it ends inside a piece")
+            if pos != len(data):
+                raise ManifestError("corrupt manifest: bytes after its last piece")
         except (zstandard.ZstdError, struct.error) as exc:
             raise ManifestError(f"corrupt manifest: {exc}") from exc
         return cls(size, digest, tuple(pieces))
+
+    @classmethod
+    def decode_stored(cls, manifest_id: bytes, blob: bytes) -> Manifest:
+        """Decode a manifest read back from a catalog, checked against its id (the
+        BLAKE3 of its encoding): a damaged manifest is an error, never a wrong object."""
+        if blake3.blake3(blob).digest() != manifest_id:
+            raise ManifestError(f"manifest {manifest_id.hex()} does not match its id")
+        return cls.decode(blob)

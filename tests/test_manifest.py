@@ -158,3 +158,51 @@ def test_span_on_piece_boundaries() -> None:
     assert list(manifest.span(11, 12)) == [(c, 3, 4)]
     assert list(manifest.span(12, 20)) == []
     assert list(manifest.span(6, 6)) == []
+
+
+# -- a damaged encoding is refused, never read as another manifest ------------------------
+
+
+def _two_pieces() -> Manifest:
+    whole = b"chunk" + b"0123456789"
+    return Manifest(
+        len(whole),
+        blake3.blake3(whole).digest(),
+        (Piece(5, chunk_id=bytes(32)), Piece(10, inline=b"0123456789")),
+    )
+
+
+def _payload() -> bytes:
+    return zstandard.ZstdDecompressor().decompress(_two_pieces().encode())
+
+
+def _blob(payload: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(payload)
+
+
+def test_a_manifest_cut_inside_its_last_inline_piece_is_refused() -> None:
+    with pytest.raises(ManifestError):
+        Manifest.decode(_blob(_payload()[:-1]))
+
+
+def test_a_manifest_with_bytes_after_its_last_piece_is_refused() -> None:
+    with pytest.raises(ManifestError):
+        Manifest.decode(_blob(_payload() + b"junk"))
+
+
+def test_a_piece_of_an_unknown_kind_is_refused() -> None:
+    payload = bytearray(_payload())
+    header, entry = struct.calcsize("<4sQ32sI"), struct.calcsize("<BI")
+    payload[header + entry + 32] = 7  # the inline entry's kind
+    with pytest.raises(ManifestError):
+        Manifest.decode(_blob(bytes(payload)))
+
+
+def test_a_stored_manifest_is_checked_against_its_id() -> None:
+    body = _two_pieces().encode()
+    manifest_id = blake3.blake3(body).digest()
+    assert Manifest.decode_stored(manifest_id, body) == _two_pieces()
+    flipped = bytearray(body)
+    flipped[len(flipped) // 2] ^= 0x10  # one bit: it may still decompress and decode
+    with pytest.raises(ManifestError, match="does not match its id"):
+        Manifest.decode_stored(manifest_id, bytes(flipped))

@@ -49,7 +49,7 @@ class MemoryCatalog:
         body = self.manifest_body(manifest_id)
         if body is None:
             raise KeyError(manifest_id.hex())
-        return Manifest.decode(body)
+        return Manifest.decode_stored(manifest_id, body)
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
         with self._lock:

@@ -98,7 +98,7 @@ class SqliteCatalog:
         ).fetchone()
         if row is None:
             raise KeyError(manifest_id.hex())
-        manifest = Manifest.decode(row[0])
+        manifest = Manifest.decode_stored(manifest_id, row[0])
         with self._cache_lock:
             self._cache[manifest_id] = manifest
             while len(self._cache) > 4:  # a Go cache's decoded manifest is ~10 MB

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import zstandard
 
 from cachesrv.catalog import Catalog
-from cachesrv.manifest import Manifest
+from cachesrv.manifest import Manifest, ManifestError
 from cachesrv.restore.hot import SPAN, HotCache, Written
 from cachesrv.store import (
     ChunkCorrupt,
@@ -112,10 +112,10 @@ def run(source: Source, job: Job, out: socket.socket) -> JobStats:
                 send_frame(out, DATA, part)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the response ended early (client gone): nothing more to send
-    except (ChunkError, KeyError) as exc:
-        if isinstance(exc, ChunkCorrupt):
+    except (ChunkError, ManifestError, KeyError) as exc:
+        if isinstance(exc, ChunkCorrupt | ManifestError):
             stats.corrupt += 1
-        message = str(exc) if isinstance(exc, ChunkError) else "its manifest is gone"
+        message = "its manifest is gone" if isinstance(exc, KeyError) else str(exc)
         log.error("restore of %s: %s", job.manifest_id.hex()[:16], message)
         _try_send(out, FAIL, message.encode())
     except Exception as exc:  # a bug must not take the worker down with it
