@@ -6,6 +6,9 @@ object's ETag as sent (quoted) and its mtime; no server needed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -253,3 +256,21 @@ def test_accepts_zstd(header: str, expected: bool) -> None:
 
 def test_no_accept_encoding_means_identity() -> None:
     assert accepts_zstd({}) is False
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=1_0-2_0", "bytes=+1-+2", "bytes=-+5", "bytes=\u0661-\u0662"]
+)
+def test_range_numbers_are_ascii_digits_only_else_the_header_is_ignored(header: str) -> None:
+    # RFC 9110 14.1.1: positions are 1*DIGIT; int() also takes '_', signs, other scripts
+    assert byte_range({"range": header}, 100, '"e"', 0) is None
+
+
+def test_an_asctime_date_is_gmt_whatever_the_servers_time_zone() -> None:
+    code = (
+        "import os, time; os.environ['TZ'] = 'America/New_York'; time.tzset();"
+        "from cachesrv.http.conditional import parse_http_date;"
+        "print(parse_http_date('Sun Nov  6 08:49:37 1994'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == 784111777.0  # RFC 9110 5.6.7: asctime-date is GMT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 
@@ -13,9 +14,20 @@ def http_date(timestamp: float) -> str:
 
 def parse_http_date(value: str) -> float | None:
     try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
+        when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # asctime and '-0000' dates: RFC 9110 says they are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _number(text: str) -> int:
+    """A decimal of ASCII digits only (int() also takes '_', '+', spaces and other
+    scripts' digits, which RFC 9110's ranges do not)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 def _tags(header: str) -> list[str]:
@@ -82,14 +94,14 @@ def byte_range(
         return None
     try:
         if first == "":
-            suffix = int(last)
+            suffix = _number(last)
             if suffix < 0:
                 return None
             if suffix == 0 or size == 0:
                 raise Unsatisfiable
             return max(size - suffix, 0), size
-        start = int(first)
-        end = int(last) + 1 if last else size
+        start = _number(first)
+        end = _number(last) + 1 if last else size
     except ValueError:
         return None
     if start < 0 or (last and end <= start):
