@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.http import conditional
-from cachesrv.http.errors import HttpError
+from cachesrv.http.errors import HttpError, as_http_error
 from cachesrv.http.forms import read_form
 from cachesrv.http.limits import parse_days
-from cachesrv.http.paths import clean_key, clean_path
+from cachesrv.names import InvalidName, clean_key, clean_path
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,8 +37,9 @@ TRICKS = st.sampled_from(
 PATHS = st.lists(st.one_of(TRICKS, st.text(max_size=6)), max_size=12).map("".join)
 
 
-def _refused(exc: HttpError) -> None:
-    assert 400 <= exc.status < 500
+def _refused(exc: HttpError | InvalidName) -> None:
+    error = as_http_error(exc)  # the one place errors become responses
+    assert error is not None and 400 <= error.status < 500
 
 
 @FAST
@@ -47,7 +48,7 @@ def test_clean_path_never_climbs_out_of_the_store(raw: str, for_write: bool, dec
     raw = unquote(raw, errors="replace") if decode else raw
     try:
         path = clean_path(raw, for_write=for_write)
-    except HttpError as exc:
+    except InvalidName as exc:
         _refused(exc)
         return
     parts = path.split("/") if path else []
@@ -65,7 +66,7 @@ def test_clean_path_never_climbs_out_of_the_store(raw: str, for_write: bool, dec
 def test_clean_key_accepts_only_the_documented_alphabet(raw: str) -> None:
     try:
         key = clean_key(raw)
-    except HttpError as exc:
+    except InvalidName as exc:
         _refused(exc)
         return
     assert key == raw and 1 <= len(key) <= 512
