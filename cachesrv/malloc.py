@@ -26,6 +26,4 @@ def bound_heap(mmap_threshold: int = 128 * 1024, arenas: int = 2) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(M_ARENA_MAX, arenas)
-    )
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arenas))

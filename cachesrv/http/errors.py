@@ -47,9 +47,7 @@ def as_http_error(exc: Exception) -> HttpError | None:
     if isinstance(exc, Conflict):
         return HttpError(409, f"Conflict: {exc}")
     if isinstance(exc, EntryKept):
-        return HttpError(
-            409, f"cache entry {exc.key!r} exists (ask ?replace=true or ?max-age=)"
-        )
+        return HttpError(409, f"cache entry {exc.key!r} exists (ask ?replace=true or ?max-age=)")
     if isinstance(exc, EntryExists):
         return HttpError(409, f"cache entry {exc.args[0]!r} exists")
     if isinstance(exc, BadArchive):

@@ -322,9 +322,7 @@ def _uploads(stats: dict[str, Any], now: float) -> str:
         f"<td>{_when(u['time'], now)}</td></tr>"
         for u in stats.get("recent_uploads", [])
     ]
-    table = _table(
-        ["name", "size", "new", "dedup", "rate", "when"], rows, "No uploads yet."
-    )
+    table = _table(["name", "size", "new", "dedup", "rate", "when"], rows, "No uploads yet.")
     return f'<section class="card"><h2>Recent uploads</h2>{table}</section>'
 
 

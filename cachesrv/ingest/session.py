@@ -133,4 +133,3 @@ class IngestSession:
             frame = choose_codec(chunk, compressed)
             self.store.put(cid, frame)
             self.stats.stored_bytes += len(frame.data)
-

@@ -54,9 +54,7 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
         except ValueError as exc:
             raise HttpError(400, "max-age must be a number of seconds") from exc
         stored = await service.save_entry(key, request.body(), replace, max_age)
-        await send_json(
-            send, 201, {"key": key, "size": stored.size, "etag": f'"{stored.etag}"'}
-        )
+        await send_json(send, 201, {"key": key, "size": stored.size, "etag": f'"{stored.etag}"'})
     elif method == "DELETE":
         request.require(Scope.WRITE, key)
         if not await service.delete_entry(key):

@@ -7,14 +7,14 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from cachesrv.http import conditional
+from cachesrv.http.auth import Scope
 from cachesrv.http.download import not_found, send_object
 from cachesrv.http.errors import HttpError
 from cachesrv.http.forms import read_form
+from cachesrv.http.limits import parse_days
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
 from cachesrv.http.responses import send_html, send_json, send_simple
-from cachesrv.http.auth import Scope
-from cachesrv.http.limits import parse_days
 from cachesrv.names import clean_path
 from cachesrv.service import CacheService
 
