@@ -85,10 +85,7 @@ async def send_object(
         await send({"type": "http.response.start", "status": status, "headers": common})
         await send({"type": "http.response.body", "body": b""})
         return
-    body = await service.open_body(job)
-    if body is None:  # collected between the lookup and now: it is gone
-        await not_found(service, request, send, "Not Found")
-        return
+    body = service.open_body(job)
     await _stream(service, send, status, common, body, ref)
 
 

@@ -101,7 +101,6 @@ class HotCache:
         # Segment files only ever grow and are never rewritten, so a mapped byte never
         # changes once written; a grown segment is mapped again.
         self._maps: dict[int, mmap.mmap] = {}
-        self.hits = self.misses = self.bad = 0
 
     # -- reading ---------------------------------------------------------------
 
@@ -119,11 +118,8 @@ class HotCache:
         except (OSError, ValueError):
             data = memoryview(b"")  # segment dropped meanwhile, or shorter: a miss
         if len(data) == span.length and frame_digest(data) == span.digest:
-            self.hits += 1
             return data
-        self.misses += 1
         if data:
-            self.bad += 1
             log.warning("hot span %s/%d does not match its digest; dropped", digest.hex(), index)
         self._forget(digest, index, span)
         return None

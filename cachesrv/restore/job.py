@@ -25,7 +25,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import zstandard
 
@@ -95,12 +95,11 @@ class Source:
     store: ChunkStore
     catalog: Catalog
     hot: HotCache | None
-    stats: JobStats = field(default_factory=JobStats)  # totals of this process
 
 
-def run(source: Source, job: Job, out: socket.socket) -> JobStats:
-    """Serve ``job`` onto ``out`` (blocking); returns its numbers. Never raises for a
-    broken object or a peer that went away: those end the stream."""
+def run(source: Source, job: Job, out: socket.socket) -> None:
+    """Serve ``job`` onto ``out`` (blocking); its numbers go in the ``END`` frame. Never
+    raises for a broken object or a peer that went away: those end the stream."""
     stats = JobStats()
     try:
         manifest = source.catalog.manifest(job.manifest_id)
@@ -123,9 +122,6 @@ def run(source: Source, job: Job, out: socket.socket) -> JobStats:
         _try_send(out, FAIL, f"restore failed: {exc}".encode())
     else:
         _try_send(out, END, json.dumps(asdict(stats)).encode())
-    for name, value in asdict(stats).items():
-        setattr(source.stats, name, getattr(source.stats, name) + value)
-    return stats
 
 
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes | memoryview = b"") -> None:

@@ -59,10 +59,10 @@ class RestorePool:
     """Runs restore jobs; :meth:`run` must be running (in the server's nursery)."""
 
     def __init__(
-        self, data: Path, hot_bytes: int, workers: int, source: Source, log_level: str = "info"
+        self, data: Path, hot_limit: int, workers: int, source: Source, log_level: str = "info"
     ) -> None:
         self.data = data
-        self.hot_bytes = hot_bytes
+        self.hot_limit = hot_limit  # --hot-cache-bytes (0: no hot cache, no warm-ups)
         self.source = source  # this process's, for jobs run in threads here
         self.log_level = log_level
         self._workers = [_Worker() for _ in range(workers)]
@@ -97,7 +97,7 @@ class RestorePool:
                 "--data",
                 str(self.data),
                 "--hot-bytes",
-                str(self.hot_bytes),
+                str(self.hot_limit),
                 "--log-level",
                 self.log_level,
             ]
@@ -124,7 +124,7 @@ class RestorePool:
     def warm(self, job: Job) -> None:
         """Decode a just-published version into the hot cache, in the background, one
         at a time (so the first restore of it need not decode; see .hot)."""
-        if self.hot_bytes <= 0:
+        if self.hot_limit <= 0:
             return
         try:
             self._warm_send.send_nowait(dataclasses.replace(job, warm=True))
