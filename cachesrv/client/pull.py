@@ -269,6 +269,7 @@ def pull(
         return None
     if blake3.blake3(found.body).digest() != found.manifest_id:
         raise PullError("the manifest does not match its id")
+    target = Target(target.kind, found.name)  # chunks come through the name that matched
     manifest = Manifest.decode(found.body)
     progress.total = manifest.size
     settings = remote.settings()
@@ -334,6 +335,8 @@ def _pull(
         for cid, (path, _, _) in list(sources.local.items()):
             if path not in kept:
                 sources.spool(cid, sources.read(cid))
+        # before extraction, which sets directory times last, as tar -x does
+        deleted = _delete_others(directory, members) if delete else 0
         for member in members:
             name = os.path.normpath(member.name)
             if name in kept:
@@ -351,7 +354,6 @@ def _pull(
             if member.issym():  # tarfile leaves a symlink's own time; tar -x sets it
                 full = directory / os.path.normpath(member.name)
                 os.utime(full, (member.mtime, member.mtime), follow_symlinks=False)
-    deleted = _delete_others(directory, members) if delete else 0
     rows = []
     sizes = {p.chunk_id: p.size for p in manifest.pieces if p.chunk_id is not None}
     for member in members:
