@@ -115,9 +115,8 @@ async def _main(app: BaselineApp, config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: serve the baseline app on 127.0.0.1 until SIGTERM/SIGINT."""
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.baseline", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m bench.baseline",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--serve-file", type=Path, help="bytes every GET returns (read into RAM)")

@@ -160,12 +160,8 @@ def _synthetic_members(size_mb: float, seed: int) -> list[_Member]:
         for j in range(2 if rng.random() < 0.6 else 1):
             key = rng.randbytes(32).hex()
             members.append(
-                _Member(
-                    f"{key[:2]}/{key}-a",
-                    rng.randint(160, 190),
-                    f"{seed}:idx:{i}:{j}",
-                    base_mtime + i,
-                )
+                _Member(f"{key[:2]}/{key}-a", rng.randint(160, 190), f"{seed}:idx:{i}:{j}",
+                        base_mtime + i)
             )
             total += 175
         i += 1
@@ -305,10 +301,10 @@ def _walk_files(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / f
 
 
-NET_URL_CHANGE = """
+NET_URL_CHANGE = '''
 // BenchNextDay is the one-function change that makes the benchmark's "next day" build.
 func BenchNextDay(u *URL) string { return "next day: " + u.String() }
-"""
+'''
 
 
 def build_go(root: Path = CORPUS_ROOT, keep_work: bool = False) -> Corpus:

@@ -86,26 +86,19 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "default": Profile("default", 24, 20.0, {"get": 1.0, "head": 1.0, "upload": 1.0}),
-    "long": Profile("long", 48, 180.0, {"get": 1.0, "head": 1.0, "upload": 1.0, "keyed": 1.0}),
+    "long": Profile("long", 48, 180.0,
+                    {"get": 1.0, "head": 1.0, "upload": 1.0, "keyed": 1.0}),
 }
 
 
-def profile(
-    name: str,
-    clients: int | None = None,
-    duration: float | None = None,
-    weights: dict[str, float] | None = None,
-    client_procs: int | None = None,
-) -> Profile:
+def profile(name: str, clients: int | None = None, duration: float | None = None,
+            weights: dict[str, float] | None = None, client_procs: int | None = None
+            ) -> Profile:
     """A preset, optionally with other clients / duration / weights / client processes."""
     p = PROFILES[name]
-    return replace(
-        p,
-        clients=clients or p.clients,
-        duration=duration if duration is not None else p.duration,
-        weights=weights or p.weights,
-        client_procs=client_procs or p.client_procs,
-    )
+    return replace(p, clients=clients or p.clients,
+                   duration=duration if duration is not None else p.duration,
+                   weights=weights or p.weights, client_procs=client_procs or p.client_procs)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -159,22 +152,12 @@ def fresh_upload(rng: random.Random, n: int, stamp: bytes) -> bytearray:
 def multipart_body(path: str, data: bytes | bytearray, boundary: str) -> bytes:
     """A ``multipart/form-data`` body with fields ``path`` and ``file``, as curl -F sends."""
     b = boundary.encode()
-    return b"".join(
-        [
-            b"--",
-            b,
-            b'\r\nContent-Disposition: form-data; name="path"\r\n\r\n',
-            path.encode(),
-            b"\r\n--",
-            b,
-            b'\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n",
-            data,
-            b"\r\n--",
-            b,
-            b"--\r\n",
-        ]
-    )
+    return b"".join([
+        b"--", b, b'\r\nContent-Disposition: form-data; name="path"\r\n\r\n',
+        path.encode(), b"\r\n--", b,
+        b'\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n", data, b"\r\n--", b, b"--\r\n",
+    ])
 
 
 @dataclass
@@ -192,16 +175,8 @@ class Client:
     """One CI client: a thread with a persistent connection, doing requests until the
     deadline or ``profile.max_requests``."""
 
-    def __init__(
-        self,
-        cid: int,
-        port: int,
-        prof: Profile,
-        ops: list[str],
-        op_weights: list[float],
-        start_at: float,
-        deadline: float,
-    ) -> None:
+    def __init__(self, cid: int, port: int, prof: Profile, ops: list[str],
+                 op_weights: list[float], start_at: float, deadline: float) -> None:
         self.cid = cid
         self.port = port
         self.prof = prof
@@ -219,14 +194,14 @@ class Client:
         # are checked against the upload only on real servers (http.client checks
         # Content-Length everywhere)
         self.check_restore_len = True
-        self.thread = threading.Thread(target=self._run, name=f"load-client-{cid}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"load-client-{cid}",
+                                       daemon=True)
 
     # -- plumbing
     def _connection(self) -> http.client.HTTPConnection:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection(
-                "127.0.0.1", self.port, timeout=self.prof.timeout
-            )
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                   timeout=self.prof.timeout)
         return self.conn
 
     def _drop(self) -> None:
@@ -235,16 +210,9 @@ class Client:
                 self.conn.close()
             self.conn = None
 
-    def _request(
-        self,
-        kind: str,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        ok: tuple[int, ...] = (200,),
-        expect_len: int | None = None,
-    ) -> bool:
+    def _request(self, kind: str, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,),
+                 expect_len: int | None = None) -> bool:
         """One timed request; True if it completed as expected."""
         st = self.stats[kind]
         t0 = time.monotonic()
@@ -296,39 +264,27 @@ class Client:
 
     def _upload(self) -> None:
         path = f"load/c{self.cid:03d}/u{self.n % 8}.bin"
-        body = multipart_body(
-            path, fresh_upload(self.rng, self.prof.upload_bytes, self._stamp()), self.boundary
-        )
-        self._request(
-            "upload",
-            "POST",
-            "/upload",
-            body,
-            {"Content-Type": f"multipart/form-data; boundary={self.boundary}"},
-            ok=(200, 201),
-        )
+        body = multipart_body(path, fresh_upload(self.rng, self.prof.upload_bytes,
+                                                 self._stamp()), self.boundary)
+        self._request("upload", "POST", "/upload", body,
+                      {"Content-Type": f"multipart/form-data; boundary={self.boundary}"},
+                      ok=(200, 201))
 
     def _keyed(self) -> None:
         prefix = f"load/c{self.cid:03d}/k"
         body = bytes(fresh_upload(self.rng, self.prof.upload_bytes, self._stamp()))
-        if self._request(
-            "cache_put",
-            "PUT",
-            f"/-/cache/{prefix}{self.n % 8}?replace=true",
-            body,
-            {"Content-Type": "application/octet-stream"},
-            ok=(200, 201),
-        ):
-            self._request(
-                "cache_restore",
-                "GET",
-                f"/-/cache/load/c{self.cid:03d}/missing?restore-keys={prefix}",
-                expect_len=self.prof.upload_bytes if self.check_restore_len else None,
-            )
+        if self._request("cache_put", "PUT", f"/-/cache/{prefix}{self.n % 8}?replace=true",
+                         body, {"Content-Type": "application/octet-stream"},
+                         ok=(200, 201)):
+            self._request("cache_restore", "GET",
+                          f"/-/cache/load/c{self.cid:03d}/missing?restore-keys={prefix}",
+                          expect_len=self.prof.upload_bytes if self.check_restore_len
+                          else None)
 
     def _run(self) -> None:
         time.sleep(max(0.0, min(self.start_at - time.monotonic(), 60.0)))
-        ops = {"get": self._get, "head": self._head, "upload": self._upload, "keyed": self._keyed}
+        ops = {"get": self._get, "head": self._head, "upload": self._upload,
+               "keyed": self._keyed}
         try:
             while self.n < self.prof.max_requests and time.monotonic() < self.deadline:
                 op = self.rng.choices(self.ops, self.op_weights)[0]
@@ -346,16 +302,9 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[k]
 
 
-def _drive_local(
-    port: int,
-    prof: Profile,
-    cids: Sequence[int],
-    ops: list[str],
-    op_weights: list[float],
-    start_at: float,
-    deadline: float,
-    check_restore_len: bool = True,
-) -> dict[str, object]:
+def _drive_local(port: int, prof: Profile, cids: Sequence[int], ops: list[str],
+                 op_weights: list[float], start_at: float, deadline: float,
+                 check_restore_len: bool = True) -> dict[str, object]:
     """Run clients ``cids`` as threads of this process; their raw counts and latencies."""
     pool()  # made before the clock starts
     clients = [Client(i, port, prof, ops, op_weights, start_at, deadline) for i in cids]
@@ -370,27 +319,17 @@ def _drive_local(
     for kind in KINDS:
         sts = [c.stats[kind] for c in clients]
         kinds[kind] = {
-            "ok": sum(s.ok for s in sts),
-            "errors": sum(s.errors for s in sts),
+            "ok": sum(s.ok for s in sts), "errors": sum(s.errors for s in sts),
             "503": sum(s.unavailable for s in sts),
             "latencies": [x for s in sts for x in s.latencies],
             "error_samples": [e for s in sts for e in s.error_samples][:5],
         }
-    return {
-        "kinds": kinds,
-        "cpu_s": time.process_time() - cpu0,
-        "end": time.monotonic(),
-        "stuck": sum(1 for c in clients if c.thread.is_alive()),
-    }
+    return {"kinds": kinds, "cpu_s": time.process_time() - cpu0, "end": time.monotonic(),
+            "stuck": sum(1 for c in clients if c.thread.is_alive())}
 
 
-def drive(
-    port: int,
-    prof: Profile,
-    keyed: bool = True,
-    client_procs: int = 1,
-    check_restore_len: bool = True,
-) -> dict[str, object]:
+def drive(port: int, prof: Profile, keyed: bool = True, client_procs: int = 1,
+          check_restore_len: bool = True) -> dict[str, object]:
     """Run the profile's clients against ``port`` (as threads of ``client_procs``
     processes); returns counts, latency percentiles and the client's CPU use."""
     weights = {k: w for k, w in prof.weights.items() if w > 0 and (keyed or k != "keyed")}
@@ -401,30 +340,15 @@ def drive(
     if procs == 1:
         start_at = time.monotonic() + 0.2
         deadline = start_at + prof.duration
-        raws.append(
-            _drive_local(
-                port, prof, groups[0], ops, op_weights, start_at, deadline, check_restore_len
-            )
-        )
+        raws.append(_drive_local(port, prof, groups[0], ops, op_weights, start_at, deadline,
+                                 check_restore_len))
     else:
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
         with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as ex:
             start_at = time.monotonic() + 3.0  # time for the workers to start and import
             deadline = start_at + prof.duration
-            futs = [
-                ex.submit(
-                    _drive_local,
-                    port,
-                    prof,
-                    g,
-                    ops,
-                    op_weights,
-                    start_at,
-                    deadline,
-                    check_restore_len,
-                )
-                for g in groups
-            ]
+            futs = [ex.submit(_drive_local, port, prof, g, ops, op_weights, start_at,
+                              deadline, check_restore_len) for g in groups]
             limit = deadline - time.monotonic() + 2 * prof.timeout + 30
             for f in futs:
                 raws.append(f.result(timeout=max(1.0, limit)))
@@ -434,19 +358,14 @@ def drive(
     kinds: dict[str, dict[str, object]] = {}
     for kind in KINDS:
         parts = [r["kinds"][kind] for r in raws]  # type: ignore[index]
-        ok, errors, unavailable = (
-            sum(p["ok"] for p in parts),
-            sum(p["errors"] for p in parts),
-            sum(p["503"] for p in parts),
-        )
+        ok, errors, unavailable = (sum(p["ok"] for p in parts), sum(p["errors"] for p in parts),
+                                   sum(p["503"] for p in parts))
         if not (ok or errors or unavailable):
             continue
         lat = [x for p in parts for x in p["latencies"]]
         p50, p99 = _percentile(lat, 0.50), _percentile(lat, 0.99)
         kinds[kind] = {
-            "completed": ok,
-            "errors": errors,
-            "503": unavailable,
+            "completed": ok, "errors": errors, "503": unavailable,
             "p50_ms": None if p50 is None else round(p50 * 1000, 2),
             "p99_ms": None if p99 is None else round(p99 * 1000, 2),
             "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
@@ -454,15 +373,9 @@ def drive(
         }
     total = sum(int(k["completed"]) for k in kinds.values())  # type: ignore[call-overload]
     return {
-        "t_start_mono": start_at,
-        "t_end_mono": end,
-        "clients": prof.clients,
-        "client_procs": procs,
-        "duration_s": prof.duration,
-        "wall_s": round(wall, 2),
-        "ops": ops,
-        "kinds": kinds,
-        "completed": total,
+        "t_start_mono": start_at, "t_end_mono": end,
+        "clients": prof.clients, "client_procs": procs, "duration_s": prof.duration,
+        "wall_s": round(wall, 2), "ops": ops, "kinds": kinds, "completed": total,
         "errors": sum(int(k["errors"]) for k in kinds.values()),  # type: ignore[call-overload]
         "503": sum(int(k["503"]) for k in kinds.values()),  # type: ignore[call-overload]
         "requests_per_s": round(total / wall, 1) if wall > 0 else None,
@@ -479,12 +392,8 @@ def _seed(port: int, obj: bytes) -> None:
     boundary = "----cachesrv-bench-seed"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request(
-            "POST",
-            "/upload",
-            body=multipart_body(OBJECT_PATH, obj, boundary),
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
+        conn.request("POST", "/upload", body=multipart_body(OBJECT_PATH, obj, boundary),
+                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         resp = conn.getresponse()
         resp.read()
         if resp.status not in (200, 201):
@@ -513,19 +422,14 @@ def _rss_figures(srv: ServerProcess, t_start: float, t_end: float) -> dict[str, 
         "rss_last_minute_mean_MB": round(statistics.fmean(last) / MB, 1) if last else None,
         "rss_first_minute_mean_MB": round(statistics.fmean(first) / MB, 1) if first else None,
         "rss_window_s": round(window, 1),
-        "rss_timeline_MB": [[round(t - t_start, 1), round(r / MB, 1)] for t, r in points[::step]],
+        "rss_timeline_MB": [[round(t - t_start, 1), round(r / MB, 1)]
+                            for t, r in points[::step]],
     }
 
 
-def run_target(
-    target: str,
-    prof: Profile,
-    obj_file: Path,
-    python: str,
-    peer_binary: Path | None,
-    data_root: Path | None,
-    log_dir: Path,
-) -> dict[str, object]:
+def run_target(target: str, prof: Profile, obj_file: Path, python: str,
+               peer_binary: Path | None, data_root: Path | None, log_dir: Path
+               ) -> dict[str, object]:
     """Start one server fresh, seed it, drive the load, stop it; the result document."""
     obj = obj_file.read_bytes()
     with fresh_dir(data_root, prefix=f"cachesrv-bench-load-{target}-") as root:
@@ -533,28 +437,11 @@ def run_target(
         keyed = True
         env, ready, ready_path = python_env(), 200, "/-/healthz"
         if target == "ceiling":
-            argv = [
-                python,
-                "-m",
-                "bench.baseline",
-                "--port",
-                str(port),
-                "--serve-file",
-                str(obj_file),
-            ]
+            argv = [python, "-m", "bench.baseline", "--port", str(port),
+                    "--serve-file", str(obj_file)]
         elif target == "cachesrv":
-            argv = [
-                python,
-                "-m",
-                "cachesrv",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data",
-                str(root / "data"),
-            ]
+            argv = [python, "-m", "cachesrv", "serve", "--host", "127.0.0.1",
+                    "--port", str(port), "--data", str(root / "data")]
         else:
             assert peer_binary is not None
             (root / "pub").mkdir()
@@ -562,26 +449,14 @@ def run_target(
             argv = [str(peer_binary)]
             env = peer_mod.serve_env(port, root / "pub", root / "tmp")
             ready, ready_path, keyed = None, "/", False
-        with ServerProcess(
-            f"load-{target}",
-            argv,
-            port,
-            log_dir / f"load-{target}.log",
-            env=env,
-            ready_status=ready,
-            ready_path=ready_path,
-            timeline_every=0.5,
-        ) as srv:
+        with ServerProcess(f"load-{target}", argv, port, log_dir / f"load-{target}.log",
+                           env=env, ready_status=ready, ready_path=ready_path,
+                           timeline_every=0.5) as srv:
             assert srv.sampler is not None
             _seed(port, obj)
             time.sleep(0.5)
-            result = drive(
-                port,
-                prof,
-                keyed=keyed,
-                client_procs=prof.client_procs,
-                check_restore_len=target != "ceiling",
-            )
+            result = drive(port, prof, keyed=keyed, client_procs=prof.client_procs,
+                           check_restore_len=target != "ceiling")
             t_start = srv.sampler.at(float(result.pop("t_start_mono")))  # type: ignore[arg-type]
             t_end = srv.sampler.at(float(result.pop("t_end_mono")))  # type: ignore[arg-type]
             result.update(_rss_figures(srv, t_start, t_end))
@@ -590,14 +465,9 @@ def run_target(
         return result
 
 
-def run_all(
-    prof: Profile,
-    python: str = sys.executable,
-    peer_binary: Path | None = None,
-    data_root: Path | None = None,
-    log_dir: Path | None = None,
-    targets: Sequence[str] = TARGETS,
-) -> dict[str, object]:
+def run_all(prof: Profile, python: str = sys.executable, peer_binary: Path | None = None,
+            data_root: Path | None = None, log_dir: Path | None = None,
+            targets: Sequence[str] = TARGETS) -> dict[str, object]:
     """The profile against the ceiling app, cachesrv and (with a binary) the peer."""
     with fresh_dir(data_root, prefix="cachesrv-bench-load-") as tmp:
         log_dir = log_dir or tmp
@@ -611,8 +481,7 @@ def run_all(
             log(f"load: {prof.clients} clients x {prof.duration:g} s against {target}")
             try:
                 doc["targets"][target] = run_target(  # type: ignore[index]
-                    target, prof, obj_file, python, peer_binary, data_root, log_dir
-                )
+                    target, prof, obj_file, python, peer_binary, data_root, log_dir)
             except (RuntimeError, OSError, concurrent.futures.TimeoutError) as exc:
                 log(f"load against {target} failed: {exc}")
                 doc["skipped"][target] = f"failed: {exc}"[:2000]  # type: ignore[index]
@@ -625,21 +494,17 @@ def run_all(
 #: figure name -> (target, path in the target's document)
 FIGURE_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {}
 for _t, _p in (("ceiling", "load_ceiling_"), ("cachesrv", "load_"), ("peer", "load_peer_")):
-    FIGURE_SOURCES.update(
-        {
-            f"{_p}requests": (_t, ("completed",)),
-            f"{_p}get_p99_ms": (_t, ("kinds", "get", "p99_ms")),
-            f"{_p}errors": (_t, ("errors",)),
-            f"{_p}503": (_t, ("503",)),
-        }
-    )
+    FIGURE_SOURCES.update({
+        f"{_p}requests": (_t, ("completed",)),
+        f"{_p}get_p99_ms": (_t, ("kinds", "get", "p99_ms")),
+        f"{_p}errors": (_t, ("errors",)),
+        f"{_p}503": (_t, ("503",)),
+    })
     if _t != "ceiling":
-        FIGURE_SOURCES.update(
-            {
-                f"{_p}peak_rss_MB": (_t, ("rss_peak_MB",)),
-                f"{_p}rss_last_minute_MB": (_t, ("rss_last_minute_mean_MB",)),
-            }
-        )
+        FIGURE_SOURCES.update({
+            f"{_p}peak_rss_MB": (_t, ("rss_peak_MB",)),
+            f"{_p}rss_last_minute_MB": (_t, ("rss_last_minute_mean_MB",)),
+        })
 
 
 def _dig(doc: object, path: Sequence[str]) -> object:
@@ -680,26 +545,20 @@ def checks(doc: dict[str, object]) -> dict[str, object]:
     for t in TARGETS:
         cpu = _dig(doc, ("targets", t, "client_cpu_fraction"))
         if isinstance(cpu, float) and cpu >= 0.9 * cores:
-            notes.append(
-                f"against {t} the client used {cpu:.2f} cores of its {cores:g} "
-                "process(es), near the GIL's limit: its figures may be the client's "
-                "(try --client-procs 2)"
-            )
+            notes.append(f"against {t} the client used {cpu:.2f} cores of its {cores:g} "
+                         "process(es), near the GIL's limit: its figures may be the client's "
+                         "(try --client-procs 2)")
     if ceiling and v.get("load_requests", 0) >= 0.9 * ceiling:
-        notes.append(
-            f"cachesrv reached {v['load_requests'] / ceiling:.2f} of the ceiling "
-            "app's requests: its figure may be the stack's or the client's limit"
-        )
+        notes.append(f"cachesrv reached {v['load_requests'] / ceiling:.2f} of the ceiling "
+                     "app's requests: its figure may be the stack's or the client's limit")
     if ceiling or notes:
         out["client_check"] = {
             "ceiling_requests": ceiling,
-            "client_cpu_fraction": {
-                t: _dig(doc, ("targets", t, "client_cpu_fraction")) for t in TARGETS
-            },
-            "verdict": "; ".join(notes)
-            or "the client stayed below 0.9 of a core against "
-            "every server and cachesrv below 0.9 of the ceiling app: the client "
-            "was not the bottleneck",
+            "client_cpu_fraction": {t: _dig(doc, ("targets", t, "client_cpu_fraction"))
+                                    for t in TARGETS},
+            "verdict": "; ".join(notes) or "the client stayed below 0.9 of a core against "
+                       "every server and cachesrv below 0.9 of the ceiling app: the client "
+                       "was not the bottleneck",
         }
     return out
 
@@ -711,48 +570,27 @@ def format_table(doc: dict[str, object]) -> str:
     rows = [("server", "kind", "completed", "errors", "503", "p50 ms", "p99 ms")]
     for t, res in targets.items():
         for kind, k in res["kinds"].items():
-            rows.append(
-                (
-                    t,
-                    kind,
-                    str(k["completed"]),
-                    str(k["errors"]),
-                    str(k["503"]),
-                    "" if k["p50_ms"] is None else f"{k['p50_ms']:.1f}",
-                    "" if k["p99_ms"] is None else f"{k['p99_ms']:.1f}",
-                )
-            )
-        rows.append(
-            (
-                t,
-                "all",
-                str(res["completed"]),
-                str(res["errors"]),
-                str(res["503"]),
-                f"{res['requests_per_s']} req/s",
-                f"client cpu {res['client_cpu_fraction']}",
-            )
-        )
+            rows.append((t, kind, str(k["completed"]), str(k["errors"]), str(k["503"]),
+                         "" if k["p50_ms"] is None else f"{k['p50_ms']:.1f}",
+                         "" if k["p99_ms"] is None else f"{k['p99_ms']:.1f}"))
+        rows.append((t, "all", str(res["completed"]), str(res["errors"]), str(res["503"]),
+                     f"{res['requests_per_s']} req/s", f"client cpu {res['client_cpu_fraction']}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     for t, res in targets.items():
         if "rss_peak_MB" in res:
-            lines.append(
-                f"{t}: RSS peak {res['rss_peak_MB']} MB, mean of the first / last "
-                f"{res['rss_window_s']} s {res['rss_first_minute_mean_MB']} / "
-                f"{res['rss_last_minute_mean_MB']} MB"
-            )
+            lines.append(f"{t}: RSS peak {res['rss_peak_MB']} MB, mean of the first / last "
+                         f"{res['rss_window_s']} s {res['rss_first_minute_mean_MB']} / "
+                         f"{res['rss_last_minute_mean_MB']} MB")
         for kind, why in (res.get("kinds_skipped") or {}).items():
             lines.append(f"{t}: {kind} not run: {why}")
     for t, why in (doc.get("skipped") or {}).items():  # type: ignore[union-attr]
         lines.append(f"{t}: not measured: {why}")
     for name, c in (doc.get("checks") or {}).items():  # type: ignore[union-attr]
         if "ok" in c:
-            lines.append(
-                f"target {name}: {c.get('ratio', c.get('value'))} {c['target']} "
-                f"{'ok' if c['ok'] else 'MISS'}"
-            )
+            lines.append(f"target {name}: {c.get('ratio', c.get('value'))} {c['target']} "
+                         f"{'ok' if c['ok'] else 'MISS'}")
         else:
             lines.append(f"{name}: {c['verdict']}")
     return "\n".join(lines)
@@ -764,20 +602,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile", choices=list(PROFILES), default="default")
     ap.add_argument("--clients", type=int, help="clients (threads); default from the profile")
     ap.add_argument("--duration", type=float, help="seconds of load per server")
-    ap.add_argument(
-        "--weights", type=parse_weights, help="relative weights, e.g. get=1,head=1,upload=1,keyed=1"
-    )
-    ap.add_argument(
-        "--client-procs",
-        type=int,
-        help="spread the client threads over this many processes (default 1); "
-        "if the figures change with it, the client was the bottleneck",
-    )
-    ap.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help="comma-separated subset of ceiling,cachesrv,peer",
-    )
+    ap.add_argument("--weights", type=parse_weights,
+                    help="relative weights, e.g. get=1,head=1,upload=1,keyed=1")
+    ap.add_argument("--client-procs", type=int,
+                    help="spread the client threads over this many processes (default 1); "
+                         "if the figures change with it, the client was the bottleneck")
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help="comma-separated subset of ceiling,cachesrv,peer")
     ap.add_argument("--no-peer", action="store_true", help="do not build or measure the peer")
     ap.add_argument("--peer-tarball", type=Path, default=None)
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
@@ -785,7 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-dir", type=Path, help="where server logs go (default a temp dir)")
     ap.add_argument("--json", type=Path, help="write the result document here")
     args = ap.parse_args(argv)
-    prof = profile(args.profile, args.clients, args.duration, args.weights, args.client_procs)
+    prof = profile(args.profile, args.clients, args.duration, args.weights,
+                   args.client_procs)
     if not 1 <= prof.clients <= 1000 or not 0 < prof.duration <= 3600:
         ap.error("clients must be 1..1000 and duration 0..3600 s")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]

@@ -72,12 +72,8 @@ def _go_version(goroot: Path) -> str:
     try:
         return (goroot / "VERSION").read_text().splitlines()[0].strip()
     except (OSError, IndexError):
-        out = subprocess.run(
-            [str(goroot / "bin" / "go"), "env", "GOVERSION"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = subprocess.run([str(goroot / "bin" / "go"), "env", "GOVERSION"],
+                             capture_output=True, text=True, timeout=60)
         return out.stdout.strip() or "unknown"
 
 
@@ -127,31 +123,26 @@ def build(tarball: Path | None = None, log=None) -> Path:  # type: ignore[no-unt
         env = corpus_mod._go_env(goroot, tmp / "gocache", tmp)
         env["GOFLAGS"] = "-mod=vendor"
         env["CGO_ENABLED"] = "0"  # a static binary; no C toolchain needed
-        say(f"building {PEER_NAME} ({digest[:12]}) with {version}; one-off, cached in {out_dir}")
+        say(f"building {PEER_NAME} ({digest[:12]}) with {version}; one-off, cached in "
+            f"{out_dir}")
         t0 = time.monotonic()
         try:
             proc = subprocess.run(
                 [str(goroot / "bin" / "go"), "build", "-trimpath", "-o", str(tmp / "gsu"), "."],
-                cwd=src,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT_S,
+                cwd=src, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
             raise PeerUnavailable(f"go build took more than {BUILD_TIMEOUT_S}s") from None
         if proc.returncode != 0:
-            raise PeerUnavailable(
-                f"go build failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}"
-            )
+            raise PeerUnavailable(f"go build failed ({proc.returncode}): "
+                                  f"{(proc.stderr or proc.stdout)[-2000:]}")
         tmp_bin = out_dir / f".gsu.tmp-{os.getpid()}"
         shutil.copy2(tmp / "gsu", tmp_bin)
         tmp_bin.chmod(0o755)
         tmp_bin.replace(binary)  # atomic: a concurrent run sees all of it or nothing
         (out_dir / "build.txt").write_text(
             f"tarball {tarball}\nsha256 {digest}\ngo {version} ({goroot})\n"
-            f"seconds {time.monotonic() - t0:.1f}\n"
-        )
+            f"seconds {time.monotonic() - t0:.1f}\n")
         say(f"built in {time.monotonic() - t0:.0f}s")
     return binary
 
@@ -160,12 +151,8 @@ def serve_env(port: int, directory: Path, tmpdir: Path) -> dict[str, str]:
     """Environment for the peer: bind, directory, and TMPDIR for its multipart spill files
     (Go's multipart reader keeps 32 MB in RAM and writes the rest to os.TempDir())."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "GO"))}
-    env.update(
-        UPLOADER_HOST="127.0.0.1",
-        UPLOADER_PORT=str(port),
-        UPLOADER_DIRECTORY=str(directory),
-        TMPDIR=str(tmpdir),
-    )
+    env.update(UPLOADER_HOST="127.0.0.1", UPLOADER_PORT=str(port),
+               UPLOADER_DIRECTORY=str(directory), TMPDIR=str(tmpdir))
     return env
 
 

@@ -77,13 +77,8 @@ class RssSampler:
     a ``(seconds since start, bytes)`` point is also kept at most that often (bounded by
     ``max_points``) for memory-over-time figures."""
 
-    def __init__(
-        self,
-        pid: int,
-        interval: float = 0.05,
-        timeline_every: float | None = None,
-        max_points: int = 10_000,
-    ) -> None:
+    def __init__(self, pid: int, interval: float = 0.05, timeline_every: float | None = None,
+                 max_points: int = 10_000) -> None:
         self.pid = pid
         self.interval = interval
         self.timeline_every = timeline_every
@@ -121,11 +116,8 @@ class RssSampler:
             now = time.monotonic() - self._t0
             with self._lock:
                 self._peak = max(self._peak, rss)
-                if (
-                    self.timeline_every is not None
-                    and now - last_point >= self.timeline_every
-                    and len(self.timeline) < self.max_points
-                ):
+                if (self.timeline_every is not None and now - last_point >= self.timeline_every
+                        and len(self.timeline) < self.max_points):
                     self.timeline.append((now, rss))
                     last_point = now
             self._stop.wait(self.interval)
@@ -167,17 +159,9 @@ class ServerProcess:
     Ready when ``GET ready_path`` answers ``ready_status`` (``None``: any HTTP answer,
     e.g. a 404 from a server without a health endpoint)."""
 
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        port: int,
-        log_path: Path,
-        env: dict[str, str] | None = None,
-        ready_status: int | None = 200,
-        ready_path: str = "/-/healthz",
-        timeline_every: float | None = None,
-    ) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path,
+                 env: dict[str, str] | None = None, ready_status: int | None = 200,
+                 ready_path: str = "/-/healthz", timeline_every: float | None = None) -> None:
         self.name = name
         self.argv = argv
         self.port = port
@@ -204,23 +188,16 @@ class ServerProcess:
         """Start the process and return once it answers on ``ready_path``."""
         with open(self.log_path, "ab") as log_f:
             self.proc = subprocess.Popen(
-                self.argv,
-                stdout=log_f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
-                env=self.env,
-                start_new_session=True,
+                self.argv, stdout=log_f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT, env=self.env, start_new_session=True,
             )
         self.sampler = RssSampler(self.proc.pid, timeline_every=self.timeline_every)
         self.sampler.start()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode} before "
-                    f"it was ready; log:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
+                                   f"it was ready; log:\n{self.log_tail()}")
             try:
                 status, _ = http_get(self.port, self.ready_path, timeout=1.0)
                 if self.ready_status is None or status == self.ready_status:
@@ -228,9 +205,8 @@ class ServerProcess:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} not ready after {timeout:.0f}s; log:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; log:\n"
+                                   f"{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self, grace: float = 10.0) -> None:

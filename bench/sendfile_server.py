@@ -78,9 +78,8 @@ class _Server(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: serve ``--file`` on 127.0.0.1 until SIGTERM/SIGINT."""
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.sendfile_server", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m bench.sendfile_server",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--file", type=Path, required=True)
