@@ -300,8 +300,11 @@ def _pull(
     progress: Progress,
 ) -> PullResult:
     wanted = manifest.chunk_ids()
+    names = _member_names(manifest, sources)
     held: dict[str, list[bytes]] = {}  # file -> its chunk ids, for files holding any wanted
     for path, st in _regular_files(directory):
+        if names is not None and path not in names:
+            continue  # only files the object has can be unchanged; others rarely share
         chunks = index.get(path, signature(st))
         if chunks is None:
             chunks = file_chunks(directory / path, params)
@@ -369,6 +372,17 @@ def _pull(
     return PullResult(
         found.match, found.name, manifest.size, progress.wire, written, unchanged, deleted
     )
+
+
+def _member_names(manifest: Manifest, sources: Sources) -> set[str] | None:
+    """The object's regular files, read from its headers alone (they are inline in the
+    manifest); None if a header is not (a metadata run too long to be kept inline)."""
+    reader = io.BufferedReader(ObjectReader(manifest, sources), 1 << 16)
+    try:
+        with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
+            return {os.path.normpath(m.name) for m in tar.getmembers() if m.isreg()}
+    except (KeyError, tarfile.TarError):
+        return None
 
 
 def _fetch(
