@@ -124,7 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument(
         "--restore-key", action="append", default=[], metavar="PREFIX", help="fallback prefix"
     )
-    pull.add_argument("--delete", action="store_true", help="remove files that are not in it")
+    pull.add_argument("--delete", action="store_true", help="remove what DIR has and it lacks")
+    pull.add_argument(
+        "--delete-below",
+        action="append",
+        default=[],
+        metavar="SUBDIR",
+        help="remove what it lacks below SUBDIR of DIR only (repeatable)",
+    )
     pull.add_argument(
         "--state",
         metavar="DIR",
@@ -304,7 +311,7 @@ def _client(args: argparse.Namespace) -> int:
             directory,
             args.restore_key,
             Path(args.state) if args.state else None,
-            args.delete,
+            ["."] if args.delete else args.delete_below,
             progress,
         )
         if result is None:

@@ -259,10 +259,11 @@ def pull(
     directory: Path,
     restore_keys: list[str],
     state: Path | None = None,
-    delete: bool = False,
+    delete: list[str] | None = None,
     progress: Progress | None = None,
 ) -> PullResult | None:
-    """None on a miss (nothing written)."""
+    """None on a miss (nothing written). ``delete``: directories (relative to
+    ``directory``; "." for all of it) below which what the object lacks is removed."""
     progress = progress or Progress("pull")
     found = remote.manifest(target, restore_keys)
     if found is None:
@@ -296,7 +297,7 @@ def _pull(
     directory: Path,
     index: Index,
     sources: Sources,
-    delete: bool,
+    delete: list[str] | None,
     progress: Progress,
 ) -> PullResult:
     wanted = manifest.chunk_ids()
@@ -339,7 +340,7 @@ def _pull(
             if path not in kept:
                 sources.spool(cid, sources.read(cid))
         # before extraction, which sets directory times last, as tar -x does
-        deleted = _delete_others(directory, members) if delete else 0
+        deleted = _delete_others(directory, members, delete) if delete else 0
         for member in members:
             name = os.path.normpath(member.name)
             if name in kept:
@@ -427,8 +428,9 @@ def _fetch(
                 raise
 
 
-def _delete_others(directory: Path, members: list[tarfile.TarInfo]) -> int:
-    """Remove what is below ``directory`` but not in the object (``--delete``)."""
+def _delete_others(directory: Path, members: list[tarfile.TarInfo], below: list[str]) -> int:
+    """Remove what is in the directories ``below`` (relative to ``directory``) but not in
+    the object (``--delete``, ``--delete-below``)."""
     keep: set[str] = set()
     for member in members:
         name = os.path.normpath(member.name)
@@ -436,7 +438,19 @@ def _delete_others(directory: Path, members: list[tarfile.TarInfo]) -> int:
             keep.add(name)
             name = os.path.dirname(name)
     removed = 0
-    for root, dirs, files in os.walk(directory):
+    # a directory the object does not have at all is not the object's to clean
+    roots = [
+        directory / os.path.normpath(b) for b in below if b == "." or os.path.normpath(b) in keep
+    ]
+    for top in roots:
+        if top.is_dir() and not top.is_symlink():
+            removed += _delete_in(directory, top, keep)
+    return removed
+
+
+def _delete_in(directory: Path, top: Path, keep: set[str]) -> int:
+    removed = 0
+    for root, dirs, files in os.walk(top):
         for name in list(dirs):
             rel = os.path.relpath(os.path.join(root, name), directory)
             if rel not in keep:

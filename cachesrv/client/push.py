@@ -150,7 +150,7 @@ def push(
     progress = progress or Progress("push")
     if target.kind == "key" and not replace:
         existing = remote.manifest(target, [], exact=True)
-        if existing is not None and (max_age is None or existing.age <= max_age):
+        if existing is not None and (max_age is None or existing.age < max_age):
             return None
     settings = remote.settings()
     params = ChunkParams(settings["chunk_min"], settings["chunk_avg"], settings["chunk_max"])

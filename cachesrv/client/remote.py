@@ -89,7 +89,7 @@ class Remote:
                 conn.close()
                 self._local.conn = None
                 if attempt == 2:
-                    raise RemoteError(0, f"{self.host}: {exc}") from exc
+                    raise RemoteError(0, f"server {self.host} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _ok(
