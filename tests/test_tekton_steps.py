@@ -44,9 +44,13 @@ class StepRun:
 def step_spec(kind: str, source: str) -> dict[str, Any]:
     """The container part of a step: the StepAction spec, or the Task's one step."""
     if source == "stepaction":
-        doc = yaml.safe_load((TEKTON / f"cache-{kind}.yaml").read_text())
+        doc = yaml.safe_load(
+            (TEKTON / "stepaction" / f"cache-{kind}" / "0.1" / f"cache-{kind}.yaml").read_text()
+        )
         return {**doc["spec"], "results_var": "step.results"}
-    doc = yaml.safe_load((TEKTON / f"task-cache-{kind}.yaml").read_text())
+    doc = yaml.safe_load(
+        (TEKTON / "task" / f"cache-{kind}" / "0.1" / f"cache-{kind}.yaml").read_text()
+    )
     (step,) = doc["spec"]["steps"]
     return {
         **step,
