@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -183,3 +185,22 @@ def test_tokens_apply_to_every_chunk_endpoint(start_server: StartServer, tmp_pat
     assert call("POST", fetch, chunk_id(A))[0] == 401
     assert call("POST", fetch, chunk_id(A), "rb")[0] == 403
     assert call("POST", fetch, chunk_id(A), "wa")[0] == 200
+
+
+def test_pushed_chunks_no_manifest_names_yet_survive_gc(server: Server) -> None:
+    url = server.url
+    assert call("POST", f"{url}/-/chunks/upload?path=p", batch(A, B))[0] == 200
+    gc = subprocess.run(
+        [sys.executable, "-m", "cachesrv", "gc", "--data", str(server.data)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert gc.returncode == 0, gc.stderr
+    status, _, body = call("PUT", f"{url}/-/manifest?path=p", manifest_of((A,), (B,)).encode())
+    assert status == 201, body
+    assert curl("-f", f"{url}/p").stdout == A + B
+
+
+def test_a_chunk_claiming_more_than_the_largest_chunk_is_refused(server: Server) -> None:
+    huge = wire.RECORD.pack(chunk_id(A), 0, 1 << 30, 10) + bytes(10)
+    assert call("POST", f"{server.url}/-/chunks/upload?path=p", huge)[0] == 400

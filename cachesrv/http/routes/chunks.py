@@ -73,7 +73,8 @@ async def chunk_endpoint(service: CacheService, request: Request, send: Any) -> 
         _, name = _target(request)
         request.require(Scope.WRITE, name)
         limit = wire.MAX_BATCH_BYTES + wire.MAX_IDS * wire.RECORD.size
-        reader = wire.BatchReader()
+        # no chunk is larger than the chunker's max: a bigger claim is refused undecoded
+        reader = wire.BatchReader(max_raw=service.repo.config.chunking.max_size)
         records = list(reader.feed(await request.small_body(limit)))
         reader.finish()
         new, raw = await service.store_chunks(records)
