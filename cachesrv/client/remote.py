@@ -11,10 +11,13 @@ import base64
 import http.client
 import json
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from cachesrv import wire
+
+BUSY_RETRIES = 5
 
 
 class RemoteError(Exception):
@@ -77,7 +80,20 @@ class Remote:
     def request(
         self, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers and body; a dropped kept-alive connection is retried once."""
+        """Status, headers and body. A ``503`` with ``Retry-After`` (too many uploads in
+        flight) is retried after it says, a few times; every endpoint is idempotent."""
+        for _ in range(BUSY_RETRIES):
+            status, headers, data = self._request_once(method, path, body)
+            wait = {k.lower(): v for k, v in headers.items()}.get("retry-after", "")
+            if status != 503 or not wait.isdigit():
+                break
+            time.sleep(min(int(wait), 10))
+        return status, headers, data
+
+    def _request_once(
+        self, method: str, path: str, body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A dropped kept-alive connection is retried once."""
         for attempt in (1, 2):
             conn = self._connection()
             try:
