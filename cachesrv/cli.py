@@ -96,11 +96,77 @@ def _parser() -> argparse.ArgumentParser:
         "--no-zstd-compare", action="store_true", help="skip compressing each file whole"
     )
     config.add_arguments(analyze, server=False, also=("compression_level", "max_size"))
+
+    push = commands.add_parser(
+        "push",
+        help="store a directory as a tar, sending only the chunks the server lacks",
+        description="Store what `tar -C DIR -cf - PATH...` would (default PATH: .) under "
+        "--path or --key, chunked here as the server chunks uploads; only chunks the server "
+        "lacks are sent. The result is an ordinary object: `curl URL/PATH | tar -x` restores "
+        "it. A summary line goes to stderr.",
+    )
+    _client_arguments(push)
+    push.add_argument("paths", nargs="*", metavar="PATH", help="below DIR (default: .)")
+    push.add_argument("--replace", action="store_true", help="replace an existing --key entry")
+    push.add_argument(
+        "--max-age", type=float, metavar="S", help="replace a --key entry older than S seconds"
+    )
+
+    pull = commands.add_parser(
+        "pull",
+        help="restore an object into a directory, fetching only the chunks it lacks",
+        description="Restore --path or --key (with --restore-key fallbacks) into DIR, fetching "
+        "only chunks its files do not already hold and rewriting only files that changed. "
+        "Prints the match (exact, partial) and the name found on stdout; exit 0 on a hit, "
+        "2 on a miss (nothing written), 1 on an error.",
+    )
+    _client_arguments(pull)
+    pull.add_argument(
+        "--restore-key", action="append", default=[], metavar="PREFIX", help="fallback prefix"
+    )
+    pull.add_argument("--delete", action="store_true", help="remove what DIR has and it lacks")
+    pull.add_argument(
+        "--delete-below",
+        action="append",
+        default=[],
+        metavar="SUBDIR",
+        help="remove what it lacks below SUBDIR of DIR only (repeatable)",
+    )
+    pull.add_argument(
+        "--state",
+        metavar="DIR",
+        help="where the index of restored files is kept (default $XDG_CACHE_HOME/cachesrv/pull)",
+    )
     return parser
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("CACHESRV_SERVER"),
+        required="CACHESRV_SERVER" not in os.environ,
+        help="the server's URL (env CACHESRV_SERVER)",
+    )
+    name = parser.add_mutually_exclusive_group(required=True)
+    name.add_argument("--path", help="an object path, as in curl URL/PATH")
+    name.add_argument("--key", help="a keyed cache entry, as in /-/cache/KEY")
+    parser.add_argument("-C", dest="directory", required=True, metavar="DIR", help="the tree")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CACHESRV_TOKEN"),
+        help="a token (env CACHESRV_TOKEN), sent as Authorization: Bearer",
+    )
+    parser.add_argument(
+        "--user", default=os.environ.get("CACHESRV_USER"), help="USER:PASS for Basic auth"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("push", "pull"):
+        return _client(args)
     cfg = config.load(args)
     configure_logging(cfg.log_level, cfg.log_format, sys.stderr)
     if args.command == "serve":
@@ -215,3 +281,48 @@ def _analyze(cfg: config.Config, args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot: {args.plot}")
     return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cachesrv.client.progress import Progress
+    from cachesrv.client.remote import Remote, RemoteError, Target
+
+    verb = args.command
+    target = Target("path", args.path) if args.path is not None else Target("key", args.key)
+    directory = Path(args.directory)
+    try:
+        remote = Remote(args.server, args.token, args.user)
+        progress = Progress(verb)
+        if verb == "push":
+            from cachesrv.client.push import push
+
+            if not push(
+                remote, target, directory, args.paths, args.replace, args.max_age, progress
+            ):
+                print(f"cachesrv push: {target.name!r} exists and is kept", file=sys.stderr)
+            return 0
+        from cachesrv.client.pull import pull, summary
+
+        result = pull(
+            remote,
+            target,
+            directory,
+            args.restore_key,
+            Path(args.state) if args.state else None,
+            ["."] if args.delete else args.delete_below,
+            progress,
+        )
+        if result is None:
+            print("miss")
+            return 2
+        print(f"{result.match} {result.name}")
+        summary(result, progress)
+        return 0
+    except RemoteError as exc:
+        print(f"cachesrv {verb}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a failed run is exit 1 with one line, whatever failed
+        print(f"cachesrv {verb}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

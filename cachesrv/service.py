@@ -19,14 +19,14 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from cachesrv import status
+from cachesrv import pushed, status, wire
 from cachesrv.catalog import Ref, StoredManifest, entry_is_kept
 from cachesrv.http import accesslog
 from cachesrv.ingest import Upload
 from cachesrv.ingest.targz import extract_targz
 from cachesrv.repository import Repository
 from cachesrv.restore.job import Job
-from cachesrv.store import ChunkError
+from cachesrv.store import ChunkError, Frame, check_frame
 
 log = logging.getLogger("cachesrv")
 
@@ -52,6 +52,8 @@ class CacheService:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
+        # chunk ids of manifests recently fetched from (pull sends many batches of one)
+        self._chunk_sets: dict[bytes, frozenset[bytes]] = {}
 
     # -- uploads ---------------------------------------------------------------
 
@@ -122,18 +124,99 @@ class CacheService:
     ) -> StoredManifest:
         """A keyed entry from ``body``. An existing, fresh one is kept: refused before
         the body is read (:class:`EntryKept`), or when the save commits (EntryExists)."""
+        await self.check_entry_kept(key, replace, max_age)
+        stored = await self.ingest(body)
+        await self.publish_entry(key, stored, replace, max_age)
+        return stored
+
+    async def check_entry_kept(self, key: str, replace: bool, max_age: float | None) -> None:
+        """:class:`EntryKept` if a save to ``key`` would be refused (the keyed-save rule)."""
         catalog = self.repo.catalog
         existing = await trio.to_thread.run_sync(lambda: catalog.find_entry(key, exact=True))
         mtime = existing.mtime if existing is not None else None
         if entry_is_kept(mtime, time.time(), replace, max_age):
             raise EntryKept(key)
-        stored = await self.ingest(body)
+
+    async def publish_entry(
+        self, key: str, stored: StoredManifest, replace: bool, max_age: float | None
+    ) -> None:
         accesslog.note_name(key)
+        catalog = self.repo.catalog
         await trio.to_thread.run_sync(
             lambda: catalog.save_entry(key, stored, replace=replace, max_age=max_age)
         )
         self._warm(stored)
+
+    # -- pushes (a client chunked the object; cachesrv.pushed) ----------------
+
+    async def missing_chunks(self, ids: list[bytes]) -> set[bytes]:
+        """The ids not stored; every one asked about is pinned, as an upload's lookups."""
+
+        def lookup() -> set[bytes]:
+            writer = self.repo.store.writer()
+            try:
+                return writer.missing(ids)
+            finally:
+                writer.abort()
+
+        return await trio.to_thread.run_sync(lookup)
+
+    async def store_chunks(self, records: list[tuple[bytes, Frame]]) -> tuple[int, int]:
+        """Pushed chunks, each checked against its id, stored durably (all or nothing)."""
+        new, raw = await trio.to_thread.run_sync(pushed.store_batch, self.repo.store, records)
+        self.repo.counters.upload_new_bytes += raw
+        return new, raw
+
+    async def seal_pushed(self, blob: bytes) -> StoredManifest:
+        """A pushed manifest as a version ready to publish (see :mod:`cachesrv.pushed`)."""
+        max_size = self.repo.config.max_upload_size
+
+        def seal() -> StoredManifest:
+            return pushed.seal_pushed(self.repo.store, pushed.decode_pushed(blob, max_size))
+
+        stored = await trio.to_thread.run_sync(seal)
+        self.repo.counters.uploads += 1
+        self.repo.counters.upload_bytes += stored.size
         return stored
+
+    async def manifest_body(self, ref: Ref) -> bytes:
+        """The stored manifest of ``ref``, as stored (:class:`NotFound` if it is gone)."""
+        body = await trio.to_thread.run_sync(self.repo.catalog.manifest_body, ref.manifest_id)
+        if body is None:
+            raise NotFound(f"{ref.name!r} changed while it was looked up")
+        return body
+
+    async def chunk_set(self, manifest_id: bytes) -> frozenset[bytes]:
+        """The chunk ids a stored manifest references."""
+        found = self._chunk_sets.get(manifest_id)
+        if found is None:
+            manifest = await trio.to_thread.run_sync(self.repo.catalog.manifest, manifest_id)
+            found = frozenset(manifest.chunk_ids())
+            if len(self._chunk_sets) >= 8:
+                self._chunk_sets.pop(next(iter(self._chunk_sets)))
+            self._chunk_sets[manifest_id] = found
+        return found
+
+    def read_chunks(
+        self, manifest_id: bytes, ids: list[bytes], batch: int = 64
+    ) -> AsyncIterator[bytes]:
+        """A chunk batch (:mod:`cachesrv.wire`) of the stored frames of ``ids``, each
+        checked by its frame digest (or decoded) first, with the manifest that references
+        them pinned meanwhile."""
+        store = self.repo.store
+
+        def read(group: list[bytes]) -> bytes:
+            frames = store.read_frames(group)
+            for cid, frame in zip(group, frames, strict=True):
+                check_frame(cid, frame)
+            return b"".join(wire.encode_record(c, f) for c, f in zip(group, frames, strict=True))
+
+        async def records() -> AsyncIterator[bytes]:
+            for start in range(0, len(ids), batch):
+                yield await trio.to_thread.run_sync(read, ids[start : start + batch])
+
+        self.repo.counters.downloads += 1
+        return self.repo.pins.hold(manifest_id, records())
 
     # -- reads -----------------------------------------------------------------
 

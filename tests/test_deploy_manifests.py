@@ -295,7 +295,9 @@ def tekton_vars(node: Any) -> list[str]:
 
 
 def tekton_docs() -> dict[str, dict[str, Any]]:
-    return {p.name: d for p in sorted(TEKTON.glob("*.yaml")) for d in docs(p)}
+    return {
+        p.relative_to(TEKTON).as_posix(): d for p in sorted(TEKTON.rglob("*.yaml")) for d in docs(p)
+    }
 
 
 def step_actions() -> dict[str, dict[str, Any]]:
@@ -344,7 +346,7 @@ def check_step_container(step: dict[str, Any], params: set[str], results_var: st
 
 @pytest.mark.parametrize("name", ["cache-fetch", "cache-upload"])
 def test_step_action_is_well_formed(name: str) -> None:
-    doc = tekton_docs()[f"{name}.yaml"]
+    doc = tekton_docs()[f"stepaction/{name}/0.1/{name}.yaml"]
     assert doc["apiVersion"] == "tekton.dev/v1beta1"
     assert doc["kind"] == "StepAction"
     assert doc["metadata"]["name"] == name
@@ -372,8 +374,8 @@ def test_step_action_results_and_params() -> None:
 @pytest.mark.parametrize("name", ["cache-fetch", "cache-upload"])
 def test_task_is_the_step_action_inlined(name: str) -> None:
     """For clusters without StepActions: the same step, results under $(results.)."""
-    action = tekton_docs()[f"{name}.yaml"]["spec"]
-    task = tekton_docs()[f"task-{name}.yaml"]
+    action = tekton_docs()[f"stepaction/{name}/0.1/{name}.yaml"]["spec"]
+    task = tekton_docs()[f"task/{name}/0.1/{name}.yaml"]
     assert task["apiVersion"] == "tekton.dev/v1"
     assert task["kind"] == "Task"
     assert task["metadata"]["name"] == name
@@ -495,3 +497,20 @@ def test_step_action_secret_matches_the_deployment_secret() -> None:
         token = secrets["SECRET_TOKEN"]
         assert token == {"name": "$(params.token-secret)", "key": "token", "optional": True}
         assert defaults["token"] == ""
+
+
+@pytest.mark.parametrize("kind", ["stepaction", "task"])
+@pytest.mark.parametrize("name", ["cache-fetch", "cache-upload"])
+def test_tekton_resources_are_laid_out_as_the_catalog_expects(kind: str, name: str) -> None:
+    """<kind>/<name>/<version>/<name>.yaml with a README beside it, the version label
+    and the catalog's annotations."""
+    (version_dir,) = (TEKTON / kind / name).iterdir()
+    assert (version_dir / "README.md").is_file()
+    (doc,) = docs(version_dir / f"{name}.yaml")
+    metadata = doc["metadata"]
+    assert metadata["name"] == name
+    assert metadata["labels"]["app.kubernetes.io/version"] == version_dir.name
+    annotations = metadata["annotations"]
+    for annotation in ("pipelines.minVersion", "categories", "tags", "displayName", "platforms"):
+        assert annotations[f"tekton.dev/{annotation}"], annotation
+    assert "mode" in {p["name"] for p in doc["spec"]["params"]}

@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -43,9 +44,13 @@ class StepRun:
 def step_spec(kind: str, source: str) -> dict[str, Any]:
     """The container part of a step: the StepAction spec, or the Task's one step."""
     if source == "stepaction":
-        doc = yaml.safe_load((TEKTON / f"cache-{kind}.yaml").read_text())
+        doc = yaml.safe_load(
+            (TEKTON / "stepaction" / f"cache-{kind}" / "0.1" / f"cache-{kind}.yaml").read_text()
+        )
         return {**doc["spec"], "results_var": "step.results"}
-    doc = yaml.safe_load((TEKTON / f"task-cache-{kind}.yaml").read_text())
+    doc = yaml.safe_load(
+        (TEKTON / "task" / f"cache-{kind}" / "0.1" / f"cache-{kind}.yaml").read_text()
+    )
     (step,) = doc["spec"]["steps"]
     return {
         **step,
@@ -70,6 +75,8 @@ def run_step(
     source: str = "stepaction",
     secret: str | None = None,
     token_secret: str | None = None,
+    path_prefix: str | None = None,
+    search_path: str | None = None,
 ) -> StepRun:
     """Run the cache-fetch or cache-upload script as Tekton would, with dash."""
     spec = step_spec(kind, source)
@@ -81,7 +88,10 @@ def run_step(
     run_dir = Path(workdir.parent / f".run-{kind}-{time.monotonic_ns()}")
     results_dir = run_dir / "results"
     results_dir.mkdir(parents=True)
-    env = {"PATH": os.environ["PATH"], "HOME": str(run_dir), "TMPDIR": str(run_dir)}
+    search = search_path or os.environ["PATH"]
+    if path_prefix is not None:
+        search = f"{path_prefix}:{search}"
+    env = {"PATH": search, "HOME": str(run_dir), "TMPDIR": str(run_dir)}
     for item in spec["env"]:
         if "value" in item:
             env[item["name"]] = substitute(item["value"], values)
@@ -506,3 +516,65 @@ def test_a_token_from_param_or_secret(
         secret="wrong:one",
     )
     assert got.results["fetched"] == "true", got.output
+
+
+# -- client mode: cachesrv push / pull when the image has them --------------------------
+
+CLIENT_BIN = str(Path(sys.executable).parent)  # where this environment's cachesrv is
+
+
+@pytest.mark.parametrize("source", ["stepaction", "task"])
+def test_client_mode_saves_and_restores_the_same_tree_as_curl_mode(
+    start_server: StartServer, tmp_path: Path, source: str
+) -> None:
+    assert shutil.which("cachesrv", path=CLIENT_BIN), "the cachesrv command is not installed"
+    server = start_server()
+    first = make_workspace(tmp_path / "first")
+    fill_cache(first)
+    saved = run_step(
+        "upload", first, upload_params(server.url, first), source=source, path_prefix=CLIENT_BIN
+    )
+    assert saved.rc == 0 and saved.results["uploaded"] == "true", saved.output
+    assert "with cachesrv push" in saved.output  # auto: the client, since it is there
+    key = saved.results["key"]
+    # an ordinary entry: the curl mode restores it
+    plain = make_workspace(tmp_path / "plain")
+    got = run_step("fetch", plain, go_params(server.url, plain, mode="curl"), source=source)
+    assert got.results["fetched"] == "true", got.output
+    assert tree(plain / "cache") == tree(first / "cache")
+
+    second = make_workspace(tmp_path / "second")
+    (second / "cache" / "go-build").mkdir(parents=True)
+    (second / "cache" / "go-build" / "stale").write_text("old\n")
+    (second / "src" / "kept.go").write_text("package x\n")  # not a cached path
+    params = go_params(server.url, second, mode="client")
+    hit = run_step("fetch", second, params, source=source, path_prefix=CLIENT_BIN)
+    assert hit.rc == 0, hit.output
+    assert hit.results == {"fetched": "true", "matched-key": key, "key": key}
+    assert "with cachesrv pull" in hit.output and "exact match" in hit.output
+    assert tree(second / "cache") == tree(first / "cache")
+    assert (second / "src" / "kept.go").exists()
+
+    again = run_step(
+        "upload", second, upload_params(server.url, second), source=source, path_prefix=CLIENT_BIN
+    )
+    assert again.rc == 0 and again.results["uploaded"] == "false", again.output
+    assert "already saved" in again.output
+
+
+def test_client_mode_without_the_client_fails_as_configured(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server()
+    work = make_workspace(tmp_path / "w")
+    fill_cache(work)
+    dirs = os.environ["PATH"].split(os.pathsep)
+    bare = os.pathsep.join(d for d in dirs if not shutil.which("cachesrv", path=d))
+    up = run_step("upload", work, upload_params(server.url, work, mode="client"), search_path=bare)
+    assert up.rc == 0 and up.results["uploaded"] == "false"
+    assert "no cachesrv command" in up.output
+    strict = upload_params(server.url, work, mode="client", **{"fail-on-error": "true"})
+    assert run_step("upload", work, strict, search_path=bare).rc == 1
+    fetch = go_params(server.url, work, mode="client")
+    down = run_step("fetch", work, fetch, search_path=bare)
+    assert down.rc == 0 and down.results["fetched"] == "false"

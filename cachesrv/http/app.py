@@ -9,6 +9,7 @@ Routes (LEGACY-API.md is the contract for the first five), by module of
     PUT    /<path>            objects: raw body (the modern upload)
     GET|HEAD|PUT|DELETE /-/cache/<key>   caches: keyed caches with restore-keys
     GET    /-/stats, /-/metrics, /-/healthz, /-/   own
+    /-/chunks/..., /-/manifest                      chunks: cachesrv push / pull
 
 What a request does to the store is :class:`cachesrv.service.CacheService`'s to decide;
 every error becomes a response here (:func:`cachesrv.http.errors.as_http_error`).
@@ -26,7 +27,7 @@ from cachesrv.http.limits import RequestLimits
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
 from cachesrv.http.responses import send_json
-from cachesrv.http.routes import caches, objects, own
+from cachesrv.http.routes import caches, chunks, objects, own
 from cachesrv.repository import Repository
 from cachesrv.service import CacheService
 
@@ -100,11 +101,13 @@ class App:
         need = self._needs(method, path)
         if need is not None:
             request.require(need)  # names are checked by the routes, once they are known
-        if method in ("PUT", "POST"):
+        if method in ("PUT", "POST") and path != chunks.FETCH:
             # refused before a byte of the body is read; the previous version stays
             await service.check_room(request.content_length)
         if path.startswith(caches.PREFIX):
             await caches.cache_entry(service, request, send, path[len(caches.PREFIX) :])
+        elif path.startswith(chunks.PREFIXES):
+            await chunks.chunk_endpoint(service, request, send)
         elif path.startswith("/-/") or path == "/-":
             await own.own_endpoint(service, self.metrics, request, send)
         elif path == "/upload" and method == "POST":
@@ -127,6 +130,8 @@ class App:
         """The scope a request needs before its names are known (None: open)."""
         if path == "/-/healthz":
             return None
+        if path == chunks.FETCH:  # a read, whose ids travel in a POST body
+            return Scope.READ
         if method == "DELETE" and path in ("/upload", "/delete"):
             return Scope.ADMIN
         return Scope.WRITE if method in WRITE_METHODS else Scope.READ

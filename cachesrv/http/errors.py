@@ -12,7 +12,9 @@ import errno
 from cachesrv.catalog import Conflict, EntryExists
 from cachesrv.ingest.targz import BadArchive
 from cachesrv.names import InvalidName
+from cachesrv.pushed import BadPush, ChunksMissing
 from cachesrv.service import EntryKept, NotFound, StoreFull
+from cachesrv.wire import WireError
 
 
 class HttpError(Exception):
@@ -52,6 +54,10 @@ def as_http_error(exc: Exception) -> HttpError | None:
         return HttpError(409, f"cache entry {exc.args[0]!r} exists")
     if isinstance(exc, BadArchive):
         return HttpError(400, str(exc))
+    if isinstance(exc, BadPush | WireError):
+        return HttpError(400, str(exc))
+    if isinstance(exc, ChunksMissing):
+        return HttpError(409, f"{exc}: send them first")
     if isinstance(exc, StoreFull):
         return HttpError(507, "Insufficient Storage: the store is at its hard limit")
     return _fault(exc)
