@@ -28,7 +28,7 @@ class ManifestError(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # an object has one per tar member or more
 class Piece:
     size: int
     chunk_id: bytes | None = None  # content chunk, or
