@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+import zstandard
 
+from cachesrv.store import Frame, chunk_id, encode_chunk
+from cachesrv.store.s3 import S3ChunkStore, open_object_store
 from cachesrv.store.s3.client import (
     ConditionalWritesUnsupported,
     ObjectStore,
@@ -58,3 +62,55 @@ def test_a_store_that_ignores_conditional_writes_is_refused_with_the_reason(
     store = ObjectStore(real.url, 10, _IgnoresConditions(real.client))
     with pytest.raises(ConditionalWritesUnsupported, match="If-None-Match"):
         store.check_conditional_writes()
+
+
+def _chunks(count: int, size: int = 175) -> list[tuple[bytes, bytes, Frame]]:
+    compressor = zstandard.ZstdCompressor(level=1)
+    result = []
+    for _ in range(count):
+        data = os.urandom(size // 2) * 2
+        result.append((chunk_id(data), data, encode_chunk(compressor, data)))
+    return result
+
+
+def test_replicas_share_chunks_packed_many_per_object(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("chunks/")
+    first, second = S3ChunkStore(objects), S3ChunkStore(objects)
+    chunks = _chunks(300)
+    writer = first.writer()
+    assert writer.missing(c[0] for c in chunks) == {c[0] for c in chunks}
+    for cid, _, frame in chunks:
+        writer.put(cid, frame)
+    writer.commit()
+    # the other replica knows them from the index objects, without a request per chunk
+    assert second.writer().missing(c[0] for c in chunks) == set()
+    assert second.contains(c[0] for c in chunks) == {c[0] for c in chunks}
+    frames = second.read_frames([c[0] for c in chunks[::-1]])
+    assert [f.data for f in frames] == [c[2].data for c in chunks[::-1]]
+    assert all(second.read(cid) == data for cid, data, _ in chunks[:5])
+    packs = [k for k, _, _ in objects.listing("packs/")]
+    assert len(packs) == 1  # never one object per chunk
+
+
+def test_a_writer_that_dies_before_commit_leaves_nothing_visible(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("chunks/")
+    store = S3ChunkStore(objects)
+    chunks = _chunks(3, size=4 << 20)  # past the pack target: packs upload before commit
+    writer = store.writer()
+    for cid, _, frame in chunks:
+        writer.put(cid, frame)
+    assert [k for k, _, _ in objects.listing("packs/")]  # uploaded, not indexed
+    del writer  # the process is gone: no commit, no abort
+    assert S3ChunkStore(objects).contains(c[0] for c in chunks) == set()
+    assert S3ChunkStore(objects).stats().chunks == 0
+
+
+def test_the_gc_lease_is_held_by_one_replica_at_a_time(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("chunks/")
+    first, second = S3ChunkStore(objects), S3ChunkStore(objects)
+    lease = first.lease("gc")
+    assert lease is not None and second.lease("gc") is None
+    lease.release()
+    taken = second.lease("gc")
+    assert taken is not None and first.lease("gc") is None
+    taken.release()

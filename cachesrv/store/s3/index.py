@@ -1,0 +1,185 @@
+"""Index objects of the S3 chunk store: where each chunk lives, as a log every replica
+reads and refreshes, so that ``missing()`` and ``contains()`` need no request per chunk.
+
+Each commit (and each lifecycle step) writes one immutable object
+``index/<time>-<random>.idx`` holding records::
+
+    ADD   id, pack, offset, length, raw size, codec, frame digest   a chunk is stored there
+    DEL   id, pack, offset                                          that copy is forgotten
+    QUAR  id, pack, offset                                          that copy is corrupt
+    GONE  pack                                                      the pack object is deleted
+
+A DEL or QUAR names the copy it forgets, so it is a no-op against another copy of the
+same chunk (a re-upload) and an ADD of a forgotten copy that arrives late (another
+replica's older index object, listed after the DEL) stays forgotten. A replica lists
+``index/`` and reads the objects it has not seen yet; replaying in any order gives the
+same chunks, up to which of two live copies of a chunk it reads.
+
+Body: magic ``CSX1`` | pack count (u32) | per pack: name length (u16), name, size (u64) |
+records (:data:`RECORD`). Pack numbers in records index the object's own pack table.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cachesrv.store import Codec
+
+MAGIC = b"CSX1"
+RECORD = struct.Struct("<B32sIQIIB16s")  # op | id | pack | offset | length | raw | codec | digest
+NO_DIGEST = 0x80  # op flag: the frame carries no digest
+_COUNT = struct.Struct("<I")
+_NAME = struct.Struct("<H")
+_SIZE = struct.Struct("<Q")
+
+
+class Op(enum.IntEnum):
+    ADD = 1
+    DEL = 2
+    QUAR = 3
+    GONE = 4
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int  # of the stored bytes (after the record header)
+    length: int
+    raw_size: int
+    codec: Codec
+    digest: bytes | None
+
+
+@dataclass
+class IndexBatch:
+    """One index object being built."""
+
+    packs: dict[str, int] = field(default_factory=dict)  # name -> size (0: not known here)
+    records: list[tuple[Op, bytes, Location | None, str]] = field(default_factory=list)
+
+    def add(self, chunk_id: bytes, where: Location, pack_size: int = 0) -> None:
+        self.packs[where.pack] = max(self.packs.get(where.pack, 0), pack_size)
+        self.records.append((Op.ADD, chunk_id, where, where.pack))
+
+    def forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
+        self.packs.setdefault(where.pack, 0)
+        self.records.append((op, chunk_id, where, where.pack))
+
+    def gone(self, pack: str) -> None:
+        self.packs.setdefault(pack, 0)
+        self.records.append((Op.GONE, b"\0" * 32, None, pack))
+
+    def encode(self) -> bytes:
+        numbers = {name: i for i, name in enumerate(self.packs)}
+        parts = [MAGIC, _COUNT.pack(len(self.packs))]
+        for name, size in self.packs.items():
+            raw = name.encode()
+            parts += [_NAME.pack(len(raw)), raw, _SIZE.pack(size)]
+        for op, chunk_id, where, pack in self.records:
+            if where is None:
+                parts.append(RECORD.pack(op, chunk_id, numbers[pack], 0, 0, 0, 0, b"\0" * 16))
+                continue
+            flag = NO_DIGEST if where.digest is None else 0
+            parts.append(
+                RECORD.pack(
+                    op | flag,
+                    chunk_id,
+                    numbers[pack],
+                    where.offset,
+                    where.length,
+                    where.raw_size,
+                    where.codec,
+                    where.digest or b"\0" * 16,
+                )
+            )
+        return b"".join(parts)
+
+
+def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Location]]]:
+    """The pack table and the records of an index object (ValueError if malformed)."""
+    if body[:4] != MAGIC:
+        raise ValueError("not an index object")
+    (count,) = _COUNT.unpack_from(body, 4)
+    position = 4 + _COUNT.size
+    packs: list[tuple[str, int]] = []
+    for _ in range(count):
+        (length,) = _NAME.unpack_from(body, position)
+        position += _NAME.size
+        name = body[position : position + length].decode()
+        position += length
+        (size,) = _SIZE.unpack_from(body, position)
+        position += _SIZE.size
+        packs.append((name, size))
+    if (len(body) - position) % RECORD.size:
+        raise ValueError("index object ends inside a record")
+
+    def records() -> Iterator[tuple[Op, bytes, Location]]:
+        for fields in RECORD.iter_unpack(memoryview(body)[position:]):
+            op, chunk_id, pack, offset, length, raw, codec, digest = fields
+            yield (
+                Op(op & ~NO_DIGEST),
+                bytes(chunk_id),
+                Location(
+                    packs[pack][0],
+                    offset,
+                    length,
+                    raw,
+                    Codec(codec),
+                    None if op & NO_DIGEST else bytes(digest),
+                ),
+            )
+
+    return dict(packs), records()
+
+
+class ChunkIndex:
+    """A replica's view of the index log: chunk id -> location, pack sizes, quarantine.
+    Thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.chunks: dict[bytes, Location] = {}
+        self.packs: dict[str, int] = {}  # pack object -> size (the hard limit's measure)
+        self.quarantine: dict[bytes, Location] = {}
+        self.seen: set[str] = set()  # index objects applied
+        self._forgotten: set[tuple[str, int]] = set()  # (pack, offset) of forgotten copies
+        self._gone: set[str] = set()
+
+    def apply(self, packs: dict[str, int], records: Iterable[tuple[Op, bytes, Location]]) -> None:
+        with self.lock:
+            for name, size in packs.items():
+                if name not in self._gone and size:
+                    self.packs[name] = max(self.packs.get(name, 0), size)
+            for op, chunk_id, where in records:
+                place = (where.pack, where.offset)
+                if op is Op.ADD:
+                    if place in self._forgotten or where.pack in self._gone:
+                        continue
+                    self.chunks[chunk_id] = where
+                    self.quarantine.pop(chunk_id, None)
+                elif op is Op.GONE:
+                    self._gone.add(where.pack)
+                    self.packs.pop(where.pack, None)
+                    self._forgotten = {p for p in self._forgotten if p[0] != where.pack}
+                else:
+                    self._forgotten.add(place)
+                    current = self.chunks.get(chunk_id)
+                    if current is not None and (current.pack, current.offset) == place:
+                        del self.chunks[chunk_id]
+                        if op is Op.QUAR:
+                            self.quarantine[chunk_id] = current
+
+    def usage(self) -> int:
+        with self.lock:
+            return sum(self.packs.values())
+
+    def live_by_pack(self) -> dict[str, list[tuple[bytes, Location]]]:
+        with self.lock:
+            result: dict[str, list[tuple[bytes, Location]]] = {name: [] for name in self.packs}
+            for chunk_id, where in self.chunks.items():
+                result.setdefault(where.pack, []).append((chunk_id, where))
+        return result
