@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import pytest
 import zstandard
 
+from cachesrv.catalog import Conflict, EntryExists, StoredManifest
+from cachesrv.catalog.s3 import S3Catalog
+from cachesrv.manifest import Manifest, Piece
 from cachesrv.store import Frame, chunk_id, encode_chunk
 from cachesrv.store.s3 import S3ChunkStore, open_object_store
 from cachesrv.store.s3.client import (
@@ -114,3 +118,62 @@ def test_the_gc_lease_is_held_by_one_replica_at_a_time(s3_url: str) -> None:
     taken = second.lease("gc")
     assert taken is not None and first.lease("gc") is None
     taken.release()
+
+
+def _version() -> StoredManifest:
+    content = os.urandom(16)
+    return StoredManifest.of(Manifest(16, os.urandom(32), (Piece(16, inline=content),)))
+
+
+def test_a_keyed_save_raced_from_two_replicas_has_one_winner(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("catalog/")
+    replicas = [S3Catalog(objects) for _ in range(2)]
+    versions = [_version() for _ in range(8)]
+    barrier = threading.Barrier(len(versions))
+    outcomes: list[str] = []
+
+    def save(n: int) -> None:
+        barrier.wait()
+        try:
+            replicas[n % 2].save_entry("go-linux", versions[n])
+            outcomes.append("saved")
+        except EntryExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(len(versions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["exists"] * 7 + ["saved"]
+    found = [r.find_entry("go-linux") for r in replicas]
+    assert found[0] is not None and found[0] == found[1]
+    for r in replicas:
+        r.close()
+
+
+def test_a_file_and_a_directory_raced_from_two_replicas_never_both_exist(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("catalog/")
+    replicas = [S3Catalog(objects) for _ in range(2)]
+    for round_ in range(5):
+        barrier = threading.Barrier(2)
+        won: list[str] = []
+
+        def publish(n: int, path: str) -> None:
+            barrier.wait()
+            try:
+                replicas[n].publish([(path, _version())])
+                won.append(path)
+            except Conflict:
+                pass
+
+        paths = [f"r{round_}", f"r{round_}/below"]
+        threads = [threading.Thread(target=publish, args=(n, p)) for n, p in enumerate(paths)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1
+        assert {p for p in paths if replicas[0].get(p) is not None} == set(won)
+    for r in replicas:
+        r.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,22 @@ class ObjectStore:
                 return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
+    def etags(self, prefix: str = "") -> Iterator[tuple[str, str]]:
+        """(key relative to this store's prefix, ETag) in key order."""
+        kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix}
+        strip = len(self.prefix)
+        while True:
+            page = self._call("list_objects_v2", **kwargs)
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:], str(item["ETag"])
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def exists_below(self, prefix: str) -> bool:
+        page = self._call("list_objects_v2", Prefix=self.prefix + prefix, MaxKeys=1)
+        return bool(page.get("Contents"))
+
     # -- writes ------------------------------------------------------------------
 
     def put(
@@ -212,11 +229,13 @@ def make_client(timeout: float) -> Any:
 
 
 _shared: dict[tuple[str, float], ObjectStore] = {}
+_shared_lock = threading.Lock()
 
 
 def open_object_store(url: str, timeout: float) -> ObjectStore:
     """The process's object store for ``url`` (one client per process and URL)."""
     key = (url, timeout)
-    if key not in _shared:
-        _shared[key] = ObjectStore(StoreUrl.parse(url), timeout)
-    return _shared[key]
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = ObjectStore(StoreUrl.parse(url), timeout)
+        return _shared[key]
