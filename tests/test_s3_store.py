@@ -152,27 +152,32 @@ def test_a_keyed_save_raced_from_two_replicas_has_one_winner(s3_url: str) -> Non
         r.close()
 
 
+def _race_file_and_directory(replicas: list[S3Catalog], paths: list[str]) -> list[str]:
+    barrier = threading.Barrier(2)
+    won: list[str] = []
+
+    def publish(n: int, path: str) -> None:
+        barrier.wait()
+        try:
+            replicas[n].publish([(path, _version())])
+            won.append(path)
+        except Conflict:
+            pass
+
+    threads = [threading.Thread(target=publish, args=(n, p)) for n, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
 def test_a_file_and_a_directory_raced_from_two_replicas_never_both_exist(s3_url: str) -> None:
     objects = open_object_store(s3_url, timeout=10).child("catalog/")
     replicas = [S3Catalog(objects) for _ in range(2)]
     for round_ in range(5):
-        barrier = threading.Barrier(2)
-        won: list[str] = []
-
-        def publish(n: int, path: str) -> None:
-            barrier.wait()
-            try:
-                replicas[n].publish([(path, _version())])
-                won.append(path)
-            except Conflict:
-                pass
-
         paths = [f"r{round_}", f"r{round_}/below"]
-        threads = [threading.Thread(target=publish, args=(n, p)) for n, p in enumerate(paths)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        won = _race_file_and_directory(replicas, paths)
         assert len(won) == 1
         assert {p for p in paths if replicas[0].get(p) is not None} == set(won)
     for r in replicas:
