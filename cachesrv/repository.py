@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 from cachesrv.activity import Activity
-from cachesrv.catalog import Catalog, CatalogBackend
+from cachesrv.backends import check_store, open_catalog, open_chunk_store, store_args
+from cachesrv.catalog import CatalogBackend
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
 from cachesrv.ingest.workers import IngestPool, WorkerSettings
@@ -20,7 +21,6 @@ from cachesrv.restore.hot import HotCache
 from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
 from cachesrv.store import ChunkStore
-from cachesrv.store.local import LocalChunkStore
 
 
 @dataclass
@@ -89,11 +89,18 @@ class Repository:
     @classmethod
     def open(cls, config: Config) -> Repository:
         config.data.mkdir(parents=True, exist_ok=True)
+        check_store(config.store, config.store_timeout)
         # settings reach the store once, here (and the worker processes, at their start)
-        store = LocalChunkStore(
-            config.data, hard_limit=config.effective_hard_limit, pin_ttl=config.upload_pin_ttl
+        store = open_chunk_store(
+            config.data,
+            config.store,
+            config.store_timeout,
+            hard_limit=config.effective_hard_limit,
+            pin_ttl=config.upload_pin_ttl,
         )
-        catalog = Catalog(config.data, busy_timeout=config.catalog_busy_timeout)
+        catalog = open_catalog(
+            config.data, config.store, config.store_timeout, config.catalog_busy_timeout
+        )
         hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
         restores = RestorePool(
             config.data,
@@ -101,6 +108,7 @@ class Repository:
             config.restore_workers,
             Source(store, catalog, hot),
             config.log_level,
+            store_args(config.store, config.store_timeout),
         )
         ingest = IngestPool(
             WorkerSettings(
@@ -109,6 +117,8 @@ class Repository:
                 config.compression_level,
                 hard_limit=config.effective_hard_limit,
                 pin_ttl=config.upload_pin_ttl,
+                store=config.store,
+                store_timeout=config.store_timeout,
             ),
             config.ingest_workers,
         )
