@@ -5,6 +5,8 @@ This is what the HTTP layer and the CLI hold; it knows nothing of HTTP.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -17,10 +19,13 @@ from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
 from cachesrv.lifecycle.gc import Collector, GcReport, Limits, NameUsage
+from cachesrv.manifest import Manifest
 from cachesrv.restore.hot import HotCache
 from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
 from cachesrv.store import ChunkStore
+
+ANNOUNCE_FOR = 120.0  # seconds another replica's GC trusts an announcement of downloads
 
 
 @dataclass
@@ -85,6 +90,9 @@ class Repository:
     usage: UsageSnapshot | None = None
     activity: Activity = field(default_factory=Activity)  # recent uploads and restores
     started: float = field(default_factory=time.time)
+    # this process's name among the replicas, and what it last announced it is serving
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    _announced: tuple[set[bytes], float] | None = None
 
     @classmethod
     def open(cls, config: Config) -> Repository:
@@ -146,12 +154,32 @@ class Repository:
         return Limits(max_size=cfg.max_size, ttl=cfg.ttl, grace=cfg.gc_grace)
 
     def collector(self) -> Collector:
-        return Collector(
-            self.store,
-            self.catalog,
-            self.limits(),
-            lambda: self.pins.manifests(self.catalog.manifest),
-        )
+        return Collector(self.store, self.catalog, self.limits(), self._serving)
+
+    def _serving(self) -> list[Manifest]:
+        """Manifests downloads are reading: this process's, and those other replicas
+        announce (a manifest already dropped is no one's any more: skipped)."""
+        own = self.pins.manifests(self.catalog.manifest)
+        others = []
+        for manifest_id in self.catalog.announced(time.time()) - self.pins.held():
+            try:
+                others.append(self.catalog.manifest(manifest_id))
+            except KeyError:
+                continue
+        return own + others
+
+    def announce_serving(self) -> None:
+        """Tell the other replicas which manifests this one's downloads are reading
+        (again before the last word expires; at once when the set changes)."""
+        held = self.pins.held()
+        now = time.time()
+        last = self._announced
+        if last is not None and last[0] == held and now < last[1] - ANNOUNCE_FOR * 2 / 3:
+            return
+        if last is None and not held:
+            return
+        self.catalog.announce(self.replica, held, now + ANNOUNCE_FOR)
+        self._announced = (held, now + ANNOUNCE_FOR) if held else None
 
     def record_gc(self, report: GcReport, usage: list[NameUsage] | None) -> None:
         """A collection finished (the server's lifecycle task)."""

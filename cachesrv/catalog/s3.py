@@ -7,6 +7,7 @@ Layout under the catalog's prefix (``<prefix>/catalog/``)::
     entries/<quoted key>        a cache entry's ref, the same
     doomed/<id hex>/<since ms>  a manifest no name referred to, since then (GC's grace)
     locks/tree                  the tree lock: serialises publishes of legacy paths
+    serving/<replica>           manifests a replica is serving, until when (announce)
 
 Names are percent-quoted whole (``a/b`` -> ``a%2Fb``), so a path and the paths below it
 never clash as keys, and a key prefix still lists a subtree.
@@ -389,7 +390,8 @@ class S3Catalog:
         ]
 
     def drop_doomed(self, doomed_before: float) -> int:
-        referenced = self.live_manifest_ids()
+        # a manifest some replica is serving stays, doomed or not: its download goes on
+        referenced = self.live_manifest_ids() | self.announced(time.time())
         dropped: dict[bytes, bytes] = {}
         for manifest_id, (since, marker) in self._doomed().items():
             if since >= doomed_before:
@@ -405,6 +407,25 @@ class S3Catalog:
             for manifest_id in dropped.keys() & self.live_manifest_ids():
                 self.objects.put(f"manifests/{manifest_id.hex()}", dropped.pop(manifest_id))
         return len(dropped)
+
+    def announce(self, replica: str, manifest_ids: set[bytes], until: float) -> None:
+        key = f"serving/{quote(replica, safe='')}"
+        if not manifest_ids:
+            self.objects.delete(key)
+            return
+        body = {"until": until, "manifests": sorted(m.hex() for m in manifest_ids)}
+        self.objects.put(key, _encode(body))
+
+    def announced(self, at: float) -> set[bytes]:
+        result: set[bytes] = set()
+        for key, _, _ in self.objects.listing("serving/"):
+            try:
+                body = json.loads(self.objects.get(key)[0])
+            except (KeyError, ValueError):
+                continue
+            if float(body.get("until", 0)) >= at:
+                result.update(bytes.fromhex(m) for m in body.get("manifests", []))
+        return result
 
     def live_manifest_ids(self) -> set[bytes]:
         return {bytes.fromhex(f["m"]) for _, _, _, f in self._all()}

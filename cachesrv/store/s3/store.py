@@ -77,6 +77,8 @@ class S3ChunkStore:
         self._refresh_lock = threading.Lock()
         self._refreshed = 0.0  # monotonic start of the last completed refresh
         self._full_listing = 0.0
+        self._pin_cache: dict[str, list[bytes]] = {}  # pin object -> its ids
+        self._pins_lock = threading.Lock()
         self.refresh()
 
     # -- the index -----------------------------------------------------------------
@@ -267,27 +269,39 @@ class S3ChunkStore:
             if expires.isdigit():
                 yield key, int(expires) / 1000
 
+    def _pin_body(self, key: str) -> list[bytes]:
+        """The ids of a pin object (never rewritten: read once, then from memory)."""
+        with self._pins_lock:
+            cached = self._pin_cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            body, _ = self.objects.get(key)
+        except KeyError:
+            return []
+        ids = [body[i : i + 32] for i in range(0, len(body) - 31, 32)]
+        with self._pins_lock:
+            self._pin_cache[key] = ids
+        return ids
+
     def pinned_ids(self, at: float) -> set[bytes]:
         pinned: set[bytes] = set()
-        for key, expires in self._pins():
-            if expires < at:
-                continue
-            try:
-                body, _ = self.objects.get(key)
-            except KeyError:
-                continue
-            pinned.update(body[i : i + 32] for i in range(0, len(body) - 31, 32))
+        listed = dict(self._pins())
+        with self._pins_lock:
+            for key in self._pin_cache.keys() - listed.keys():
+                del self._pin_cache[key]  # pruned by some replica
+        for key, expires in listed.items():
+            if expires >= at:
+                pinned.update(self._pin_body(key))
         return pinned
 
     def prune_pins(self, before: float) -> int:
         gone = [key for key, expires in self._pins() if expires < before]
-        count = 0
-        for key in gone:
-            try:
-                count += len(self.objects.get(key)[0]) // 32
-            except KeyError:
-                continue
+        count = sum(len(self._pin_body(key)) for key in gone)
         self.objects.delete_many(gone)
+        with self._pins_lock:
+            for key in gone:
+                self._pin_cache.pop(key, None)
         return count
 
     def mark(self) -> MemoryMarkSession:
