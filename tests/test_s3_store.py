@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any
@@ -12,7 +13,7 @@ import zstandard
 from cachesrv.catalog import Conflict, EntryExists, StoredManifest
 from cachesrv.catalog.s3 import S3Catalog
 from cachesrv.manifest import Manifest, Piece
-from cachesrv.store import Frame, chunk_id, encode_chunk
+from cachesrv.store import Codec, Frame, chunk_id, encode_chunk
 from cachesrv.store.s3 import S3ChunkStore, open_object_store
 from cachesrv.store.s3.client import (
     ConditionalWritesUnsupported,
@@ -20,6 +21,7 @@ from cachesrv.store.s3.client import (
     PreconditionFailed,
     StoreUrl,
 )
+from cachesrv.store.s3.index import ChunkIndex, Location, Op
 
 
 def test_a_store_url_names_bucket_and_prefix() -> None:
@@ -182,3 +184,42 @@ def test_a_file_and_a_directory_raced_from_two_replicas_never_both_exist(s3_url:
         assert {p for p in paths if replicas[0].get(p) is not None} == set(won)
     for r in replicas:
         r.close()
+
+
+def test_replicas_that_read_the_index_in_another_order_read_the_same_copy() -> None:
+    """Two uploads stored one chunk twice; a DEL forgets one copy. Every order of
+    replay gives the same answer."""
+    cid = chunk_id(b"twice")
+    first = Location("a.pack", 40, 10, 10, Codec.RAW, None)
+    second = Location("b.pack", 40, 10, 10, Codec.RAW, None)
+    records = [
+        ({"a.pack": 50}, [(Op.ADD, cid, first)]),
+        ({"b.pack": 50}, [(Op.ADD, cid, second)]),
+        ({"a.pack": 0}, [(Op.DEL, cid, first)]),
+    ]
+    views = []
+    for order in itertools.permutations(records):
+        index = ChunkIndex()
+        for packs, recs in order:
+            index.apply(packs, recs)
+        views.append(dict(index.chunks))
+    assert all(v == {cid: second} for v in views)
+
+
+def test_merging_old_index_objects_keeps_what_every_replica_reads(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("chunks/")
+    old_replica = S3ChunkStore(objects)
+    chunks = _chunks(30)
+    for cid, _, frame in chunks:  # a commit each: an index object each
+        writer = old_replica.writer()
+        writer.put(cid, frame)
+        writer.commit()
+    old_replica.delete([chunks[0][0]])
+    assert old_replica.merge_index(older_than=0, at_least=2) == 31
+    assert len(list(objects.listing("index/"))) == 1
+    new_replica = S3ChunkStore(objects)
+    wanted = {c[0] for c in chunks[1:]}
+    for store in (old_replica, new_replica):
+        store.refresh()
+        assert store.contains(c[0] for c in chunks) == wanted
+        assert store.read(chunks[5][0]) == chunks[5][1]

@@ -138,11 +138,17 @@ def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Locat
 
 class ChunkIndex:
     """A replica's view of the index log: chunk id -> location, pack sizes, quarantine.
-    Thread-safe."""
+    Thread-safe.
+
+    Two uploads of one chunk at once store two copies; every copy stays known
+    (``copies``), and the one read is the least (pack, offset), so every replica that
+    has read the same records reads the same copy, whatever order it read them in, and
+    no pack holding a live copy looks empty to the collector."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.chunks: dict[bytes, Location] = {}
+        self.copies: dict[bytes, list[Location]] = {}  # other live copies (rare)
         self.packs: dict[str, int] = {}  # pack object -> size (the hard limit's measure)
         self.quarantine: dict[bytes, Location] = {}
         self.seen: set[str] = set()  # index objects applied
@@ -155,31 +161,104 @@ class ChunkIndex:
                 if name not in self._gone and size:
                     self.packs[name] = max(self.packs.get(name, 0), size)
             for op, chunk_id, where in records:
-                place = (where.pack, where.offset)
                 if op is Op.ADD:
-                    if place in self._forgotten or where.pack in self._gone:
-                        continue
-                    self.chunks[chunk_id] = where
-                    self.quarantine.pop(chunk_id, None)
+                    self._add(chunk_id, where)
                 elif op is Op.GONE:
-                    self._gone.add(where.pack)
-                    self.packs.pop(where.pack, None)
-                    self._forgotten = {p for p in self._forgotten if p[0] != where.pack}
+                    self._drop_pack(where.pack)
                 else:
-                    self._forgotten.add(place)
-                    current = self.chunks.get(chunk_id)
-                    if current is not None and (current.pack, current.offset) == place:
-                        del self.chunks[chunk_id]
-                        if op is Op.QUAR:
-                            self.quarantine[chunk_id] = current
+                    self._forget(op, chunk_id, where)
+
+    def _add(self, chunk_id: bytes, where: Location) -> None:
+        if (where.pack, where.offset) in self._forgotten or where.pack in self._gone:
+            return
+        current = self.chunks.get(chunk_id)
+        self.quarantine.pop(chunk_id, None)
+        if current is None:
+            self.chunks[chunk_id] = where
+            return
+        others = self.copies.setdefault(chunk_id, [])
+        if _place(where) == _place(current) or any(_place(o) == _place(where) for o in others):
+            if not others:
+                del self.copies[chunk_id]
+            return
+        if _place(where) < _place(current):
+            self.chunks[chunk_id] = where
+            others.append(current)
+        else:
+            others.append(where)
+
+    def _promote(self, chunk_id: bytes) -> None:
+        """The chosen copy is gone: read the least other one, if any."""
+        others = self.copies.pop(chunk_id, [])
+        if others:
+            others.sort(key=_place)
+            self.chunks[chunk_id] = others.pop(0)
+            if others:
+                self.copies[chunk_id] = others
+
+    def _forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
+        place = _place(where)
+        self._forgotten.add(place)
+        current = self.chunks.get(chunk_id)
+        if current is not None and _place(current) == place:
+            del self.chunks[chunk_id]
+            self._promote(chunk_id)
+            if op is Op.QUAR and chunk_id not in self.chunks:
+                self.quarantine[chunk_id] = current
+            return
+        others = self.copies.get(chunk_id)
+        if others:
+            others[:] = [o for o in others if _place(o) != place]
+            if not others:
+                del self.copies[chunk_id]
+
+    def _drop_pack(self, pack: str) -> None:
+        self._gone.add(pack)
+        self.packs.pop(pack, None)
+        self._forgotten = {p for p in self._forgotten if p[0] != pack}
+        for chunk_id, others in list(self.copies.items()):
+            others[:] = [o for o in others if o.pack != pack]
+            if not others:
+                del self.copies[chunk_id]
+        for chunk_id in [i for i, w in self.chunks.items() if w.pack == pack]:
+            del self.chunks[chunk_id]
+            self._promote(chunk_id)
+
+    def all_copies(self, chunk_id: bytes) -> list[Location]:
+        with self.lock:
+            current = self.chunks.get(chunk_id)
+            return ([current] if current else []) + list(self.copies.get(chunk_id, []))
 
     def usage(self) -> int:
         with self.lock:
             return sum(self.packs.values())
 
     def live_by_pack(self) -> dict[str, list[tuple[bytes, Location]]]:
+        """Every live copy, by pack (every known pack listed, empty ones too)."""
         with self.lock:
             result: dict[str, list[tuple[bytes, Location]]] = {name: [] for name in self.packs}
             for chunk_id, where in self.chunks.items():
                 result.setdefault(where.pack, []).append((chunk_id, where))
+            for chunk_id, others in self.copies.items():
+                for where in others:
+                    result.setdefault(where.pack, []).append((chunk_id, where))
         return result
+
+    def checkpoint(self) -> IndexBatch:
+        """This view as one index object: what replaying it alone gives."""
+        batch = IndexBatch()
+        with self.lock:
+            batch.packs.update(self.packs)
+            for chunk_id, where in self.chunks.items():
+                batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+            for chunk_id, others in self.copies.items():
+                for where in others:
+                    batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+            for chunk_id, where in self.quarantine.items():
+                batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+                batch.forget(Op.QUAR, chunk_id, where)
+        return batch
+
+
+def _place(where: Location) -> tuple[str, int]:
+    return where.pack, where.offset

@@ -43,7 +43,7 @@ from .client import ObjectStore, PreconditionFailed
 from .index import ChunkIndex, IndexBatch, Location, Op, decode
 
 PIN_TTL = 600.0
-PACK_TARGET = 8 << 20  # a writer uploads its pack once it holds this much
+PACK_TARGET = 4 << 20  # a writer uploads its pack once it holds this much (memory per upload)
 COALESCE_GAP = 64 << 10  # ranged reads of one pack closer than this become one GET
 REFRESH_EVERY = 2.0  # seconds a replica trusts its index for stats and lookups
 MIN_AGE = 600.0  # seconds before an unindexed pack may be a dead writer's
@@ -53,6 +53,7 @@ LEASE_TTL = 60.0  # a lease lapses this long after its holder last renewed it
 # then.
 LATE_WINDOW = 300.0
 FULL_LISTING_EVERY = 60.0
+MERGE_AT_LEAST = 64  # index objects old enough before maintenance merges them
 
 
 def _stamp() -> str:
@@ -97,8 +98,11 @@ class S3ChunkStore:
                 start_after = f"index/{max(newest - int(LATE_WINDOW * 1e9), 0):016x}"
             else:
                 self._full_listing = started
-            listed = self.objects.listing("index/", start_after=start_after)
-            new = [key for key, _, _ in listed if key not in self.index.seen]
+            listed = [key for key, _, _ in self.objects.listing("index/", start_after=start_after)]
+            if not start_after:  # forget the names of objects merged away since
+                with self.index.lock:
+                    self.index.seen &= set(listed)
+            new = [key for key in listed if key not in self.index.seen]
             for key in new:
                 try:
                     body, _ = self.objects.get(key)
@@ -112,8 +116,8 @@ class S3ChunkStore:
     def _fresh(self) -> None:
         self.refresh(time.monotonic() - REFRESH_EVERY)
 
-    def _write_index(self, batch: IndexBatch) -> None:
-        if not batch.records:
+    def _write_index(self, batch: IndexBatch, allow_empty: bool = False) -> None:
+        if not batch.records and not (allow_empty and batch.packs):
             return
         key = f"index/{_stamp()}.idx"
         body = batch.encode()
@@ -234,11 +238,13 @@ class S3ChunkStore:
     # -- lifecycle -------------------------------------------------------------------
 
     def _forget(self, ids: Iterable[bytes]) -> dict[bytes, Location]:
+        """Forget every copy of ``ids``; returns the copy each was read from."""
         with self.index.lock:
             victims = {i: self.index.chunks[i] for i in set(ids) if i in self.index.chunks}
         batch = IndexBatch()
-        for chunk_id, where in victims.items():
-            batch.forget(Op.DEL, chunk_id, where)
+        for chunk_id in victims:
+            for where in self.index.all_copies(chunk_id):
+                batch.forget(Op.DEL, chunk_id, where)
         self._write_index(batch)
         return victims
 
@@ -335,8 +341,37 @@ class S3ChunkStore:
             self.objects.delete(key)
             report.removed_files += 1
             report.reclaimed_bytes += size
+        yield
+        self.merge_index(2 * LATE_WINDOW)
         report.usage_bytes = self.usage_bytes()
         return report
+
+    def merge_index(self, older_than: float, at_least: int = MERGE_AT_LEAST) -> int:
+        """Replace the index objects written more than ``older_than`` seconds ago by one
+        that replays to the same chunks (under the gc lease: one merger at a time), so
+        the log a replica lists stays short. Every replica has read those objects by
+        then (a refresh lists everything younger than LATE_WINDOW, and all of them every
+        FULL_LISTING_EVERY); one that reads the merged object as well ends up with the
+        same chunks, the DELs it has seen since still blocking what they forgot.
+        Returns how many objects were merged."""
+        cutoff = time.time_ns() - int(older_than * 1e9)
+        old = [
+            key
+            for key, _, _ in self.objects.listing("index/")
+            if int(key.removeprefix("index/")[:16], 16) < cutoff
+        ]
+        if len(old) < at_least:
+            return 0
+        merged = ChunkIndex()
+        for key in old:
+            try:
+                body, _ = self.objects.get(key)
+            except KeyError:
+                continue
+            merged.apply(*decode(body))
+        self._write_index(merged.checkpoint(), allow_empty=True)
+        self.objects.delete_many(old)
+        return len(old)
 
     def _compact(self, pack: str, records: list[tuple[bytes, Location]]) -> None:
         frames = self.read_frames([chunk_id for chunk_id, _ in records])
