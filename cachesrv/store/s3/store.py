@@ -80,7 +80,7 @@ class S3ChunkStore:
         self._full_listing = 0.0
         self._pin_cache: dict[str, list[bytes]] = {}  # pin object -> its ids
         self._pins_lock = threading.Lock()
-        self.refresh()
+        # the index is read at the first lookup, not here: opening never needs the bucket
 
     # -- the index -----------------------------------------------------------------
 
