@@ -154,3 +154,18 @@ def test_a_store_that_does_not_answer_is_refused_at_start_saying_why(
     result = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert result.returncode != 0
     assert b"refusing to start" in result.stderr and b"s3://nowhere/cache" in result.stderr
+
+
+def test_fsck_checks_the_bucket(replicas: list[Server], seaweedfs: SeaweedFS, s3_url: str) -> None:
+    assert put(replicas[0], "checked/a.tar", os.urandom(300_000)) == 201
+    assert save(replicas[1], "checked-key", os.urandom(200_000)) == 201
+    env = clean_env(seaweedfs.env)
+    result = subprocess.run(
+        [sys.executable, "-m", "cachesrv", "fsck", "--data", str(replicas[0].data)]
+        + ["--store", s3_url],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert json.loads(result.stdout)["chunks_checked"] > 0
