@@ -38,30 +38,12 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     run = _bench_module("bench.run")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--size-mb",
-            "4",
-            "--runs",
-            "1",
-            "--json",
-            str(out),
-            "--data-root",
-            str(tmp_path),
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=170,
+        [sys.executable, "-m", "bench.run", "--quick", "--size-mb", "4", "--runs", "1",
+         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
+        cwd=REPO, capture_output=True, text=True, timeout=170,
     )
-    logs = "\n".join(
-        p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
-    )
+    logs = "\n".join(p.read_text(errors="replace")[-3000:]
+                     for p in sorted((tmp_path / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     doc = json.loads(out.read_text())
     figures = doc["figures"]
@@ -69,8 +51,8 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     for f in run.FIGURES:
         if f.name in skipped:
             assert f.needs in ("peer", "load"), (
-                f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must measure it"
-            )
+                f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must "
+                "measure it")
             assert skipped[f.name]["reason"], f"{f.name} skipped without a reason"
             assert f.name not in figures
             continue
@@ -94,33 +76,13 @@ def test_tiny_load_benchmark(tmp_path: Path) -> None:
     load = _bench_module("bench.load")
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.load",
-            "--clients",
-            "3",
-            "--duration",
-            "2",
-            "--weights",
-            "get=1,head=1,upload=1,keyed=1",
-            "--targets",
-            "ceiling,cachesrv",
-            "--json",
-            str(out),
-            "--data-root",
-            str(tmp_path),
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+        [sys.executable, "-m", "bench.load", "--clients", "3", "--duration", "2",
+         "--weights", "get=1,head=1,upload=1,keyed=1", "--targets", "ceiling,cachesrv",
+         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
     )
-    logs = "\n".join(
-        p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
-    )
+    logs = "\n".join(p.read_text(errors="replace")[-3000:]
+                     for p in sorted((tmp_path / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     doc = json.loads(out.read_text())
     for target in ("ceiling", "cachesrv"):
