@@ -24,6 +24,11 @@ class Config:
     host: str = "localhost"
     port: int = 8080
     data: Path = Path("./pub")
+    # s3://bucket/prefix: chunks, manifests and refs in one bucket that every replica
+    # shares (endpoint, region, credentials from the AWS_* environment); --data then
+    # holds only the hot cache, safe to lose. None: everything under --data.
+    store: str | None = None
+    store_timeout: float = 10.0  # seconds one request to the object store may take
     # (user, password) needed for every write when set; reads stay open.
     credentials: tuple[str, str] | None = None
     # Tokens file (cachesrv.http.auth): TOKEN SCOPE [PREFIX] a line, reloaded on change.
@@ -142,10 +147,33 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _store_url(value: str) -> str:
+    from cachesrv.store.s3.client import StoreUrl
+
+    return str(StoreUrl.parse(value))
+
+
 SETTINGS: tuple[_Setting, ...] = (
     _Setting("host", ("CACHESRV_HOST", "UPLOADER_HOST"), str, "bind address"),
     _Setting("port", ("CACHESRV_PORT", "UPLOADER_PORT"), int, "port"),
     _Setting("data", ("CACHESRV_DATA", "UPLOADER_DIRECTORY"), Path, "store root directory"),
+    _Setting(
+        "store",
+        ("CACHESRV_STORE",),
+        _store_url,
+        "s3://bucket/prefix: keep chunks, manifests, refs and keyed entries in an "
+        "S3-compatible bucket shared by every replica (endpoint, region and credentials "
+        "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; "
+        "the store must honour If-None-Match/If-Match PUTs, checked at start); --data "
+        "then holds only the hot cache, safe to lose",
+    ),
+    _Setting(
+        "store_timeout",
+        ("CACHESRV_STORE_TIMEOUT",),
+        float,
+        "seconds one request to the object store may take (retried with backoff; then "
+        "writes answer 503 with Retry-After)",
+    ),
     _Setting(
         "credentials",
         ("CACHESRV_UPLOAD_CREDENTIALS", "UPLOADER_UPLOAD_CREDENTIALS"),
@@ -290,7 +318,8 @@ def add_arguments(
 
     The FastCDC size flags come with ``server`` unless ``chunking`` says otherwise."""
     for setting in SETTINGS:
-        if not server and setting.name not in ("data", "log_level", "log_format", *also):
+        always = ("data", "store", "store_timeout", "log_level", "log_format")
+        if not server and setting.name not in (*always, *also):
             continue
         flag = "--" + setting.name.replace("_", "-")
         envs = ", ".join(setting.env)

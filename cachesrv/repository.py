@@ -5,22 +5,27 @@ This is what the HTTP layer and the CLI hold; it knows nothing of HTTP.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
 from cachesrv.activity import Activity
-from cachesrv.catalog import Catalog, CatalogBackend
+from cachesrv.backends import check_store, open_catalog, open_chunk_store, store_args
+from cachesrv.catalog import CatalogBackend
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
 from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
 from cachesrv.lifecycle.gc import Collector, GcReport, Limits, NameUsage
+from cachesrv.manifest import Manifest
 from cachesrv.restore.hot import HotCache
 from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
 from cachesrv.store import ChunkStore
-from cachesrv.store.local import LocalChunkStore
+
+ANNOUNCE_FOR = 120.0  # seconds another replica's GC trusts an announcement of downloads
 
 
 @dataclass
@@ -85,15 +90,25 @@ class Repository:
     usage: UsageSnapshot | None = None
     activity: Activity = field(default_factory=Activity)  # recent uploads and restores
     started: float = field(default_factory=time.time)
+    # this process's name among the replicas, and what it last announced it is serving
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    _announced: tuple[set[bytes], float] | None = None
 
     @classmethod
     def open(cls, config: Config) -> Repository:
         config.data.mkdir(parents=True, exist_ok=True)
+        check_store(config.store, config.store_timeout)
         # settings reach the store once, here (and the worker processes, at their start)
-        store = LocalChunkStore(
-            config.data, hard_limit=config.effective_hard_limit, pin_ttl=config.upload_pin_ttl
+        store = open_chunk_store(
+            config.data,
+            config.store,
+            config.store_timeout,
+            hard_limit=config.effective_hard_limit,
+            pin_ttl=config.upload_pin_ttl,
         )
-        catalog = Catalog(config.data, busy_timeout=config.catalog_busy_timeout)
+        catalog = open_catalog(
+            config.data, config.store, config.store_timeout, config.catalog_busy_timeout
+        )
         hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
         restores = RestorePool(
             config.data,
@@ -101,6 +116,7 @@ class Repository:
             config.restore_workers,
             Source(store, catalog, hot),
             config.log_level,
+            store_args(config.store, config.store_timeout),
         )
         ingest = IngestPool(
             WorkerSettings(
@@ -109,6 +125,8 @@ class Repository:
                 config.compression_level,
                 hard_limit=config.effective_hard_limit,
                 pin_ttl=config.upload_pin_ttl,
+                store=config.store,
+                store_timeout=config.store_timeout,
             ),
             config.ingest_workers,
         )
@@ -136,12 +154,32 @@ class Repository:
         return Limits(max_size=cfg.max_size, ttl=cfg.ttl, grace=cfg.gc_grace)
 
     def collector(self) -> Collector:
-        return Collector(
-            self.store,
-            self.catalog,
-            self.limits(),
-            lambda: self.pins.manifests(self.catalog.manifest),
-        )
+        return Collector(self.store, self.catalog, self.limits(), self._serving)
+
+    def _serving(self) -> list[Manifest]:
+        """Manifests downloads are reading: this process's, and those other replicas
+        announce (a manifest already dropped is no one's any more: skipped)."""
+        own = self.pins.manifests(self.catalog.manifest)
+        others = []
+        for manifest_id in self.catalog.announced(time.time()) - self.pins.held():
+            try:
+                others.append(self.catalog.manifest(manifest_id))
+            except KeyError:
+                continue
+        return own + others
+
+    def announce_serving(self) -> None:
+        """Tell the other replicas which manifests this one's downloads are reading
+        (again before the last word expires; at once when the set changes)."""
+        held = self.pins.held()
+        now = time.time()
+        last = self._announced
+        if last is not None and last[0] == held and now < last[1] - ANNOUNCE_FOR * 2 / 3:
+            return
+        if last is None and not held:
+            return
+        self.catalog.announce(self.replica, held, now + ANNOUNCE_FOR)
+        self._announced = (held, now + ANNOUNCE_FOR) if held else None
 
     def record_gc(self, report: GcReport, usage: list[NameUsage] | None) -> None:
         """A collection finished (the server's lifecycle task)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from seaweed import SeaweedFS, start_seaweedfs
 
 
 def free_port() -> int:
@@ -187,3 +188,24 @@ def launch_server(
         server.kill()
         raise
     return server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3-compatible server for the session (SeaweedFS on loopback); this
+    process's boto3 clients reach it through the AWS_* environment."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    patch = pytest.MonkeyPatch()
+    for name, value in server.env.items():
+        patch.setenv(name, value)
+    try:
+        yield server
+    finally:
+        patch.undo()
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(seaweedfs: SeaweedFS) -> str:
+    """``s3://bucket/prefix`` on a fresh bucket of the session's SeaweedFS."""
+    return f"s3://{seaweedfs.new_bucket()}/cache"

@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import StartServer, curl
+from seaweed import SeaweedFS
 
 from cachesrv import config
 
@@ -514,3 +515,90 @@ def test_tekton_resources_are_laid_out_as_the_catalog_expects(kind: str, name: s
     for annotation in ("pipelines.minVersion", "categories", "tags", "displayName", "platforms"):
         assert annotations[f"tekton.dev/{annotation}"], annotation
     assert "mode" in {p["name"] for p in doc["spec"]["params"]}
+
+
+# -- Kubernetes, several replicas on one bucket (deploy/kubernetes-s3) ----------------
+
+KUBE_S3 = DEPLOY / "kubernetes-s3"
+
+
+def s3_manifests() -> list[Path]:
+    return sorted(p for p in KUBE_S3.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def s3_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for p in s3_manifests() for d in docs(p) if d["kind"] == kind]
+
+
+def s3_deployment() -> tuple[dict[str, Any], dict[str, Any]]:
+    (dep,) = s3_kind("Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep, c
+
+
+@pytest.mark.parametrize("path", s3_manifests(), ids=lambda p: p.name)
+def test_s3_manifest_is_valid_kubernetes(path: Path) -> None:
+    for doc in docs(path):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_s3_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+    (kust,) = docs(KUBE_S3 / "kustomization.yaml")
+    assert kust["kind"] == "Kustomization"
+    assert set(kust["resources"]) == {p.name for p in s3_manifests()} - {"s3-secret-example.yaml"}
+    _, c = s3_deployment()
+    assert c["image"].split(":")[0] in {i["name"] for i in kust.get("images", [])}
+
+
+def test_s3_replicas_roll_one_at_a_time_and_a_drain_takes_at_most_one() -> None:
+    dep, c = s3_deployment()
+    assert dep["spec"]["replicas"] >= 2
+    strategy = dep["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    (pdb,) = s3_kind("PodDisruptionBudget")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] < dep["spec"]["replicas"]
+    # stateless: no claim, /data an emptyDir (the hot cache only)
+    assert not s3_kind("PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/data"]]
+    # the same Service as the single-node drop-in: pipelines keep their URL
+    assert s3_kind("Service") == by_kind("Service")
+    assert c["resources"]["limits"]["memory"] == "256Mi"
+    budget = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert budget > float(c["lifecycle"]["preStop"]["exec"]["command"][1]) + server_grace(c)
+
+
+def test_s3_settings_come_from_a_secret_the_server_understands() -> None:
+    _, c = s3_deployment()
+    (secret,) = [s for s in s3_kind("Secret") if s["metadata"]["name"] == "cachesrv-s3"]
+    (source,) = c["envFrom"]
+    assert source["secretRef"]["name"] == secret["metadata"]["name"]
+    keys = set(secret["stringData"])
+    assert "CACHESRV_STORE" in keys and {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= keys
+    assert all(k == "CACHESRV_STORE" or k.startswith("AWS_") for k in keys)
+    config.load(env=secret["stringData"])  # CACHESRV_STORE parses
+    known = {name for setting in config.SETTINGS for name in setting.env}
+    assert set(env_of(c)) <= known
+
+
+def test_the_s3_deployment_command_line_starts_replicas_that_share_the_bucket(
+    start_server: StartServer, seaweedfs: SeaweedFS, s3_url: str
+) -> None:
+    """The container's args and environment, the Secret pointed at the suite's
+    SeaweedFS: two replicas, an upload through one read through the other."""
+    _, c = s3_deployment()
+    env = {name: e["value"] for name, e in env_of(c).items() if "value" in e}
+    for name in ("UPLOADER_HOST", "UPLOADER_PORT", "UPLOADER_DIRECTORY"):
+        env.pop(name)  # the fixture binds to loopback and picks the port and data
+    env.update({**seaweedfs.env, "CACHESRV_STORE": s3_url})
+    replicas = [start_server(env=env, args=list(c.get("args", []))) for _ in range(2)]
+    put = curl(
+        "-o", "/dev/null", "-w", "%{http_code}", "-T", "-", f"{replicas[0].url}/-/cache/k",
+        input=b"shared",
+    )  # fmt: skip
+    assert put.stdout == b"201"
+    assert curl(f"{replicas[1].url}/-/cache/k").stdout == b"shared"

@@ -119,6 +119,14 @@ class CatalogBackend(Protocol):
 
     def live_manifest_ids(self) -> set[bytes]: ...
 
+    def announce(self, replica: str, manifest_ids: set[bytes], until: float) -> None:
+        """Say that ``replica`` is serving these manifests, until ``until`` unless said
+        again (an empty set withdraws): GC in every process sharing the catalog keeps
+        them, however long the downloads take."""
+
+    def announced(self, at: float) -> set[bytes]:
+        """Manifests some replica says it is serving at ``at``."""
+
     # -- numbers and health ----------------------------------------------------
 
     def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:

@@ -34,6 +34,7 @@ class MemoryCatalog:
         self._names: dict[str, dict[str, _Name]] = {namespace: {} for namespace in NAMESPACES}
         self._doomed: dict[bytes, float] = {}
         self._history: dict[float, dict[str, float]] = {}
+        self._serving: dict[str, tuple[set[bytes], float]] = {}
 
     @property
     def _objects(self) -> dict[str, _Name]:
@@ -240,6 +241,14 @@ class MemoryCatalog:
                     del self._manifests[manifest_id]
                     dropped += 1
         return dropped
+
+    def announce(self, replica: str, manifest_ids: set[bytes], until: float) -> None:
+        with self._lock:
+            self._serving[replica] = (set(manifest_ids), until)
+
+    def announced(self, at: float) -> set[bytes]:
+        with self._lock:
+            return {m for ids, until in self._serving.values() if until >= at for m in ids}
 
     def live_manifest_ids(self) -> set[bytes]:
         with self._lock:

@@ -155,6 +155,14 @@ class SqliteCatalog:
         """Raise if the catalog cannot be read (the health check)."""
         self.db.conn.execute("SELECT 1").fetchone()
 
+    def announce(self, replica: str, manifest_ids: set[bytes], until: float) -> None:
+        """One machine: the server pins its own downloads in memory (ManifestPins) and
+        collects in its own process; a ``cachesrv gc`` beside it relies on the grace."""
+        return None
+
+    def announced(self, at: float) -> set[bytes]:
+        return set()
+
     def live_manifest_ids(self) -> set[bytes]:
         conn = self.db.conn
         ids = {row[0] for row in conn.execute("SELECT manifest FROM objects")}

@@ -74,7 +74,9 @@ def _fault(exc: Exception) -> HttpError | None:
     - a store that cannot be written (EROFS, EACCES, EPERM): 503; reads go on;
     - an I/O error (EIO and other disk errors): 500 naming it;
     - a store database locked by another process beyond the busy timeout (cachesrv.db
-      raises it as EBUSY): 503 with Retry-After (usually a tool such as cachesrv gc).
+      raises it as EBUSY): 503 with Retry-After (usually a tool such as cachesrv gc);
+    - an object store that does not answer in time or keeps refusing (ETIMEDOUT):
+      503 with Retry-After.
     """
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
@@ -82,6 +84,12 @@ def _fault(exc: Exception) -> HttpError | None:
         return HttpError(
             503,
             "Service Unavailable: a store database is locked by another process; retry later",
+            [(b"Retry-After", str(RETRY_AFTER_LOCKED).encode())],
+        )
+    if exc.errno == errno.ETIMEDOUT:  # cachesrv.store.s3.ObjectStoreUnavailable
+        return HttpError(
+            503,
+            "Service Unavailable: the object store does not answer; retry later",
             [(b"Retry-After", str(RETRY_AFTER_LOCKED).encode())],
         )
     if disk_full(exc):

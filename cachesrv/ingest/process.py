@@ -31,11 +31,13 @@ def worker_main(
     threads: int = 2,
     hard_limit: int | None = None,
     pin_ttl: float = 600.0,
+    store_url: str | None = None,
+    store_timeout: float = 10.0,
 ) -> None:
     """Serve uploads until the server closes the socket."""
-    from cachesrv.store.local import LocalChunkStore
+    from cachesrv.backends import open_chunk_store
 
-    store = LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
+    store = open_chunk_store(data, store_url, store_timeout, hard_limit, pin_ttl)
     decoder = frames.FrameDecoder()
     session: IngestSession | None = None
     failure: OSError | None = None
@@ -98,6 +100,8 @@ def _main() -> None:
     parser.add_argument("--level", type=int, required=True)
     parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
     parser.add_argument("--pin-ttl", type=float, required=True)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--store-timeout", type=float, default=10.0)
     args = parser.parse_args()
     bound_heap()
     sock = socket.socket(fileno=args.fd)
@@ -110,6 +114,8 @@ def _main() -> None:
             args.level,
             hard_limit=args.hard_limit or None,
             pin_ttl=args.pin_ttl,
+            store_url=args.store,
+            store_timeout=args.store_timeout,
         )
     except ConnectionError:
         pass

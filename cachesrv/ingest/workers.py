@@ -26,6 +26,7 @@ from pathlib import Path
 
 import trio
 
+from cachesrv.backends import store_args
 from cachesrv.catalog import StoredManifest
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import frames
@@ -61,6 +62,8 @@ class WorkerSettings:
     level: int
     hard_limit: int | None = None
     pin_ttl: float = 600.0
+    store: str | None = None  # s3://bucket/prefix (cachesrv.backends); None: under data
+    store_timeout: float = 10.0
 
     def command(self, fd: int) -> list[str]:
         return [
@@ -79,6 +82,7 @@ class WorkerSettings:
             str(self.hard_limit or 0),
             "--pin-ttl",
             repr(self.pin_ttl),
+            *store_args(self.store, self.store_timeout),
         ]
 
 

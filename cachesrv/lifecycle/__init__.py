@@ -59,6 +59,11 @@ class ManifestPins:
                     del self._held[manifest_id]
                     self._decoded.pop(manifest_id, None)
 
+    def held(self) -> set[bytes]:
+        """The ids being served now (what a replica announces to the others)."""
+        with self._lock:
+            return set(self._held)
+
     def manifests(self, load: Callable[[bytes], Manifest]) -> list[Manifest]:
         """Every pinned manifest, decoded with ``load`` the first time it is asked for."""
         with self._lock:

@@ -34,7 +34,11 @@ async def run(
         while True:
             wake = min(next_gc, next_sample)
             await trio.sleep(min(FLUSH_INTERVAL, max(wake - trio.current_time(), 0)))
-            await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
+            try:  # a catalog out of reach for a while must not stop the server
+                await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
+                await trio.to_thread.run_sync(repo.announce_serving)
+            except Exception:
+                log.exception("flushing read times or announcing downloads failed; retried")
             if trio.current_time() >= next_sample:
                 try:
                     await trio.to_thread.run_sync(history.sample, repo)

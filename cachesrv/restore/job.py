@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import zstandard
 
-from cachesrv.catalog import Catalog
+from cachesrv.catalog import CatalogBackend
 from cachesrv.manifest import Manifest, ManifestError
 from cachesrv.restore.hot import SPAN, HotCache, Written
 from cachesrv.store import (
@@ -93,7 +93,7 @@ class Source:
     """What jobs read, one per process: chunks, manifests and the hot cache."""
 
     store: ChunkStore
-    catalog: Catalog
+    catalog: CatalogBackend
     hot: HotCache | None
 
 

@@ -44,6 +44,8 @@ def _main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--hot-bytes", type=int, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--store-timeout", type=float, default=10.0)
     args = parser.parse_args()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s restore-worker %(levelname)s %(message)s"
@@ -53,7 +55,7 @@ def _main() -> None:
     bound_heap()
     # Each job thread has its own connections to three databases; they read little.
     Database.cache_kib = 256
-    source = open_source(args.data, args.hot_bytes)
+    source = open_source(args.data, args.hot_bytes, args.store, args.store_timeout)
     control = socket.socket(fileno=args.fd)
     control.setblocking(True)  # the server's end is non-blocking, and so was the fd
     try:
@@ -64,13 +66,15 @@ def _main() -> None:
         close_source(source)
 
 
-def open_source(data: Path, hot_bytes: int) -> Source:
-    from cachesrv.catalog import Catalog
+def open_source(
+    data: Path, hot_bytes: int, store: str | None = None, store_timeout: float = 10.0
+) -> Source:
+    from cachesrv.backends import open_catalog, open_chunk_store
     from cachesrv.restore.hot import HotCache
-    from cachesrv.store.local import LocalChunkStore
 
     hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
-    return Source(LocalChunkStore(data), Catalog(data), hot)
+    chunks = open_chunk_store(data, store, store_timeout)
+    return Source(chunks, open_catalog(data, store, store_timeout), hot)
 
 
 def close_source(source: Source) -> None:

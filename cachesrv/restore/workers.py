@@ -59,9 +59,16 @@ class RestorePool:
     """Runs restore jobs; :meth:`run` must be running (in the server's nursery)."""
 
     def __init__(
-        self, data: Path, hot_limit: int, workers: int, source: Source, log_level: str = "info"
+        self,
+        data: Path,
+        hot_limit: int,
+        workers: int,
+        source: Source,
+        log_level: str = "info",
+        store_args: tuple[str, ...] = (),
     ) -> None:
         self.data = data
+        self.store_args = store_args  # a worker opens the same store (cachesrv.backends)
         self.hot_limit = hot_limit  # --hot-cache-bytes (0: no hot cache, no warm-ups)
         self.source = source  # this process's, for jobs run in threads here
         self.log_level = log_level
@@ -100,6 +107,7 @@ class RestorePool:
                 str(self.hot_limit),
                 "--log-level",
                 self.log_level,
+                *self.store_args,
             ]
             process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),))
             theirs.close()

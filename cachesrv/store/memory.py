@@ -217,7 +217,9 @@ class MemoryLease:
 
 
 class MemoryMarkSession:
-    def __init__(self, store: MemoryChunkStore) -> None:
+    """A mark held in dicts, over any store's ids and sizes (the S3 store's too)."""
+
+    def __init__(self, store: ChunkStore) -> None:
         self._store = store
         self._refs: dict[bytes, tuple[set[bytes], bool]] = {}
         self._counts: dict[bytes, int] = {}  # chunk -> live references

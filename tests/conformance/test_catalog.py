@@ -11,14 +11,21 @@ import pytest
 
 from cachesrv.catalog import CatalogBackend, Conflict, EntryExists, SqliteCatalog, StoredManifest
 from cachesrv.catalog.memory import MemoryCatalog
+from cachesrv.catalog.s3 import S3Catalog
 from cachesrv.manifest import Manifest, Piece
+from cachesrv.store.s3 import open_object_store
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "s3"])
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogBackend]:
-    backend: CatalogBackend = (
-        SqliteCatalog(tmp_path) if request.param == "sqlite" else MemoryCatalog()
-    )
+    backend: CatalogBackend
+    if request.param == "sqlite":
+        backend = SqliteCatalog(tmp_path)
+    elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS
+        objects = open_object_store(request.getfixturevalue("s3_url"), timeout=10)
+        backend = S3Catalog(objects.child("catalog/"))
+    else:
+        backend = MemoryCatalog()
     yield backend
     backend.close()
 

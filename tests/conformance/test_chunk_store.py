@@ -17,12 +17,13 @@ import zstandard
 from cachesrv.store import ChunkCorrupt, ChunkMissing, ChunkStore, Frame, chunk_id, encode_chunk
 from cachesrv.store.local import LocalChunkStore
 from cachesrv.store.memory import MemoryChunkStore
+from cachesrv.store.s3 import S3ChunkStore, open_object_store
 
 PIN_TTL = 60.0
 Open = Callable[..., ChunkStore]
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
     opened: list[ChunkStore] = []
 
@@ -30,6 +31,9 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]
         store: ChunkStore
         if request.param == "local":
             store = LocalChunkStore(tmp_path, hard_limit=hard_limit, pin_ttl=pin_ttl)
+        elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS
+            objects = open_object_store(request.getfixturevalue("s3_url"), timeout=10)
+            store = S3ChunkStore(objects.child("chunks/"), hard_limit=hard_limit, pin_ttl=pin_ttl)
         else:
             store = MemoryChunkStore(hard_limit=hard_limit, pin_ttl=pin_ttl)
         opened.append(store)

@@ -1,0 +1,264 @@
+"""Index objects of the S3 chunk store: where each chunk lives, as a log every replica
+reads and refreshes, so that ``missing()`` and ``contains()`` need no request per chunk.
+
+Each commit (and each lifecycle step) writes one immutable object
+``index/<time>-<random>.idx`` holding records::
+
+    ADD   id, pack, offset, length, raw size, codec, frame digest   a chunk is stored there
+    DEL   id, pack, offset                                          that copy is forgotten
+    QUAR  id, pack, offset                                          that copy is corrupt
+    GONE  pack                                                      the pack object is deleted
+
+A DEL or QUAR names the copy it forgets, so it is a no-op against another copy of the
+same chunk (a re-upload) and an ADD of a forgotten copy that arrives late (another
+replica's older index object, listed after the DEL) stays forgotten. A replica lists
+``index/`` and reads the objects it has not seen yet; replaying in any order gives the
+same chunks, up to which of two live copies of a chunk it reads.
+
+Body: magic ``CSX1`` | pack count (u32) | per pack: name length (u16), name, size (u64) |
+records (:data:`RECORD`). Pack numbers in records index the object's own pack table.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cachesrv.store import Codec
+
+MAGIC = b"CSX1"
+RECORD = struct.Struct("<B32sIQIIB16s")  # op | id | pack | offset | length | raw | codec | digest
+NO_DIGEST = 0x80  # op flag: the frame carries no digest
+_COUNT = struct.Struct("<I")
+_NAME = struct.Struct("<H")
+_SIZE = struct.Struct("<Q")
+
+
+class Op(enum.IntEnum):
+    ADD = 1
+    DEL = 2
+    QUAR = 3
+    GONE = 4
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int  # of the stored bytes (after the record header)
+    length: int
+    raw_size: int
+    codec: Codec
+    digest: bytes | None
+
+
+@dataclass
+class IndexBatch:
+    """One index object being built."""
+
+    packs: dict[str, int] = field(default_factory=dict)  # name -> size (0: not known here)
+    records: list[tuple[Op, bytes, Location | None, str]] = field(default_factory=list)
+
+    def add(self, chunk_id: bytes, where: Location, pack_size: int = 0) -> None:
+        self.packs[where.pack] = max(self.packs.get(where.pack, 0), pack_size)
+        self.records.append((Op.ADD, chunk_id, where, where.pack))
+
+    def forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
+        self.packs.setdefault(where.pack, 0)
+        self.records.append((op, chunk_id, where, where.pack))
+
+    def gone(self, pack: str) -> None:
+        self.packs.setdefault(pack, 0)
+        self.records.append((Op.GONE, b"\0" * 32, None, pack))
+
+    def encode(self) -> bytes:
+        numbers = {name: i for i, name in enumerate(self.packs)}
+        parts = [MAGIC, _COUNT.pack(len(self.packs))]
+        for name, size in self.packs.items():
+            raw = name.encode()
+            parts += [_NAME.pack(len(raw)), raw, _SIZE.pack(size)]
+        for op, chunk_id, where, pack in self.records:
+            if where is None:
+                parts.append(RECORD.pack(op, chunk_id, numbers[pack], 0, 0, 0, 0, b"\0" * 16))
+                continue
+            flag = NO_DIGEST if where.digest is None else 0
+            parts.append(
+                RECORD.pack(
+                    op | flag,
+                    chunk_id,
+                    numbers[pack],
+                    where.offset,
+                    where.length,
+                    where.raw_size,
+                    where.codec,
+                    where.digest or b"\0" * 16,
+                )
+            )
+        return b"".join(parts)
+
+
+def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Location]]]:
+    """The pack table and the records of an index object (ValueError if malformed)."""
+    if body[:4] != MAGIC:
+        raise ValueError("not an index object")
+    (count,) = _COUNT.unpack_from(body, 4)
+    position = 4 + _COUNT.size
+    packs: list[tuple[str, int]] = []
+    for _ in range(count):
+        (length,) = _NAME.unpack_from(body, position)
+        position += _NAME.size
+        name = body[position : position + length].decode()
+        position += length
+        (size,) = _SIZE.unpack_from(body, position)
+        position += _SIZE.size
+        packs.append((name, size))
+    if (len(body) - position) % RECORD.size:
+        raise ValueError("index object ends inside a record")
+
+    def records() -> Iterator[tuple[Op, bytes, Location]]:
+        for fields in RECORD.iter_unpack(memoryview(body)[position:]):
+            op, chunk_id, pack, offset, length, raw, codec, digest = fields
+            yield (
+                Op(op & ~NO_DIGEST),
+                bytes(chunk_id),
+                Location(
+                    packs[pack][0],
+                    offset,
+                    length,
+                    raw,
+                    Codec(codec),
+                    None if op & NO_DIGEST else bytes(digest),
+                ),
+            )
+
+    return dict(packs), records()
+
+
+class ChunkIndex:
+    """A replica's view of the index log: chunk id -> location, pack sizes, quarantine.
+    Thread-safe.
+
+    Two uploads of one chunk at once store two copies; every copy stays known
+    (``copies``), and the one read is the least (pack, offset), so every replica that
+    has read the same records reads the same copy, whatever order it read them in, and
+    no pack holding a live copy looks empty to the collector."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.chunks: dict[bytes, Location] = {}
+        self.copies: dict[bytes, list[Location]] = {}  # other live copies (rare)
+        self.packs: dict[str, int] = {}  # pack object -> size (the hard limit's measure)
+        self.quarantine: dict[bytes, Location] = {}
+        self.seen: set[str] = set()  # index objects applied
+        self._forgotten: set[tuple[str, int]] = set()  # (pack, offset) of forgotten copies
+        self._gone: set[str] = set()
+
+    def apply(self, packs: dict[str, int], records: Iterable[tuple[Op, bytes, Location]]) -> None:
+        with self.lock:
+            for name, size in packs.items():
+                if name not in self._gone and size:
+                    self.packs[name] = max(self.packs.get(name, 0), size)
+            for op, chunk_id, where in records:
+                if op is Op.ADD:
+                    self._add(chunk_id, where)
+                elif op is Op.GONE:
+                    self._drop_pack(where.pack)
+                else:
+                    self._forget(op, chunk_id, where)
+
+    def _add(self, chunk_id: bytes, where: Location) -> None:
+        if (where.pack, where.offset) in self._forgotten or where.pack in self._gone:
+            return
+        current = self.chunks.get(chunk_id)
+        self.quarantine.pop(chunk_id, None)
+        if current is None:
+            self.chunks[chunk_id] = where
+            return
+        others = self.copies.setdefault(chunk_id, [])
+        if _place(where) == _place(current) or any(_place(o) == _place(where) for o in others):
+            if not others:
+                del self.copies[chunk_id]
+            return
+        if _place(where) < _place(current):
+            self.chunks[chunk_id] = where
+            others.append(current)
+        else:
+            others.append(where)
+
+    def _promote(self, chunk_id: bytes) -> None:
+        """The chosen copy is gone: read the least other one, if any."""
+        others = self.copies.pop(chunk_id, [])
+        if others:
+            others.sort(key=_place)
+            self.chunks[chunk_id] = others.pop(0)
+            if others:
+                self.copies[chunk_id] = others
+
+    def _forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
+        place = _place(where)
+        self._forgotten.add(place)
+        current = self.chunks.get(chunk_id)
+        if current is not None and _place(current) == place:
+            del self.chunks[chunk_id]
+            self._promote(chunk_id)
+            if op is Op.QUAR and chunk_id not in self.chunks:
+                self.quarantine[chunk_id] = current
+            return
+        others = self.copies.get(chunk_id)
+        if others:
+            others[:] = [o for o in others if _place(o) != place]
+            if not others:
+                del self.copies[chunk_id]
+
+    def _drop_pack(self, pack: str) -> None:
+        self._gone.add(pack)
+        self.packs.pop(pack, None)
+        self._forgotten = {p for p in self._forgotten if p[0] != pack}
+        for chunk_id, others in list(self.copies.items()):
+            others[:] = [o for o in others if o.pack != pack]
+            if not others:
+                del self.copies[chunk_id]
+        for chunk_id in [i for i, w in self.chunks.items() if w.pack == pack]:
+            del self.chunks[chunk_id]
+            self._promote(chunk_id)
+
+    def all_copies(self, chunk_id: bytes) -> list[Location]:
+        with self.lock:
+            current = self.chunks.get(chunk_id)
+            return ([current] if current else []) + list(self.copies.get(chunk_id, []))
+
+    def usage(self) -> int:
+        with self.lock:
+            return sum(self.packs.values())
+
+    def live_by_pack(self) -> dict[str, list[tuple[bytes, Location]]]:
+        """Every live copy, by pack (every known pack listed, empty ones too)."""
+        with self.lock:
+            result: dict[str, list[tuple[bytes, Location]]] = {name: [] for name in self.packs}
+            for chunk_id, where in self.chunks.items():
+                result.setdefault(where.pack, []).append((chunk_id, where))
+            for chunk_id, others in self.copies.items():
+                for where in others:
+                    result.setdefault(where.pack, []).append((chunk_id, where))
+        return result
+
+    def checkpoint(self) -> IndexBatch:
+        """This view as one index object: what replaying it alone gives."""
+        batch = IndexBatch()
+        with self.lock:
+            batch.packs.update(self.packs)
+            for chunk_id, where in self.chunks.items():
+                batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+            for chunk_id, others in self.copies.items():
+                for where in others:
+                    batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+            for chunk_id, where in self.quarantine.items():
+                batch.add(chunk_id, where, self.packs.get(where.pack, 0))
+                batch.forget(Op.QUAR, chunk_id, where)
+        return batch
+
+
+def _place(where: Location) -> tuple[str, int]:
+    return where.pack, where.offset
