@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 
 from cachesrv.manifest import Manifest
 
-from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
+from .records import (
+    NAMESPACES,
+    Conflict,
+    EntryExists,
+    History,
+    Ref,
+    StoredManifest,
+    entry_is_kept,
+)
 
 
 @dataclass
@@ -33,7 +41,7 @@ class MemoryCatalog:
         self._manifests: dict[bytes, bytes] = {}
         self._names: dict[str, dict[str, _Name]] = {namespace: {} for namespace in NAMESPACES}
         self._doomed: dict[bytes, float] = {}
-        self._history: dict[float, dict[str, float]] = {}
+        self._history = History()
         self._serving: dict[str, tuple[set[bytes], float]] = {}
 
     @property
@@ -265,15 +273,10 @@ class MemoryCatalog:
             }
 
     def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
-        with self._lock:
-            self._history[at] = dict(values)
-            for old in sorted(self._history)[:-keep] if keep else list(self._history):
-                del self._history[old]
+        self._history.record(at, values, keep)
 
     def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
-        with self._lock:
-            newest = sorted(self._history)[-limit:] if limit else []
-            return [(at, dict(self._history[at])) for at in newest]
+        return self._history.samples(limit)
 
     def ping(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import blake3
@@ -73,3 +74,23 @@ def entry_is_kept(
     if existing_mtime is None or replace:
         return False
     return max_age is None or now - existing_mtime <= max_age
+
+
+class History:
+    """The status page's history points kept in memory (catalogs with no table for
+    them), newest ``keep`` only. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._points: dict[float, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, at: float, values: dict[str, float], keep: int) -> None:
+        with self._lock:
+            self._points[at] = dict(values)
+            for old in sorted(self._points)[:-keep] if keep else list(self._points):
+                del self._points[old]
+
+    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+        with self._lock:
+            newest = sorted(self._points)[-limit:] if limit else []
+            return [(at, dict(self._points[at])) for at in newest]

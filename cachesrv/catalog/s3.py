@@ -47,7 +47,7 @@ from urllib.parse import quote, unquote
 from cachesrv.manifest import Manifest
 from cachesrv.store.s3.client import ObjectStore, ObjectStoreUnavailable, PreconditionFailed
 
-from .records import Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
+from .records import Conflict, EntryExists, History, Ref, StoredManifest, entry_is_kept
 
 LOCK = "locks/tree"
 LOCK_TTL = 60.0  # a dead publisher's lock lapses after this
@@ -94,7 +94,7 @@ class S3Catalog:
         self._refs: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (etag, fields)
         self._refs_lock = threading.Lock()
         self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
-        self._history: dict[float, dict[str, float]] = {}
+        self._history = History()
         self._totals: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
 
@@ -444,15 +444,10 @@ class S3Catalog:
         return dict(counts)
 
     def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
-        with self._lock:
-            self._history[at] = dict(values)
-            for old in sorted(self._history)[:-keep] if keep else list(self._history):
-                del self._history[old]
+        self._history.record(at, values, keep)
 
     def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
-        with self._lock:
-            newest = sorted(self._history)[-limit:] if limit else []
-            return [(at, dict(self._history[at])) for at in newest]
+        return self._history.samples(limit)
 
     def ping(self) -> None:
         self.objects.ping()

@@ -47,12 +47,7 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
         await send_object(service, request, send, ref, "application/x-tar", extra)
     elif method in ("PUT", "POST"):
         request.require(Scope.WRITE, key)
-        replace = request.arg("replace") in ("1", "true", "True")
-        max_age_arg = request.arg("max-age")
-        try:
-            max_age = float(max_age_arg) if max_age_arg is not None else None
-        except ValueError as exc:
-            raise HttpError(400, "max-age must be a number of seconds") from exc
+        replace, max_age = save_options(request)
         stored = await service.save_entry(key, request.body(), replace, max_age)
         await send_json(send, 201, {"key": key, "size": stored.size, "etag": f'"{stored.etag}"'})
     elif method == "DELETE":
@@ -62,3 +57,14 @@ async def cache_entry(service: CacheService, request: Request, send: Any, raw_ke
         await send_json(send, 202, {"deleted": key})
     else:
         raise HttpError(405, "Method Not Allowed", [_h("Allow", "GET, HEAD, PUT, DELETE")])
+
+
+def save_options(request: Request) -> tuple[bool, float | None]:
+    """A keyed save's ``replace`` and ``max-age`` arguments (curl and push alike)."""
+    replace = request.arg("replace") in ("1", "true", "True")
+    max_age_arg = request.arg("max-age")
+    try:
+        max_age = float(max_age_arg) if max_age_arg is not None else None
+    except ValueError as exc:
+        raise HttpError(400, "max-age must be a number of seconds") from exc
+    return replace, max_age

@@ -29,6 +29,7 @@ from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 from cachesrv.http.responses import header as _h
 from cachesrv.http.responses import send_json, send_simple
+from cachesrv.http.routes.caches import save_options
 from cachesrv.ingest.session import INLINE_LIMIT
 from cachesrv.names import clean_key, clean_path
 from cachesrv.pushed import MAX_MANIFEST_BYTES
@@ -108,12 +109,7 @@ def _settings(service: CacheService) -> dict[str, object]:
 async def _publish(service: CacheService, request: Request, send: Any) -> None:
     kind, name = _target(request)
     request.require(Scope.WRITE, name)
-    replace = request.arg("replace") in ("1", "true", "True")
-    max_age_arg = request.arg("max-age")
-    try:
-        max_age = float(max_age_arg) if max_age_arg is not None else None
-    except ValueError as exc:
-        raise HttpError(400, "max-age must be a number of seconds") from exc
+    replace, max_age = save_options(request)
     if kind == "key":
         await service.check_entry_kept(name, replace, max_age)
     blob = await request.small_body(MAX_MANIFEST_BYTES)
