@@ -126,7 +126,7 @@ def run(c: corpus_mod.Corpus, mbit: float, work: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="push/pull vs tar+curl through a slow link")
-    parser.add_argument("--corpus", choices=("go", "synthetic"), default="synthetic")
+    parser.add_argument("--corpus", choices=corpus_mod.KINDS, default="synthetic")
     parser.add_argument("--size-mb", type=float, default=32, help="synthetic v1 size")
     parser.add_argument("--mbit", type=float, default=100)
     parser.add_argument("--json", metavar="FILE")
