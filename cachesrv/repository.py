@@ -156,17 +156,24 @@ class Repository:
     def collector(self) -> Collector:
         return Collector(self.store, self.catalog, self.limits(), self._serving)
 
-    def _serving(self) -> list[Manifest]:
-        """Manifests downloads are reading: this process's, and those other replicas
-        announce (a manifest already dropped is no one's any more: skipped)."""
-        own = self.pins.manifests(self.catalog.manifest)
+    def _serving(self) -> list[set[bytes]]:
+        """Chunk ids of the manifests downloads are reading: this process's, and those
+        other replicas announce (a manifest already dropped is no one's any more:
+        skipped)."""
+        own = self.pins.chunk_sets(self._chunk_ids)
         others = []
         for manifest_id in self.catalog.announced(time.time()) - self.pins.held():
             try:
-                others.append(self.catalog.manifest(manifest_id))
+                others.append(self._chunk_ids(manifest_id))
             except KeyError:
                 continue
         return own + others
+
+    def _chunk_ids(self, manifest_id: bytes) -> set[bytes]:
+        body = self.catalog.manifest_body(manifest_id)
+        if body is None:
+            raise KeyError(manifest_id)
+        return Manifest.chunk_ids_of(body)
 
     def announce_serving(self) -> None:
         """Tell the other replicas which manifests this one's downloads are reading

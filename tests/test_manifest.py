@@ -8,6 +8,7 @@ describe: chunk ids map to their bytes in a dict standing in for the chunk store
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import blake3
 import pytest
@@ -15,7 +16,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachesrv.manifest import Manifest, ManifestError, Piece
+from cachesrv.manifest import Manifest, ManifestError, Piece, PieceStream
 
 BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -42,6 +43,11 @@ def piece_bytes(piece: Piece, chunks: dict[bytes, bytes]) -> bytes:
     return piece.inline
 
 
+# Both ways of reading a blob refuse what is not a whole manifest.
+READERS = pytest.mark.parametrize(
+    "read", [Manifest.decode, Manifest.chunk_ids_of], ids=["decode", "chunk_ids_of"]
+)
+
 part_lists = st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=300)), max_size=30)
 
 
@@ -57,6 +63,15 @@ def test_encode_then_decode_gives_the_same_manifest(parts: list[tuple[bool, byte
     assert decoded.offsets == manifest.offsets
     assert decoded.etag == manifest.etag
     assert decoded.manifest_id == manifest.manifest_id
+
+
+@BOUNDED
+@given(part_lists)
+def test_chunk_ids_are_read_from_the_blob_as_decoding_finds_them(
+    parts: list[tuple[bool, bytes]],
+) -> None:
+    manifest, _, _ = build(parts)
+    assert Manifest.chunk_ids_of(manifest.encode()) == manifest.chunk_ids()
 
 
 def test_the_blob_is_stable_so_its_id_names_the_content() -> None:
@@ -119,16 +134,20 @@ ENTRY_SIZE = struct.calcsize("<BI")
         "size",
     ],
 )
-def test_a_corrupt_blob_is_a_manifest_error(blob: bytes) -> None:
+@READERS
+def test_a_corrupt_blob_is_a_manifest_error(read: Callable[[bytes], object], blob: bytes) -> None:
     with pytest.raises(ManifestError):
-        Manifest.decode(blob)
+        read(blob)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
-def test_random_bytes_are_a_manifest_error_and_nothing_else(blob: bytes) -> None:
+@READERS
+def test_random_bytes_are_a_manifest_error_and_nothing_else(
+    read: Callable[[bytes], object], blob: bytes
+) -> None:
     with pytest.raises(ManifestError):
-        Manifest.decode(blob)
+        read(blob)
 
 
 # -- span: which pieces serve bytes [start, end) ---------------------------------------------
@@ -146,6 +165,34 @@ def test_span_is_the_slice_of_the_concatenation(
     assert b"".join(piece_bytes(p, chunks)[lo:hi] for p, lo, hi in span) == whole[start:end]
     for piece, lo, hi in span:
         assert 0 <= lo < hi <= piece.size  # never an empty or out-of-piece slice
+
+
+@BOUNDED
+@given(st.data(), part_lists)
+def test_a_piece_stream_spans_as_the_decoded_manifest_does(
+    data: st.DataObject, parts: list[tuple[bool, bytes]]
+) -> None:
+    """Ranges served in order (a restore's spans) or out of order (it starts over)."""
+    manifest, _, _ = build(parts)
+
+    class Streamed(PieceStream):
+        BLOCK = data.draw(st.integers(1, 64), label="block")  # entries cut across blocks
+        WHOLE = -1  # never decoded in one step
+
+    for kind in (PieceStream, Streamed):
+        stream = kind.stored(manifest.manifest_id, manifest.encode())
+        assert (stream.size, stream.digest) == (manifest.size, manifest.digest)
+        assert list(stream) == list(zip(manifest.offsets, manifest.pieces, strict=True))
+        bounds = st.integers(0, manifest.size + 10)
+        for _ in range(data.draw(st.integers(1, 6), label="ranges")):
+            start, end = data.draw(bounds, label="start"), data.draw(bounds, label="end")
+            assert list(stream.span(start, end)) == list(manifest.span(start, end))
+
+
+def test_a_piece_stream_is_checked_against_its_id() -> None:
+    blob = _two_pieces().encode()
+    with pytest.raises(ManifestError):
+        PieceStream.stored(bytes(32), blob)
 
 
 def test_span_on_piece_boundaries() -> None:
@@ -180,22 +227,29 @@ def _blob(payload: bytes) -> bytes:
     return zstandard.ZstdCompressor().compress(payload)
 
 
-def test_a_manifest_cut_inside_its_last_inline_piece_is_refused() -> None:
+@READERS
+def test_a_manifest_cut_inside_its_last_inline_piece_is_refused(
+    read: Callable[[bytes], object],
+) -> None:
     with pytest.raises(ManifestError):
-        Manifest.decode(_blob(_payload()[:-1]))
+        read(_blob(_payload()[:-1]))
 
 
-def test_a_manifest_with_bytes_after_its_last_piece_is_refused() -> None:
+@READERS
+def test_a_manifest_with_bytes_after_its_last_piece_is_refused(
+    read: Callable[[bytes], object],
+) -> None:
     with pytest.raises(ManifestError):
-        Manifest.decode(_blob(_payload() + b"junk"))
+        read(_blob(_payload() + b"junk"))
 
 
-def test_a_piece_of_an_unknown_kind_is_refused() -> None:
+@READERS
+def test_a_piece_of_an_unknown_kind_is_refused(read: Callable[[bytes], object]) -> None:
     payload = bytearray(_payload())
     header, entry = struct.calcsize("<4sQ32sI"), struct.calcsize("<BI")
     payload[header + entry + 32] = 7  # the inline entry's kind
     with pytest.raises(ManifestError):
-        Manifest.decode(_blob(bytes(payload)))
+        read(_blob(bytes(payload)))
 
 
 def test_a_stored_manifest_is_checked_against_its_id() -> None:

@@ -29,20 +29,18 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-from cachesrv.manifest import Manifest
-
 
 class ManifestPins:
     """Manifests that responses of this process are serving, by id (thread-safe).
 
-    A response pins only the id: nothing is decoded on the request path. GC decodes
-    a pinned manifest when it first marks it, and keeps the decoded copy for as long
-    as it is held, so a manifest row dropped after its grace still protects its chunks.
+    A response pins only the id: nothing is decoded on the request path. GC reads a
+    pinned manifest's chunk ids when it first marks it, and keeps them for as long as
+    it is held, so a manifest row dropped after its grace still protects its chunks.
     """
 
     def __init__(self) -> None:
         self._held: Counter[bytes] = Counter()
-        self._decoded: dict[bytes, Manifest] = {}
+        self._decoded: dict[bytes, set[bytes]] = {}  # their chunk ids, once GC asked
         self._lock = threading.Lock()
 
     async def hold(self, manifest_id: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -64,8 +62,8 @@ class ManifestPins:
         with self._lock:
             return set(self._held)
 
-    def manifests(self, load: Callable[[bytes], Manifest]) -> list[Manifest]:
-        """Every pinned manifest, decoded with ``load`` the first time it is asked for."""
+    def chunk_sets(self, load: Callable[[bytes], set[bytes]]) -> list[set[bytes]]:
+        """The chunk ids of every pinned manifest, read with ``load`` the first time."""
         with self._lock:
             wanted = [i for i in self._held if i not in self._decoded]
         loaded = {}
@@ -75,7 +73,7 @@ class ManifestPins:
             except KeyError:
                 pass  # gone before its first mark: its response fails, never misreads
         with self._lock:
-            for manifest_id, manifest in loaded.items():
+            for manifest_id, ids in loaded.items():
                 if manifest_id in self._held:
-                    self._decoded[manifest_id] = manifest
+                    self._decoded[manifest_id] = ids
             return list(self._decoded.values())

@@ -106,7 +106,7 @@ class Collector:
         store: ChunkStore,
         catalog: CatalogBackend,
         limits: Limits,
-        serving: Callable[[], list[Manifest]] = list,
+        serving: Callable[[], list[set[bytes]]] = list,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -180,11 +180,11 @@ class Collector:
             if not page:
                 break
             for manifest_id, body, live in page:
-                marks.add(manifest_id, Manifest.decode(body).chunk_ids(), bool(live))
+                marks.add(manifest_id, Manifest.chunk_ids_of(body), bool(live))
             self.report.roots += len(page)
             after = page[-1][0]
             yield
-        serving = {c for m in self.serving() for c in m.chunk_ids()}
+        serving = set().union(*self.serving())
         marks.add(SERVING_ROOT, serving, False)
         yield
         self.report.marked_chunks = marks.seal()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import zstandard
 
 from cachesrv.catalog import CatalogBackend
-from cachesrv.manifest import Manifest, ManifestError
+from cachesrv.manifest import ManifestError, Piece, PieceStream
 from cachesrv.restore.hot import SPAN, HotCache, Written
 from cachesrv.store import (
     ChunkCorrupt,
@@ -102,7 +102,10 @@ def run(source: Source, job: Job, out: socket.socket) -> None:
     raises for a broken object or a peer that went away: those end the stream."""
     stats = JobStats()
     try:
-        manifest = source.catalog.manifest(job.manifest_id)
+        body = source.catalog.manifest_body(job.manifest_id)
+        if body is None:
+            raise KeyError(job.manifest_id)
+        manifest = PieceStream.stored(job.manifest_id, body)  # read as it is served
         parts = (
             _zstd(source, manifest, job.piece) if job.zstd else _plain(source, job, manifest, stats)
         )
@@ -147,7 +150,9 @@ def _try_send(sock: socket.socket, kind: bytes, payload: bytes) -> None:
 # -- plain (identity) restores ----------------------------------------------------
 
 
-def _plain(source: Source, job: Job, manifest: Manifest, stats: JobStats) -> Iterator[memoryview]:
+def _plain(
+    source: Source, job: Job, manifest: PieceStream, stats: JobStats
+) -> Iterator[memoryview]:
     end = manifest.size if job.end < 0 else job.end
     if end <= job.start:
         return
@@ -196,7 +201,7 @@ class _ColdReader:
         self.decompressor = zstandard.ZstdDecompressor()
         self._last: tuple[bytes, bytes | memoryview] | None = None
 
-    def read(self, manifest: Manifest, lo: int, hi: int) -> bytes:
+    def read(self, manifest: PieceStream, lo: int, hi: int) -> bytes:
         pieces = list(manifest.span(lo, hi))
         last = self._last
         wanted = [
@@ -247,20 +252,23 @@ class _ColdReader:
 # -- Content-Encoding: zstd restores ---------------------------------------------
 
 
-def _zstd(source: Source, manifest: Manifest, piece_bytes: int) -> Iterator[bytes]:
+def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[bytes]:
     """The whole object as concatenated zstd frames: stored frames as they are (verified
     by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
     frames of raw blocks (no compression: zstd would not have saved anything)."""
     compressor = zstandard.ZstdCompressor(level=1)
-    pieces = manifest.pieces
-    start = 0
-    while start < len(pieces):
-        stop, content, raw = start, 0, 0
-        while stop < len(pieces) and content < ZSTD_BATCH and raw < piece_bytes:
-            content += pieces[stop].chunk_id is not None
-            raw += pieces[stop].size
-            stop += 1
-        batch = pieces[start:stop]
+    pieces = (piece for _, piece in manifest)
+    batch: list[Piece] = []
+    while True:
+        content, raw = 0, 0
+        for piece in pieces:
+            batch.append(piece)
+            content += piece.chunk_id is not None
+            raw += piece.size
+            if content >= ZSTD_BATCH or raw >= piece_bytes:
+                break
+        if not batch:
+            return
         ids = [p.chunk_id for p in batch if p.chunk_id is not None]
         frames = iter(source.store.read_frames(ids) if ids else [])
         out: list[bytes | memoryview] = []
@@ -276,7 +284,7 @@ def _zstd(source: Source, manifest: Manifest, piece_bytes: int) -> Iterator[byte
                 check_frame(piece.chunk_id, frame)
                 out.append(frame.data)
         yield b"".join(out)
-        start = stop
+        batch = []
 
 
 def raw_frame(data: bytes) -> list[bytes | memoryview]:
