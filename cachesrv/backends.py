@@ -5,6 +5,7 @@ them branches on which one is in use."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from cachesrv.catalog import CatalogBackend, SqliteCatalog
@@ -29,14 +30,23 @@ def open_chunk_store(
 
 
 def open_catalog(
-    data: Path, store: str | None, store_timeout: float, busy_timeout: float = 60.0
+    data: Path,
+    store: str | None,
+    store_timeout: float,
+    busy_timeout: float = 60.0,
+    held: Callable[[bytes, int], bool] | None = None,
 ) -> CatalogBackend:
+    """``held``: whether the hot cache holds every byte of an object (digest, size); with
+    an object store, names whose bytes it holds stay readable while the bucket is down
+    (:mod:`cachesrv.catalog.s3`)."""
     if store is None:
         return SqliteCatalog(data, busy_timeout=busy_timeout)
+    from cachesrv.catalog.remembered import RememberedRefs
     from cachesrv.catalog.s3 import S3Catalog
     from cachesrv.store.s3 import open_object_store
 
-    return S3Catalog(open_object_store(store, store_timeout).child("catalog/"))
+    objects = open_object_store(store, store_timeout).child("catalog/")
+    return S3Catalog(objects, remembered=RememberedRefs(data), held=held)
 
 
 def check_store(store: str | None, store_timeout: float) -> None:

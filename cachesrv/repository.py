@@ -106,10 +106,14 @@ class Repository:
             hard_limit=config.effective_hard_limit,
             pin_ttl=config.upload_pin_ttl,
         )
-        catalog = open_catalog(
-            config.data, config.store, config.store_timeout, config.catalog_busy_timeout
-        )
         hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
+        catalog = open_catalog(
+            config.data,
+            config.store,
+            config.store_timeout,
+            config.catalog_busy_timeout,
+            held=None if hot is None else hot.holds,
+        )
         restores = RestorePool(
             config.data,
             config.hot_cache_bytes,

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from seaweed import SeaweedFS, start_seaweedfs
+
+from bench.seaweedfs import SeaweedFS, start_seaweedfs
 
 
 def free_port() -> int:

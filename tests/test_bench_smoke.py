@@ -5,9 +5,11 @@ the ceiling app, cachesrv and the sendfile baseline as subprocesses, drives them
 checks that GET returns the uploaded bytes (plain and ``--compressed``), and writes its
 JSON. Every figure the harness defines must be in that JSON with a positive value, unless
 the JSON lists it in ``figures_skipped`` with a reason, and only figures that need the
-peer (go-simple-uploader: --quick never builds Go) or the load benchmark (not part of
---quick) may be skipped. The load benchmark gets a run of its own, tiny. Targets are not
-asserted: a 4 MiB corpus measures latency, not throughput.
+peer (go-simple-uploader: --quick never builds Go), the load benchmark (not part of
+--quick) or an object store (``--store s3``) may be skipped. ``--quick --store s3`` runs
+the same with cachesrv on SeaweedFS too, and then the object store's figures must all be
+there. The load benchmark gets a run of its own, tiny. Targets are not asserted: a 4 MiB
+corpus measures latency, not throughput.
 """
 
 from __future__ import annotations
@@ -31,26 +33,31 @@ def _bench_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-@pytest.mark.timeout(180)
-def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
+def _quick_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     for tool in ("curl", "zstd"):
         assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
-    run = _bench_module("bench.run")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--size-mb", "4", "--runs", "1",
-         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
+         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs"),
+         *extra],
         cwd=REPO, capture_output=True, text=True, timeout=170,
     )
     logs = "\n".join(p.read_text(errors="replace")[-3000:]
                      for p in sorted((tmp_path / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
-    doc = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
+    run = _bench_module("bench.run")
+    proc, doc = _quick_run(tmp_path)
     figures = doc["figures"]
     skipped = {s["figure"]: s for s in doc["figures_skipped"]}
     for f in run.FIGURES:
         if f.name in skipped:
-            assert f.needs in ("peer", "load"), (
+            assert f.needs in ("peer", "load", "s3"), (
                 f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must "
                 "measure it")
             assert skipped[f.name]["reason"], f"{f.name} skipped without a reason"
@@ -69,6 +76,31 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     assert doc["notes"]["encoding_compressed"] == "zstd"  # the sendfile baseline's body
     assert "GET v2, first read" in proc.stdout  # the table was printed
     assert "not measured" in proc.stdout  # ... and says what it skipped
+    assert any(s["needs"] == "s3" and "--store s3" in s["reason"] for s in skipped.values())
+    assert "cachesrv on SeaweedFS" not in proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmark_on_seaweedfs_prints_beside_the_local_store(tmp_path: Path) -> None:
+    run = _bench_module("bench.run")
+    proc, doc = _quick_run(tmp_path, "--store", "s3")
+    figures = doc["figures"]
+    s3 = [f for f in run.FIGURES if f.needs == "s3"]
+    assert {f.name for f in s3} >= {"s3_cold_put_MBps", "s3_restore_first_MBps",
+                                    "s3_stored_after_v2_MB", "s3_peak_rss_MB",
+                                    "seaweedfs_peak_rss_MB"}
+    for f in s3:  # every object-store figure measured, none skipped
+        assert f.name in figures, f"{f.name} missing: {doc['figures_skipped']}"
+        assert figures[f.name]["value"] > 0, f"{f.name} = {figures[f.name]['value']!r}"
+    for f in run.FIGURES:  # ... and the local store's are all still there
+        if f.needs is None:
+            assert f.name in figures, f.name
+    assert doc["notes"]["s3_encoding_compressed"] == "zstd"  # verified byte-exact on S3
+    assert doc["notes"]["s3_bucket_bytes_after_v2"][0] > 0
+    assert doc["meta"]["stores"] == ["local", "s3"]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("figure"))
+    assert header.index("cachesrv (ratio)") < header.index("cachesrv on SeaweedFS (ratio)")
+    assert "peak RSS: SeaweedFS itself (not cachesrv)" in proc.stdout
 
 
 @pytest.mark.timeout(120)

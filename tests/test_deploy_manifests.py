@@ -22,8 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import StartServer, curl
-from seaweed import SeaweedFS
 
+from bench.seaweedfs import SeaweedFS
 from cachesrv import config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

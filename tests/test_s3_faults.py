@@ -3,12 +3,14 @@ never a 500 or a hang."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import StartServer, curl
-from seaweed import SeaweedFS, start_seaweedfs
+
+from bench.seaweedfs import SeaweedFS, start_seaweedfs
 
 
 @pytest.fixture
@@ -38,3 +40,47 @@ def test_writes_answer_503_with_retry_after_while_the_object_store_is_down(
     head = answer.stdout.decode("latin-1").lower()
     assert head.startswith("http/1.1 503"), head
     assert "\r\nretry-after: " in head
+
+
+def _head(answer: bytes) -> str:
+    return answer.decode("latin-1").lower()
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["restore-in-threads", "restore-workers"])
+def test_a_name_served_recently_reads_whole_from_the_local_cache_while_the_object_store_is_down(
+    start_server: StartServer, own_seaweedfs: SeaweedFS, workers: int
+) -> None:
+    url = f"s3://{own_seaweedfs.new_bucket()}/cache"
+    args = ["--store", url, "--store-timeout", "1", "--restore-workers", str(workers)]
+    server = start_server(env=own_seaweedfs.env, args=args)  # with --data: the hot cache
+    body = random.Random(11).randbytes(3 * (1 << 20) + 12345)  # several hot spans
+    put = ["-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-T", "-"]
+    assert curl(*put, f"{server.url}/ci/kept.tar", input=body).stdout == b"201"
+    assert curl("-sf", f"{server.url}/ci/kept.tar").stdout == body  # served once
+    assert curl(*put, f"{server.url}/ci/gone.tar", input=body).stdout == b"201"
+    assert curl("-sf", f"{server.url}/ci/gone.tar").stdout == body
+    assert curl("-sf", "-X", "DELETE", f"{server.url}/upload?path=ci/gone.tar").returncode == 0
+    own_seaweedfs.stop()
+
+    got = curl("-s", "-D", "/dev/stderr", f"{server.url}/ci/kept.tar")
+    assert _head(got.stderr).startswith("http/1.1 200"), got.stderr
+    assert got.stdout == body
+    head = curl("-s", "-I", f"{server.url}/ci/kept.tar").stdout
+    assert _head(head).startswith("http/1.1 200"), head
+    assert f"\r\ncontent-length: {len(body)}\r\n" in _head(head)
+
+    write = curl("-s", "-D", "-", "-o", "/dev/null", "-H", "Expect:", "-T", "-",
+                 f"{server.url}/ci/kept.tar", input=b"v2")  # fmt: skip
+    assert _head(write.stdout).startswith("http/1.1 503"), write.stdout
+    assert "\r\nretry-after: " in _head(write.stdout)
+    unknown = curl("-s", "-D", "-", "-o", "/dev/null", f"{server.url}/ci/never-seen.tar")
+    assert _head(unknown.stdout).startswith("http/1.1 503"), unknown.stdout  # not 404
+    assert "\r\nretry-after: " in _head(unknown.stdout)
+    # the hot cache holds it decoded: a zstd body needs the chunks, so retry later
+    zstd = curl("-s", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: zstd",
+                f"{server.url}/ci/kept.tar")  # fmt: skip
+    assert _head(zstd.stdout).startswith("http/1.1 503"), zstd.stdout
+    assert "\r\nretry-after: " in _head(zstd.stdout)
+    gone = curl("-s", "-D", "-", "-o", "/dev/null", f"{server.url}/ci/gone.tar")
+    assert _head(gone.stdout).startswith("http/1.1 503"), gone.stdout  # deleted here: not held
+    assert curl("-sf", f"{server.url}/ci/kept.tar").stdout == body  # and still whole

@@ -11,7 +11,8 @@ import threading
 import time
 
 from conftest import Server, StartServer, http_request
-from seaweed import SeaweedFS
+
+from bench.seaweedfs import SeaweedFS
 
 MiB = 1 << 20
 OPS = 16  # operations per uploader

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, StartServer, clean_env, curl, free_port
-from seaweed import SeaweedFS
 
+from bench.seaweedfs import SeaweedFS
 from cachesrv.store.s3 import open_object_store
 
 DEADLINE = 60.0

@@ -26,6 +26,12 @@ then deletes the lock. A holder that dies leaves the lock to lapse after
 :data:`LOCK_TTL`; whoever takes it over first writes the journal's refs, so a publish
 that was checked is completed, never half-visible for longer than that.
 
+With ``--data``, a replica remembers there (:class:`RememberedRefs`) the last ref it
+read of each name and that version's manifest body. When the bucket does not answer, a
+lookup of a name it served answers that ref if the hot cache holds every byte of the
+version (``held``), so GET and HEAD of it go on; any other lookup fails as the bucket
+did (503: whether the name exists cannot be known). Writes always need the bucket.
+
 Read times (``touch``) are written into the refs by batches (the HTTP layer's access
 log flushes them), so every replica's reads count for TTL and eviction. The status
 page's history (``record_sample``) is this replica's own, in memory.
@@ -48,6 +54,7 @@ from cachesrv.manifest import Manifest
 from cachesrv.store.s3.client import ObjectStore, ObjectStoreUnavailable, PreconditionFailed
 
 from .records import Conflict, EntryExists, History, Ref, StoredManifest, entry_is_kept
+from .remembered import RememberedRefs
 
 LOCK = "locks/tree"
 LOCK_TTL = 60.0  # a dead publisher's lock lapses after this
@@ -56,6 +63,8 @@ RETRIES = 20  # conditional writes that lose a race are retried this often
 TOTALS_FOR = 5.0  # seconds totals() answers from its last count
 _PREFIX = {"object": "objects/", "entry": "entries/"}
 T = TypeVar("T")
+#: whether the hot cache holds every byte of the object with this digest and size
+Held = Callable[[bytes, int], bool]
 
 
 def _key(namespace: str, name: str) -> str:
@@ -88,8 +97,16 @@ def _ancestors(path: str) -> list[str]:
 
 
 class S3Catalog:
-    def __init__(self, objects: ObjectStore, threads: int = 8) -> None:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        threads: int = 8,
+        remembered: RememberedRefs | None = None,
+        held: Held | None = None,
+    ) -> None:
         self.objects = objects
+        self.remembered = remembered
+        self.held = held
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="catalog")
         self._refs: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (etag, fields)
         self._refs_lock = threading.Lock()
@@ -181,7 +198,12 @@ class S3Catalog:
             if cached is not None:
                 self._manifests.move_to_end(manifest_id)
                 return cached
-        body = self.manifest_body(manifest_id)
+        try:
+            body = self.manifest_body(manifest_id)
+        except ObjectStoreUnavailable:
+            body = self.remembered.manifest_body(manifest_id) if self.remembered else None
+            if body is None:
+                raise
         if body is None:
             raise KeyError(manifest_id.hex())
         manifest = Manifest.decode_stored(manifest_id, body)
@@ -208,6 +230,7 @@ class S3Catalog:
         self, items: Iterable[tuple[str, StoredManifest]], mtime: float | None = None
     ) -> float:
         items = list(items)
+        self._forget("object", [path for path, _ in items])
         for stored in {s.manifest_id: s for _, s in items}.values():
             self._put_manifest(stored)
         with _TreeLock(self) as lock:
@@ -241,8 +264,46 @@ class S3Catalog:
             raise Conflict(f"{path!r} is a directory")
 
     def get(self, path: str) -> Ref | None:
-        current = self._read(_key("object", path))
-        return None if current is None else _ref(path, current[1])
+        try:
+            current = self._read(_key("object", path))
+        except ObjectStoreUnavailable as exc:
+            return self._remembered_ref("object", path, exc)
+        fields = None if current is None else current[1]
+        self._remember("object", path, fields)
+        return None if fields is None else _ref(path, fields)
+
+    # -- what this replica remembers for when the bucket does not answer -------------
+
+    def _remember(self, namespace: str, name: str, fields: dict[str, Any] | None) -> None:
+        memory = self.remembered
+        if memory is None:
+            return
+        if fields is not None:
+            manifest_id = bytes.fromhex(fields["m"])
+            if not memory.has_manifest(manifest_id):
+                body = self.manifest_body(manifest_id)
+                if body is None:
+                    return  # collected meanwhile: the version is gone
+                memory.remember_manifest(manifest_id, body)
+        memory.remember(namespace, name, fields)
+
+    def _forget(self, namespace: str, names: list[str]) -> None:
+        """Names this replica changes: until read again, none is answered from memory."""
+        if self.remembered is not None:
+            for name in names:
+                self.remembered.remember(namespace, name, None)
+
+    def _remembered_ref(self, namespace: str, name: str, exc: ObjectStoreUnavailable) -> Ref:
+        """The bucket did not answer (``exc``): the remembered ref of ``name`` if the
+        bytes of its version are all held locally, else ``exc``."""
+        memory = self.remembered
+        fields = memory.ref(namespace, name) if memory is not None else None
+        if memory is None or fields is None or self.held is None:
+            raise exc
+        ref = _ref(name, fields)
+        if not (self.held(ref.digest, ref.size) and memory.has_manifest(ref.manifest_id)):
+            raise exc
+        return ref
 
     def is_directory(self, path: str) -> bool:
         return self.objects.exists_below(_key("object", path + "/" if path else ""))
@@ -261,10 +322,13 @@ class S3Catalog:
         return [(name, d, t) for name, (d, t) in sorted(found.items())]
 
     def delete_tree(self, path: str) -> int:
-        keys = [_key("object", path)] + [_key("object", p) for p, _ in self._below(path)]
-        return sum(self._map(self._remove, keys))
+        names = [path] + [p for p, _ in self._below(path)]
+        self._forget("object", names)
+        return sum(self._map(self._remove, [_key("object", p) for p in names]))
 
     def delete_paths(self, paths: Iterable[str]) -> int:
+        paths = list(paths)
+        self._forget("object", paths)
         return sum(self._map(self._remove, [_key("object", p) for p in paths]))
 
     # -- keyed cache entries -----------------------------------------------------------
@@ -272,6 +336,7 @@ class S3Catalog:
     def save_entry(
         self, key: str, stored: StoredManifest, replace: bool = False, max_age: float | None = None
     ) -> float:
+        self._forget("entry", [key])
         self._put_manifest(stored)
         now = time.time()
 
@@ -287,10 +352,15 @@ class S3Catalog:
     def find_entry(
         self, key: str, restore_keys: Iterable[str] = (), exact: bool = False
     ) -> Ref | None:
-        found = self._read(_key("entry", key))
+        try:
+            found = self._read(_key("entry", key))
+        except ObjectStoreUnavailable as exc:
+            return self._remembered_ref("entry", key, exc)
         if found is not None:
+            self._remember("entry", key, found[1])
             return _ref(key, found[1])
         if exact:
+            self._remember("entry", key, None)
             return None
         for prefix in (key, *restore_keys):
             matches = [
@@ -303,6 +373,7 @@ class S3Catalog:
         return None
 
     def delete_entry(self, key: str) -> bool:
+        self._forget("entry", [key])
         return self._remove(_key("entry", key))
 
     # -- lifecycle -------------------------------------------------------------------
@@ -454,6 +525,8 @@ class S3Catalog:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.remembered is not None:
+            self.remembered.close()
 
 
 class _TreeLock:

@@ -55,7 +55,10 @@ async def run(
                 repo.store.release_unused()
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
+            try:  # the last read times; a catalog out of reach loses them, not the exit
+                await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
+            except Exception:
+                log.exception("flushing read times at shutdown failed; they are lost")
 
 
 async def collect(repo: Repository) -> GcReport:

@@ -111,6 +111,11 @@ class HotCache:
         ).fetchall()
         return {idx: HotSpan(*location) for idx, *location in rows}
 
+    def holds(self, digest: bytes, size: int) -> bool:
+        """Whether every span of the object (``size`` bytes) is recorded here."""
+        known = self.lookup(digest)
+        return all(index in known for index in range((size + SPAN - 1) // SPAN))
+
     def read(self, digest: bytes, index: int, span: HotSpan) -> memoryview | None:
         """The span's bytes, verified; None when it is gone or damaged (read the store)."""
         try:

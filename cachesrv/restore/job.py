@@ -19,6 +19,7 @@ client by as much as it holds, and blocks (back-pressure) when it is full.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -47,6 +48,7 @@ log = logging.getLogger("cachesrv.restore")
 
 FRAME = struct.Struct("<cI")
 DATA, END, FAIL = b"D", b"E", b"X"
+UNAVAILABLE = b"U"  # the store did not answer in time: retry later, the object is whole
 ZSTD_BATCH = 64  # content pieces per read of stored frames, at most
 ZSTD_FRAME = struct.Struct("<IBI")  # magic, descriptor (single segment, 4-byte size), size
 ZSTD_MAGIC = 0xFD2FB528
@@ -121,8 +123,13 @@ def run(source: Source, job: Job, out: socket.socket) -> None:
         log.error("restore of %s: %s", job.manifest_id.hex()[:16], message)
         _try_send(out, FAIL, message.encode())
     except Exception as exc:  # a bug must not take the worker down with it
-        log.exception("restore of %s failed", job.manifest_id.hex()[:16])
-        _try_send(out, FAIL, f"restore failed: {exc}".encode())
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            # the object store out of reach (cachesrv.http.errors: 503 + Retry-After)
+            log.warning("restore of %s: %s", job.manifest_id.hex()[:16], exc)
+            _try_send(out, UNAVAILABLE, str(exc).encode())
+        else:
+            log.exception("restore of %s failed", job.manifest_id.hex()[:16])
+            _try_send(out, FAIL, f"restore failed: {exc}".encode())
     else:
         _try_send(out, END, json.dumps(asdict(stats)).encode())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import json
 import logging
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from cachesrv.restore.job import DATA, END, FAIL, FRAME, Job, JobStats, Source
+from cachesrv.restore.job import DATA, END, FAIL, FRAME, UNAVAILABLE, Job, JobStats, Source
 from cachesrv.restore.process import serve_job
 from cachesrv.store import ChunkCorrupt
 
@@ -146,14 +147,15 @@ class RestorePool:
             try:
                 async for _ in self.stream(job):
                     pass
-            except RestoreFailed as exc:
+            except (RestoreFailed, OSError) as exc:  # damaged, or the store out of reach
                 log.warning("warm-up of %s failed: %s", job.digest.hex()[:16], exc)
             finally:
                 self.warm_pending_bytes -= job.size
 
     async def stream(self, job: Job) -> AsyncIterator[bytes]:
         """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
-        cannot be served (before the first piece: nothing was sent yet)."""
+        cannot be served, ``OSError(ETIMEDOUT)`` if its store does not answer (before the
+        first piece: nothing was sent yet)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -227,6 +229,8 @@ async def _frames(sock: trio.socket.SocketType, totals: JobStats) -> AsyncIterat
             return
         elif kind == FAIL:
             raise RestoreFailed(payload.decode(errors="replace"))
+        elif kind == UNAVAILABLE:  # the store did not answer: a 503, not a damaged object
+            raise OSError(errno.ETIMEDOUT, payload.decode(errors="replace"))
         else:
             raise RestoreFailed(f"restore job sent an unknown frame {kind!r}")
 

