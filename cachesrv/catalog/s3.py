@@ -44,7 +44,6 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -110,7 +109,6 @@ class S3Catalog:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="catalog")
         self._refs: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (etag, fields)
         self._refs_lock = threading.Lock()
-        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
         self._history = History()
         self._totals: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
@@ -193,31 +191,25 @@ class S3Catalog:
     # -- manifests -------------------------------------------------------------------
 
     def manifest(self, manifest_id: bytes) -> Manifest:
-        with self._lock:
-            cached = self._manifests.get(manifest_id)
-            if cached is not None:
-                self._manifests.move_to_end(manifest_id)
-                return cached
-        try:
-            body = self.manifest_body(manifest_id)
-        except ObjectStoreUnavailable:
-            body = self.remembered.manifest_body(manifest_id) if self.remembered else None
-            if body is None:
-                raise
+        body = self.manifest_body(manifest_id)
         if body is None:
             raise KeyError(manifest_id.hex())
-        manifest = Manifest.decode_stored(manifest_id, body)
-        with self._lock:
-            self._manifests[manifest_id] = manifest
-            while len(self._manifests) > 4:  # a Go cache's decoded manifest is ~10 MB
-                self._manifests.popitem(last=False)
-        return manifest
+        return Manifest.decode_stored(manifest_id, body)
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
+        """The stored body, read from the bucket each time (GC may have dropped it: a
+        restore of a collected version must fail). With the bucket out of reach, the
+        one this replica remembers, if any."""
         try:
-            return self.objects.get(f"manifests/{manifest_id.hex()}")[0]
+            body: bytes = self.objects.get(f"manifests/{manifest_id.hex()}")[0]
         except KeyError:
             return None
+        except ObjectStoreUnavailable:
+            remembered = self.remembered.manifest_body(manifest_id) if self.remembered else None
+            if remembered is None:
+                raise
+            body = remembered
+        return body
 
     def _put_manifest(self, stored: StoredManifest) -> None:
         # written whole each time (same name, same bytes): a publish that revives a
