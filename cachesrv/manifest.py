@@ -112,7 +112,7 @@ class Manifest:
         """The chunk ids a manifest references, read from its encoding as a stream: no
         inline byte is kept (GC marks every manifest; one of a tree of 100,000 files
         decodes to over 100 MB of pieces)."""
-        return {p.chunk_id for _, p in PieceStream(blob) if p.chunk_id is not None}
+        return PieceStream(blob).chunk_ids()
 
     @classmethod
     def decode_stored(cls, manifest_id: bytes, blob: bytes) -> Manifest:
@@ -207,6 +207,9 @@ class PieceStream:
         self._start()
         while (item := self._read()) is not None:
             yield item
+
+    def chunk_ids(self) -> set[bytes]:
+        return {p.chunk_id for _, p in self if p.chunk_id is not None}
 
     def span(self, start: int, end: int) -> Iterator[tuple[Piece, int, int]]:
         """As :meth:`Manifest.span`: the pieces covering bytes [start, end)."""

@@ -19,7 +19,7 @@ from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
 from cachesrv.lifecycle.gc import Collector, GcReport, Limits, NameUsage
-from cachesrv.manifest import Manifest
+from cachesrv.manifest import PieceStream
 from cachesrv.restore.hot import HotCache
 from cachesrv.restore.job import Source
 from cachesrv.restore.workers import RestorePool
@@ -164,20 +164,22 @@ class Repository:
         """Chunk ids of the manifests downloads are reading: this process's, and those
         other replicas announce (a manifest already dropped is no one's any more:
         skipped)."""
-        own = self.pins.chunk_sets(self._chunk_ids)
+        own = self.pins.chunk_sets(self.chunk_ids)
         others = []
         for manifest_id in self.catalog.announced(time.time()) - self.pins.held():
             try:
-                others.append(self._chunk_ids(manifest_id))
+                others.append(self.chunk_ids(manifest_id))
             except KeyError:
                 continue
         return own + others
 
-    def _chunk_ids(self, manifest_id: bytes) -> set[bytes]:
+    def chunk_ids(self, manifest_id: bytes) -> set[bytes]:
+        """The chunk ids a stored manifest references, read as a stream and checked
+        against its id (KeyError if it is gone)."""
         body = self.catalog.manifest_body(manifest_id)
         if body is None:
             raise KeyError(manifest_id)
-        return Manifest.chunk_ids_of(body)
+        return PieceStream.stored(manifest_id, body).chunk_ids()
 
     def announce_serving(self) -> None:
         """Tell the other replicas which manifests this one's downloads are reading

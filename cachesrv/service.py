@@ -190,8 +190,7 @@ class CacheService:
         """The chunk ids a stored manifest references."""
         found = self._chunk_sets.get(manifest_id)
         if found is None:
-            manifest = await trio.to_thread.run_sync(self.repo.catalog.manifest, manifest_id)
-            found = frozenset(manifest.chunk_ids())
+            found = frozenset(await trio.to_thread.run_sync(self.repo.chunk_ids, manifest_id))
             if len(self._chunk_sets) >= 8:
                 self._chunk_sets.pop(next(iter(self._chunk_sets)))
             self._chunk_sets[manifest_id] = found

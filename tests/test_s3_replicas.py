@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Server, StartServer, clean_env, curl, free_port
+from conftest import Server, StartServer, clean_env, curl, free_port, status
 
 from bench.seaweedfs import SeaweedFS
 from cachesrv.store.s3 import open_object_store
@@ -40,17 +40,7 @@ def get(server: Server, path: str) -> tuple[int, bytes]:
 
 
 def save(server: Server, key: str, data: bytes) -> int:
-    result = curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-T",
-        "-",
-        f"{server.url}/-/cache/{key}",
-        input=data,
-    )
-    return int(result.stdout)
+    return status("-T", "-", f"{server.url}/-/cache/{key}", input=data)
 
 
 def test_an_upload_through_one_replica_reads_back_whole_through_the_other(
