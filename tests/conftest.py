@@ -208,5 +208,5 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 @pytest.fixture
 def s3_url(seaweedfs: SeaweedFS) -> str:
-    """``s3://bucket/prefix`` on a fresh bucket of the session's SeaweedFS."""
-    return f"s3://{seaweedfs.new_bucket()}/cache"
+    """``s3://bucket/prefix`` on a fresh prefix of the session's SeaweedFS."""
+    return seaweedfs.new_store_url()

@@ -27,7 +27,7 @@ def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
 def test_writes_answer_503_with_retry_after_while_the_object_store_is_down(
     start_server: StartServer, own_seaweedfs: SeaweedFS, workers: int
 ) -> None:
-    url = f"s3://{own_seaweedfs.new_bucket()}/cache"
+    url = own_seaweedfs.new_store_url()
     args = ["--store", url, "--store-timeout", "1", "--ingest-workers", str(workers)]
     server = start_server(env=own_seaweedfs.env, args=args)
     put = ["-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-T", "-"]
@@ -50,7 +50,7 @@ def _head(answer: bytes) -> str:
 def test_a_name_served_recently_reads_whole_from_the_local_cache_while_the_object_store_is_down(
     start_server: StartServer, own_seaweedfs: SeaweedFS, workers: int
 ) -> None:
-    url = f"s3://{own_seaweedfs.new_bucket()}/cache"
+    url = own_seaweedfs.new_store_url()
     args = ["--store", url, "--store-timeout", "1", "--restore-workers", str(workers)]
     server = start_server(env=own_seaweedfs.env, args=args)  # with --data: the hot cache
     body = random.Random(11).randbytes(3 * (1 << 20) + 12345)  # several hot spans

@@ -22,7 +22,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogB
     backend: CatalogBackend
     if request.param == "sqlite":
         backend = SqliteCatalog(tmp_path)
-    elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS, as a replica
+    elif request.param == "s3":  # a fresh prefix of the suite's SeaweedFS, as a replica
         objects = open_object_store(request.getfixturevalue("s3_url"), timeout=10)
         # with --data: it remembers what it read, which must change no answer
         backend = S3Catalog(objects.child("catalog/"), remembered=RememberedRefs(tmp_path))

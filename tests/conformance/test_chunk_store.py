@@ -31,7 +31,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]
         store: ChunkStore
         if request.param == "local":
             store = LocalChunkStore(tmp_path, hard_limit=hard_limit, pin_ttl=pin_ttl)
-        elif request.param == "s3":  # a fresh bucket of the suite's SeaweedFS
+        elif request.param == "s3":  # a fresh prefix of the suite's SeaweedFS
             objects = open_object_store(request.getfixturevalue("s3_url"), timeout=10)
             store = S3ChunkStore(objects.child("chunks/"), hard_limit=hard_limit, pin_ttl=pin_ttl)
         else:
