@@ -13,7 +13,7 @@ from cachesrv.store import ChunkStore
 
 
 def open_chunk_store(
-    data: Path,
+    data: Path | None,
     store: str | None,
     store_timeout: float,
     hard_limit: int | None = None,
@@ -22,6 +22,8 @@ def open_chunk_store(
     if store is None:
         from cachesrv.store.local import LocalChunkStore
 
+        if data is None:
+            raise ValueError("the local store needs a directory")
         return LocalChunkStore(data, hard_limit=hard_limit, pin_ttl=pin_ttl)
     from cachesrv.store.s3 import S3ChunkStore, open_object_store
 
@@ -30,7 +32,7 @@ def open_chunk_store(
 
 
 def open_catalog(
-    data: Path,
+    data: Path | None,
     store: str | None,
     store_timeout: float,
     busy_timeout: float = 60.0,
@@ -38,15 +40,18 @@ def open_catalog(
 ) -> CatalogBackend:
     """``held``: whether the hot cache holds every byte of an object (digest, size); with
     an object store, names whose bytes it holds stay readable while the bucket is down
-    (:mod:`cachesrv.catalog.s3`)."""
+    (:mod:`cachesrv.catalog.s3`), remembered under ``data`` (none without it)."""
     if store is None:
+        if data is None:
+            raise ValueError("the local catalog needs a directory")
         return SqliteCatalog(data, busy_timeout=busy_timeout)
     from cachesrv.catalog.remembered import RememberedRefs
     from cachesrv.catalog.s3 import S3Catalog
     from cachesrv.store.s3 import open_object_store
 
     objects = open_object_store(store, store_timeout).child("catalog/")
-    return S3Catalog(objects, remembered=RememberedRefs(data), held=held)
+    remembered = None if data is None else RememberedRefs(data)
+    return S3Catalog(objects, remembered=remembered, held=held)
 
 
 def check_store(store: str | None, store_timeout: float) -> None:

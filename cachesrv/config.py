@@ -17,13 +17,14 @@ from typing import Any
 from cachesrv.chunking import ChunkParams
 
 MiB = 1024 * 1024
+DEFAULT_DATA = Path("./pub")  # go-simple-uploader's default directory
 
 
 @dataclass(frozen=True)
 class Config:
     host: str = "localhost"
     port: int = 8080
-    data: Path = Path("./pub")
+    data: Path | None = None  # --data as given; where files go is local_dir
     # s3://bucket/prefix: chunks, manifests and refs in one bucket that every replica
     # shares (endpoint, region, credentials from the AWS_* environment); --data then
     # holds only the hot cache, safe to lose. None: everything under --data.
@@ -70,6 +71,15 @@ class Config:
     # GC spares chunks an upload looked up this recently; an upload that runs longer
     # re-pins them, and fails (never publishes a broken object) if one was swept.
     upload_pin_ttl: float = 600.0
+
+    @property
+    def local_dir(self) -> Path | None:
+        """Where this process keeps files: ``--data``; on the local store ``./pub`` when
+        it is not given; on an object store none unless it is given (then only the hot
+        cache and the refs last read: a replica needs no local state to serve)."""
+        if self.data is not None:
+            return self.data
+        return None if self.store else DEFAULT_DATA
 
     @property
     def effective_hard_limit(self) -> int | None:
@@ -156,7 +166,13 @@ def _store_url(value: str) -> str:
 SETTINGS: tuple[_Setting, ...] = (
     _Setting("host", ("CACHESRV_HOST", "UPLOADER_HOST"), str, "bind address"),
     _Setting("port", ("CACHESRV_PORT", "UPLOADER_PORT"), int, "port"),
-    _Setting("data", ("CACHESRV_DATA", "UPLOADER_DIRECTORY"), Path, "store root directory"),
+    _Setting(
+        "data",
+        ("CACHESRV_DATA", "UPLOADER_DIRECTORY"),
+        Path,
+        f"store root directory (default {DEFAULT_DATA}); with --store, only the hot cache "
+        "and the refs last read, safe to lose, and no local files at all when not given",
+    ),
     _Setting(
         "store",
         ("CACHESRV_STORE",),

@@ -96,27 +96,30 @@ class Repository:
 
     @classmethod
     def open(cls, config: Config) -> Repository:
-        config.data.mkdir(parents=True, exist_ok=True)
+        local = config.local_dir
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
         check_store(config.store, config.store_timeout)
         # settings reach the store once, here (and the worker processes, at their start)
         store = open_chunk_store(
-            config.data,
+            local,
             config.store,
             config.store_timeout,
             hard_limit=config.effective_hard_limit,
             pin_ttl=config.upload_pin_ttl,
         )
-        hot = HotCache(config.data, config.hot_cache_bytes) if config.hot_cache_bytes else None
+        hot_bytes = config.hot_cache_bytes if local is not None else 0
+        hot = HotCache(local, hot_bytes) if local is not None and hot_bytes else None
         catalog = open_catalog(
-            config.data,
+            local,
             config.store,
             config.store_timeout,
             config.catalog_busy_timeout,
             held=None if hot is None else hot.holds,
         )
         restores = RestorePool(
-            config.data,
-            config.hot_cache_bytes,
+            local,
+            hot_bytes,
             config.restore_workers,
             Source(store, catalog, hot),
             config.log_level,
@@ -124,7 +127,7 @@ class Repository:
         )
         ingest = IngestPool(
             WorkerSettings(
-                config.data,
+                local,
                 config.chunking,
                 config.compression_level,
                 hard_limit=config.effective_hard_limit,

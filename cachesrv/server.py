@@ -53,7 +53,8 @@ def serve(config: Config) -> None:
         raise SystemExit(f"cachesrv: {exc}") from exc
     repo = Repository.open(config)
     try:
-        log.info("cachesrv serving %s on http://%s:%d", config.data, config.host, config.port)
+        where = config.store or config.local_dir
+        log.info("cachesrv serving %s on http://%s:%d", where, config.host, config.port)
         app: Any = App(repo, authorizer)  # an ASGI callable; hypercorn's type for it is narrower
         trio.run(_serve_with_lifecycle, app, repo, config)
     finally:

@@ -159,3 +159,23 @@ def test_fsck_checks_the_bucket(replicas: list[Server], seaweedfs: SeaweedFS, s3
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert json.loads(result.stdout)["chunks_checked"] > 0
+
+
+def test_a_replica_given_no_data_directory_serves_and_writes_no_file(
+    start_server: StartServer, seaweedfs: SeaweedFS, s3_url: str, tmp_path: Path
+) -> None:
+    cwd = tmp_path / "cwd"  # where the local store's ./pub would go
+    cwd.mkdir()
+    env = {**seaweedfs.env, "HOME": str(cwd), "TMPDIR": str(cwd)}
+    args = ["--store", s3_url]
+    server = start_server(env=env, args=args, pass_data=False, cwd=cwd)
+    data = os.urandom(5 << 20)
+    assert put(server, "builds/app.tar", data) == 201
+    assert get(server, "builds/app.tar") == (200, data)
+    assert get(server, "builds/app.tar") == (200, data)  # no hot cache: from the bucket again
+    assert save(server, "go-1", b"tar bytes") == 201
+    assert json.loads(curl(f"{server.url}/-/stats").stdout)["hot_bytes"] == 0
+    server.stop(timeout=10)
+    assert sorted(cwd.rglob("*")) == []
+    again = start_server(env=env, args=args, pass_data=False, cwd=cwd)
+    assert get(again, "builds/app.tar") == (200, data)  # everything was in the bucket

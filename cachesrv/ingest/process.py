@@ -25,7 +25,7 @@ RECEIVE_BYTES = 1 << 20
 
 def worker_main(
     sock: socket.socket,
-    data: Path,
+    data: Path | None,
     params: ChunkParams,
     level: int,
     threads: int = 2,
@@ -95,7 +95,7 @@ def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(description="cachesrv ingest worker (started by the server)")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
     parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")

@@ -57,7 +57,7 @@ class WorkerFailed(Exception):
 class WorkerSettings:
     """What a worker process is started with: the store's settings reach it here."""
 
-    data: Path
+    data: Path | None  # None: an object store and no --data
     params: ChunkParams
     level: int
     hard_limit: int | None = None
@@ -72,8 +72,7 @@ class WorkerSettings:
             "cachesrv.ingest.process",
             "--fd",
             str(fd),
-            "--data",
-            str(self.data),
+            *(() if self.data is None else ("--data", str(self.data))),
             "--chunk",
             *map(str, self.params),
             "--level",

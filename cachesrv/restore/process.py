@@ -41,7 +41,7 @@ def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(description="cachesrv restore worker (started by the server)")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--hot-bytes", type=int, required=True)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--store", default=None)
@@ -67,12 +67,12 @@ def _main() -> None:
 
 
 def open_source(
-    data: Path, hot_bytes: int, store: str | None = None, store_timeout: float = 10.0
+    data: Path | None, hot_bytes: int, store: str | None = None, store_timeout: float = 10.0
 ) -> Source:
     from cachesrv.backends import open_catalog, open_chunk_store
     from cachesrv.restore.hot import HotCache
 
-    hot = HotCache(data, hot_bytes) if hot_bytes > 0 else None
+    hot = HotCache(data, hot_bytes) if data is not None and hot_bytes > 0 else None
     chunks = open_chunk_store(data, store, store_timeout)
     return Source(chunks, open_catalog(data, store, store_timeout), hot)
 

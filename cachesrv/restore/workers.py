@@ -61,7 +61,7 @@ class RestorePool:
 
     def __init__(
         self,
-        data: Path,
+        data: Path | None,
         hot_limit: int,
         workers: int,
         source: Source,
@@ -102,8 +102,7 @@ class RestorePool:
                 "cachesrv.restore.process",
                 "--fd",
                 str(theirs.fileno()),
-                "--data",
-                str(self.data),
+                *(() if self.data is None else ("--data", str(self.data))),
                 "--hot-bytes",
                 str(self.hot_limit),
                 "--log-level",
