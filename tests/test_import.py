@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -27,10 +28,12 @@ def _import(directory: Path, data: Path, *extra: str) -> subprocess.CompletedPro
 
 
 def _old_tree(root: Path) -> dict[str, tuple[bytes, float]]:
-    shared = os.urandom(1_000_000)
+    # seeded: the last CDC cut in ``shared`` decides how much of it is stored once
+    rng = random.Random(30)
+    shared = rng.randbytes(1_000_000)
     files = {
-        "golang-cache.tar": shared + os.urandom(100_000),
-        "project/a/golang-cache.tar": shared + os.urandom(100_000),
+        "golang-cache.tar": shared + rng.randbytes(100_000),
+        "project/a/golang-cache.tar": shared + rng.randbytes(100_000),
         "project/b/report.txt": b"hello\n",
         "empty": b"",
     }

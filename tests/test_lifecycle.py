@@ -42,9 +42,11 @@ def test_eviction_removes_least_recently_used_and_frees_exactly_what_it_claims(
     tmp_path: Path,
 ) -> None:
     repo = _repo(tmp_path, max_size=10**12, ttl=None, gc_grace=0.0)
-    shared = os.urandom(600 * KiB)  # every object holds it: no eviction may count it
+    # seeded: where CDC cuts near the end of ``shared`` decides each object's unique bytes
+    rng = random.Random(8)
+    shared = rng.randbytes(600 * KiB)  # every object holds it: no eviction may count it
     for i in range(8):
-        _store(repo, f"obj/{i}", shared + os.urandom(300 * KiB))
+        _store(repo, f"obj/{i}", shared + rng.randbytes(300 * KiB))
         time.sleep(0.01)
     _store(repo, "copy/of-3", b"")  # a name sharing nothing
     repo.catalog.publish([("alias/5", StoredManifest.of(_manifest_of(repo, "obj/5")))])
