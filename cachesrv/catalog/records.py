@@ -30,6 +30,9 @@ class Ref:
     size: int
     digest: bytes
     mtime: float  # when this version finished uploading (Last-Modified)
+    # answered from this replica's memory while the object store was down: only the
+    # bytes the hot cache holds (decoded) can be served, so no zstd body
+    remembered: bool = False
 
     @property
     def etag(self) -> str:

@@ -29,8 +29,10 @@ that was checked is completed, never half-visible for longer than that.
 With ``--data``, a replica remembers there (:class:`RememberedRefs`) the last ref it
 read of each name and that version's manifest body. When the bucket does not answer, a
 lookup of a name it served answers that ref if the hot cache holds every byte of the
-version (``held``), so GET and HEAD of it go on; any other lookup fails as the bucket
-did (503: whether the name exists cannot be known). Writes always need the bucket.
+version (``held``), so GET and HEAD of it go on (as identity: such a ref is
+``remembered``, and a zstd body would need the chunks); any other lookup fails as the
+bucket did (503: whether the name exists cannot be known). Writes always need the
+bucket.
 
 Read times (``touch``) are written into the refs by batches (the HTTP layer's access
 log flushes them), so every replica's reads count for TTL and eviction. The status
@@ -39,6 +41,7 @@ page's history (``record_sample``) is this replica's own, in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -295,7 +298,7 @@ class S3Catalog:
         ref = _ref(name, fields)
         if not (self.held(ref.digest, ref.size) and memory.has_manifest(ref.manifest_id)):
             raise exc
-        return ref
+        return dataclasses.replace(ref, remembered=True)
 
     def is_directory(self, path: str) -> bool:
         return self.objects.exists_below(_key("object", path + "/" if path else ""))

@@ -42,7 +42,8 @@ async def send_object(
     headers = request.headers
     head = request.method == "HEAD"
     size = ref.size
-    zstd = conditional.accepts_zstd(headers) and "range" not in headers
+    # a ref remembered while the object store is down has only decoded bytes at hand
+    zstd = conditional.accepts_zstd(headers) and "range" not in headers and not ref.remembered
     etag = f'"{ref.etag}.zst"' if zstd else f'"{ref.etag}"'
     common = [
         _h("Last-Modified", conditional.http_date(ref.mtime)),

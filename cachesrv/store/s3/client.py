@@ -1,6 +1,7 @@
 """The object store under the S3 backends: one shared boto3 client, its timeouts and
-retries, errors turned into what the rest of cachesrv understands, and the start-up
-check that conditional writes are honoured.
+retries, errors turned into what the rest of cachesrv understands, whether the store
+answered lately (:class:`Reachability`), and the start-up check that conditional writes
+are honoured.
 
 boto3 is blocking; cachesrv drives it from worker threads (trio's thread pool, the
 restore and ingest threads), so the one client's connection pool is at least as large
@@ -14,6 +15,7 @@ import errno
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ import botocore.exceptions
 
 POOL_CONNECTIONS = 64  # >= trio's default thread limit (40) plus restore/ingest threads
 ATTEMPTS = 5  # botocore's "standard" retries: throttling and 5xx, with backoff
+RECHECK = 2.0  # seconds between two tries of a store found down (Reachability)
 
 
 class ObjectStoreUnavailable(OSError):
@@ -60,6 +63,52 @@ class StoreUrl:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+class Reachability:
+    """Whether the object store answered lately; one per client, shared by every
+    :class:`ObjectStore` on it. A request that finds the store down (no answer, or 5xx,
+    after botocore's retries: at least ``--store-timeout``) marks it down; from then on
+    requests fail at once (503 + Retry-After upstream, or a read served from the hot
+    cache) instead of each waiting out the timeouts again, and every ``recheck`` seconds
+    one request tries the store. Any answer, even 404 or 412, marks it up."""
+
+    def __init__(self, recheck: float = RECHECK) -> None:
+        self.recheck = recheck
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._last_try = 0.0  # when a request last went to the store while it was down
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def admit(self) -> None:
+        """Return if a request may go to the store, else raise ObjectStoreUnavailable."""
+        with self._lock:
+            if self._down_since is None:
+                return
+            now = time.monotonic()
+            if now >= self._last_try + self.recheck:
+                self._last_try = now  # this request tries; the others fail until then
+                return
+            down_for = now - self._down_since
+        raise ObjectStoreUnavailable(
+            f"the object store has not answered for {down_for:.0f} s (tried again every "
+            f"{self.recheck:g} s)"
+        )
+
+    def answered(self) -> None:
+        if self._down_since is not None:
+            with self._lock:
+                self._down_since = None
+
+    def failed(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            self._last_try = now
+
+
 def _code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -70,22 +119,35 @@ class ObjectStore:
     """One bucket (and a key prefix in it) through a shared boto3 client. Blocking and
     thread-safe. Keys passed in are relative to the prefix."""
 
-    def __init__(self, url: StoreUrl, timeout: float = 10.0, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: StoreUrl,
+        timeout: float = 10.0,
+        client: Any = None,
+        reachability: Reachability | None = None,
+    ) -> None:
         self.url = url
         self.bucket = url.bucket
         self.prefix = url.prefix
         self.timeout = timeout
         self.client = client if client is not None else make_client(timeout)
+        self.reachability = reachability if reachability is not None else Reachability()
 
     def child(self, prefix: str) -> ObjectStore:
         """The same client on a sub-prefix (``chunks/``, ``catalog/``)."""
-        return ObjectStore(StoreUrl(self.bucket, self.prefix + prefix), self.timeout, self.client)
+        url = StoreUrl(self.bucket, self.prefix + prefix)
+        return ObjectStore(url, self.timeout, self.client, self.reachability)
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
+        self.reachability.admit()
         try:
-            return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
+            answer = getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
         except botocore.exceptions.ClientError as exc:
             code, status = _code(exc)
+            if status >= 500:
+                self.reachability.failed()
+            else:
+                self.reachability.answered()
             if status == 412 or code == "PreconditionFailed":
                 raise PreconditionFailed(kwargs.get("Key", "")) from exc
             if status == 404 or code in ("NoSuchKey", "NotFound", "404"):
@@ -100,23 +162,38 @@ class ObjectStore:
             botocore.exceptions.HTTPClientError,
             botocore.exceptions.ReadTimeoutError,
         ) as exc:
+            self.reachability.failed()
             raise ObjectStoreUnavailable(f"the object store does not answer: {exc}") from exc
+        self.reachability.answered()
+        return answer
 
     # -- reads -------------------------------------------------------------------
 
     def get(self, key: str) -> tuple[bytes, str]:
         """Body and ETag; KeyError if there is no such object."""
         answer = self._call("get_object", Key=self.prefix + key)
-        with answer["Body"] as body:
-            return body.read(), answer["ETag"]
+        return self._body(answer), answer["ETag"]
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive) of an object."""
         answer = self._call("get_object", Key=self.prefix + key, Range=f"bytes={start}-{end - 1}")
-        with answer["Body"] as body:
-            data: bytes = body.read()
+        data = self._body(answer)
         if len(data) != end - start:
             raise KeyError(f"{key}: {len(data)} bytes where {end - start} were asked for")
+        return data
+
+    def _body(self, answer: dict[str, Any]) -> bytes:
+        """A GET's body: the store that stalls or drops it half-way is down too."""
+        try:
+            with answer["Body"] as body:
+                data: bytes = body.read()
+        except (
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+            botocore.exceptions.ReadTimeoutError,  # dropped mid-body: ResponseStreamingError
+        ) as exc:
+            self.reachability.failed()
+            raise ObjectStoreUnavailable(f"the object store stopped answering: {exc}") from exc
         return data
 
     def etag(self, key: str) -> str | None:
