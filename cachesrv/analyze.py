@@ -25,6 +25,7 @@ import zstandard
 
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import IngestSession
+from cachesrv.manifest import Manifest
 from cachesrv.progress import Progress
 from cachesrv.store import Frame, StoreStats
 
@@ -271,9 +272,9 @@ def run(
             report.seconds += time.perf_counter() - started
             stats = session.stats
             # tar headers live in the manifest: new bytes every time, stored compressed with it
-            inline = sum(p.size for p in manifest.pieces if p.inline is not None)
-            manifest_bytes = len(manifest.encode())
-            report.held.append({p.chunk_id for p in manifest.pieces if p.chunk_id is not None})
+            inline = stats.inline_bytes
+            manifest_bytes = len(manifest.body)
+            report.held.append(Manifest.chunk_ids_of(manifest.body))
             report.manifest_bytes.append(manifest_bytes)
             report.versions.append(
                 VersionReport(

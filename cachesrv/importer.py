@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cachesrv.catalog import Conflict, StoredManifest
+from cachesrv.catalog import Conflict
 from cachesrv.ingest import IngestSession
 from cachesrv.names import InvalidName, clean_path
 from cachesrv.progress import Progress
@@ -91,7 +91,7 @@ def import_tree(repo: Repository, root: Path, progress: Progress | None = None) 
             while block := stream.read(READ_BYTES):
                 session.feed(block)
                 progress.advance(len(block), name)
-        stored = StoredManifest.of(session.finish())
+        stored = session.finish()
         try:
             catalog.publish([(name, stored)], mtime=st.st_mtime)
         except Conflict as exc:

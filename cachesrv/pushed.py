@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import blake3
-import zstandard
 
 from cachesrv.catalog import StoredManifest
 from cachesrv.ingest.session import INLINE_LIMIT
-from cachesrv.manifest import Manifest, ManifestError
+from cachesrv.manifest import Manifest, ManifestError, decoded_size
 from cachesrv.store import (
     RAW_BELOW,
     ChunkCorrupt,
@@ -75,10 +74,7 @@ def decode_pushed(blob: bytes, max_size: int | None) -> Manifest:
     """A client's manifest, decoded within bounds and checked for shape."""
     if len(blob) > MAX_MANIFEST_BYTES:
         raise BadPush(f"a manifest is at most {MAX_MANIFEST_BYTES} bytes")
-    try:
-        declared = zstandard.frame_content_size(blob)
-    except zstandard.ZstdError as exc:
-        raise BadPush(f"not a manifest: {exc}") from exc
+    declared = decoded_size(blob)  # and decoding stops there (PieceStream)
     if declared < 0 or declared > MAX_MANIFEST_DECODED:
         raise BadPush("a manifest must declare its decoded size, at most 256 MiB")
     try:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from conftest import Server, StartServer, http_request
 
-from cachesrv.catalog import StoredManifest
 from cachesrv.config import Config
 from cachesrv.lifecycle.gc import Limits
 from cachesrv.repository import Repository
@@ -141,7 +140,7 @@ def test_sweep_and_compaction_reclaim_space_and_keep_every_live_object(tmp_path:
         data = os.urandom(300 << 10)
         session = repo.ingest_session(tar_aware=False)
         session.feed(data)
-        repo.catalog.publish([(f"o{i}", StoredManifest.of(session.finish()))])
+        repo.catalog.publish([(f"o{i}", session.finish())])
         kept[f"o{i}"] = data
     repo.store.close()  # its writer lets go of the pack, as a restart would
     repo.close()

@@ -31,7 +31,7 @@ def _repo(data: Path, **settings: object) -> Repository:
 def _store(repo: Repository, path: str, content: bytes) -> None:
     session = repo.ingest_session(tar_aware=False)
     session.feed(content)
-    repo.catalog.publish([(path, StoredManifest.of(session.finish()))])
+    repo.catalog.publish([(path, session.finish())])
 
 
 def _live_bytes(repo: Repository) -> int:

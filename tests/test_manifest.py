@@ -7,6 +7,7 @@ describe: chunk ids map to their bytes in a dict standing in for the chunk store
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 
@@ -43,9 +44,20 @@ def piece_bytes(piece: Piece, chunks: dict[bytes, bytes]) -> bytes:
     return piece.inline
 
 
-# Both ways of reading a blob refuse what is not a whole manifest.
+class _Streamed(PieceStream):
+    BLOCK = 16  # entries cut across blocks
+    WHOLE = -1  # never decoded in one step: a large manifest's way
+
+
+def _read_streamed(blob: bytes) -> list[tuple[int, Piece]]:
+    return list(_Streamed(blob))
+
+
+# Every way of reading a blob refuses what is not a whole manifest.
 READERS = pytest.mark.parametrize(
-    "read", [Manifest.decode, Manifest.chunk_ids_of], ids=["decode", "chunk_ids_of"]
+    "read",
+    [Manifest.decode, Manifest.chunk_ids_of, _read_streamed],
+    ids=["decode", "chunk_ids_of", "streamed"],
 )
 
 part_lists = st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=300)), max_size=30)
@@ -59,7 +71,7 @@ part_lists = st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=30
 def test_encode_then_decode_gives_the_same_manifest(parts: list[tuple[bool, bytes]]) -> None:
     manifest, _, _ = build(parts)
     decoded = Manifest.decode(manifest.encode())
-    assert decoded == manifest
+    assert decoded == manifest == Manifest.decode(_v1(manifest))
     assert decoded.offsets == manifest.offsets
     assert decoded.etag == manifest.etag
     assert decoded.manifest_id == manifest.manifest_id
@@ -95,17 +107,68 @@ def test_pieces_that_do_not_add_up_to_the_size_are_refused() -> None:
         Manifest(5, bytes(32), (Piece(3, inline=b"abc"),))
 
 
-def _payload(manifest: Manifest) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(manifest.encode())
+# -- the two encodings, built here as their writers build them ---------------------------
 
-
-def _blob(payload: bytes) -> bytes:
-    return zstandard.ZstdCompressor().compress(payload)
-
-
-SAMPLE, _, _ = build([(True, b"tar header"), (False, b"member data" * 10), (True, b"pad")])
-HEADER_SIZE = struct.calcsize("<4sQ32sI")
+V1_HEADER = struct.Struct("<4sQ32sI")  # CSM1 (before): in one zstd frame with the entries
+V2_HEADER = struct.Struct("<4sQ32sIQ")  # CSM2: plain, then one zstd frame of the entries
 ENTRY_SIZE = struct.calcsize("<BI")
+
+
+def _entries(manifest: Manifest) -> bytes:
+    """The entries of a manifest's encoding, decoded."""
+    blob = manifest.encode()
+    assert blob[:4] == b"CSM2"
+    return zstandard.ZstdDecompressor().decompress(blob[V2_HEADER.size :], max_output_size=1 << 20)
+
+
+def _v1(
+    manifest: Manifest,
+    entries: bytes | None = None,
+    *,
+    size: int | None = None,
+    magic: bytes = b"CSM1",
+) -> bytes:
+    """``manifest`` as cachesrv wrote it before CSM2 (or with ``entries``, ``size``, magic)."""
+    entries = _entries(manifest) if entries is None else entries
+    size = manifest.size if size is None else size
+    header = V1_HEADER.pack(magic, size, manifest.digest, len(manifest.pieces))
+    return zstandard.ZstdCompressor(level=3).compress(header + entries)
+
+
+def _v2(
+    manifest: Manifest,
+    entries: bytes | None = None,
+    *,
+    size: int | None = None,
+    declared: int | None = None,
+) -> bytes:
+    """``manifest`` in CSM2 (with ``entries``, ``size``, declared entries' length)."""
+    entries = _entries(manifest) if entries is None else entries
+    size = manifest.size if size is None else size
+    declared = len(entries) if declared is None else declared
+    header = V2_HEADER.pack(b"CSM2", size, manifest.digest, len(manifest.pieces), declared)
+    return header + zstandard.ZstdCompressor(write_content_size=False).compress(entries)
+
+
+Encode = Callable[..., bytes]
+ENCODINGS = pytest.mark.parametrize("encode", [_v1, _v2], ids=["CSM1", "CSM2"])
+SAMPLE, _, _ = build([(True, b"tar header"), (False, b"member data" * 10), (True, b"pad")])
+
+
+def test_csm2_is_written_with_a_small_window_and_csm1_still_reads() -> None:
+    big, _, _ = build([(i % 2 == 0, bytes([i % 251]) * 40) for i in range(20_000)])
+    blob = big.encode()
+    assert blob[:4] == b"CSM2"
+    frame = zstandard.get_frame_parameters(blob[V2_HEADER.size :])
+    assert frame.window_size <= 128 << 10  # what each restore reading it as a stream holds
+    assert Manifest.decode(_v1(big)) == big and Manifest.decode(_v1(SAMPLE)) == SAMPLE
+    assert Manifest.chunk_ids_of(_v1(big)) == big.chunk_ids()
+
+
+def _unknown_kind(entries: bytes) -> bytes:
+    damaged = bytearray(entries)
+    damaged[0] = 7  # the first entry's kind
+    return bytes(damaged)
 
 
 @pytest.mark.parametrize(
@@ -113,31 +176,44 @@ ENTRY_SIZE = struct.calcsize("<BI")
     [
         b"",
         b"not zstd at all",
-        SAMPLE.encode()[:-3],  # a cut frame
-        _blob(b""),
-        _blob(b"CSM2" + _payload(SAMPLE)[4:]),  # another magic
-        _blob(_payload(SAMPLE)[: HEADER_SIZE - 1]),  # cut inside the header
-        _blob(_payload(SAMPLE)[: HEADER_SIZE + ENTRY_SIZE - 1]),  # cut inside an entry
-        _blob(_payload(SAMPLE)[:HEADER_SIZE]),  # entries announced, none there
-        # the header's size no longer matches the pieces
-        _blob(_payload(SAMPLE)[:4] + struct.pack("<Q", SAMPLE.size + 1) + _payload(SAMPLE)[12:]),
+        b"CSM2",
+        zstandard.ZstdCompressor().compress(b""),
+        _v1(SAMPLE, magic=b"CSM3"),
+        zstandard.ZstdCompressor().compress(V1_HEADER.pack(b"CSM1", 0, bytes(32), 0)[:-1]),
+        _v2(SAMPLE)[: V2_HEADER.size - 1],
+        _v2(SAMPLE, declared=10),  # the entries are longer than the header says
+        _v2(SAMPLE)[: V2_HEADER.size] + b"not zstd",
     ],
-    ids=[
-        "empty",
-        "not-zstd",
-        "cut-frame",
-        "empty-payload",
-        "magic",
-        "cut-header",
-        "cut-entry",
-        "no-entries",
-        "size",
-    ],
-)
+    ids=["empty", "not-zstd", "magic-only", "empty-frame", "v1-magic", "v1-cut-header",
+         "v2-cut-header", "v2-declared", "v2-not-zstd"],
+)  # fmt: skip
 @READERS
-def test_a_corrupt_blob_is_a_manifest_error(read: Callable[[bytes], object], blob: bytes) -> None:
+def test_a_blob_that_is_no_manifest_is_a_manifest_error(
+    read: Callable[[bytes], object], blob: bytes
+) -> None:
     with pytest.raises(ManifestError):
         read(blob)
+
+
+DAMAGE: dict[str, Callable[[Encode], bytes]] = {
+    "cut-frame": lambda encode: encode(SAMPLE)[:-3],
+    "no-entries": lambda encode: encode(SAMPLE, b""),  # entries announced, none there
+    "cut-entry": lambda encode: encode(SAMPLE, _entries(SAMPLE)[: ENTRY_SIZE - 1]),
+    "cut-inline": lambda encode: encode(SAMPLE, _entries(SAMPLE)[:-1]),
+    "size": lambda encode: encode(SAMPLE, size=SAMPLE.size + 1),  # pieces do not add up
+    "after-last": lambda encode: encode(SAMPLE, _entries(SAMPLE) + b"junk"),
+    "unknown-kind": lambda encode: encode(SAMPLE, _unknown_kind(_entries(SAMPLE))),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@ENCODINGS
+@READERS
+def test_a_damaged_encoding_is_a_manifest_error(
+    read: Callable[[bytes], object], encode: Encode, damage: str
+) -> None:
+    with pytest.raises(ManifestError):
+        read(DAMAGE[damage](encode))
 
 
 @settings(max_examples=300, deadline=None)
@@ -179,8 +255,10 @@ def test_a_piece_stream_spans_as_the_decoded_manifest_does(
         BLOCK = data.draw(st.integers(1, 64), label="block")  # entries cut across blocks
         WHOLE = -1  # never decoded in one step
 
-    for kind in (PieceStream, Streamed):
-        stream = kind.stored(manifest.manifest_id, manifest.encode())
+    for kind, blob in itertools.product(
+        (PieceStream, Streamed), (manifest.encode(), _v1(manifest))
+    ):
+        stream = kind.stored(blake3.blake3(blob).digest(), blob)
         assert (stream.size, stream.digest) == (manifest.size, manifest.digest)
         assert list(stream) == list(zip(manifest.offsets, manifest.pieces, strict=True))
         bounds = st.integers(0, manifest.size + 10)
@@ -217,39 +295,6 @@ def _two_pieces() -> Manifest:
         blake3.blake3(whole).digest(),
         (Piece(5, chunk_id=bytes(32)), Piece(10, inline=b"0123456789")),
     )
-
-
-def _payload() -> bytes:
-    return zstandard.ZstdDecompressor().decompress(_two_pieces().encode())
-
-
-def _blob(payload: bytes) -> bytes:
-    return zstandard.ZstdCompressor().compress(payload)
-
-
-@READERS
-def test_a_manifest_cut_inside_its_last_inline_piece_is_refused(
-    read: Callable[[bytes], object],
-) -> None:
-    with pytest.raises(ManifestError):
-        read(_blob(_payload()[:-1]))
-
-
-@READERS
-def test_a_manifest_with_bytes_after_its_last_piece_is_refused(
-    read: Callable[[bytes], object],
-) -> None:
-    with pytest.raises(ManifestError):
-        read(_blob(_payload() + b"junk"))
-
-
-@READERS
-def test_a_piece_of_an_unknown_kind_is_refused(read: Callable[[bytes], object]) -> None:
-    payload = bytearray(_payload())
-    header, entry = struct.calcsize("<4sQ32sI"), struct.calcsize("<BI")
-    payload[header + entry + 32] = 7  # the inline entry's kind
-    with pytest.raises(ManifestError):
-        read(_blob(bytes(payload)))
 
 
 def test_a_stored_manifest_is_checked_against_its_id() -> None:

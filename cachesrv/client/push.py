@@ -166,7 +166,7 @@ def push(
         manifest = session.finish()
     finally:
         writer.close()
-    body = manifest.encode()
+    body = manifest.body
     answer = remote.publish(target, body, replace, max_age)
     progress.add(wire=len(body))
     result = PushResult(

@@ -14,7 +14,6 @@ import signal
 import socket
 from pathlib import Path
 
-from cachesrv.catalog import StoredManifest
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import frames
 from cachesrv.ingest.session import IngestSession
@@ -73,7 +72,7 @@ def worker_main(
                 try:
                     if failure is not None:
                         raise failure
-                    stored = StoredManifest.of(session.finish())
+                    stored = session.finish()
                 except OSError as exc:
                     sock.sendall(frames.frame(frames.ERROR, frames.encode_error(exc)))
                 else:

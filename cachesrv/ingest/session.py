@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import blake3
 import zstandard
 
+from cachesrv.catalog.records import StoredManifest
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
-from cachesrv.manifest import Manifest, Piece
+from cachesrv.manifest import ManifestWriter, Piece
 from cachesrv.store import ChunkMissing, ChunkWriter, choose_codec, chunk_id
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
@@ -37,11 +38,14 @@ class IngestStats:
     new_chunks: int = 0
     new_bytes: int = 0  # raw bytes of chunks that were not stored yet
     stored_bytes: int = 0  # compressed bytes written for them
+    inline_bytes: int = 0  # metadata kept in the manifest (tar headers, padding)
 
 
 class IngestSession:
     """Blocking: feed bytes, then finish() for the manifest (or abort()). Not
-    thread-safe itself. ``store`` is this upload's own writer."""
+    thread-safe itself. ``store`` is this upload's own writer. The manifest is encoded
+    as the pieces come (a tree of 100,000 files has 200,000): what is held is its
+    compressed text and the chunk ids, for the check at the end."""
 
     def __init__(
         self,
@@ -56,7 +60,9 @@ class IngestSession:
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.threads = threads
         self.hasher = blake3.blake3()
-        self.pieces: list[Piece] = []
+        self.manifest = ManifestWriter()
+        self._last: Piece | None = None  # not written yet: the next inline run may join it
+        self._ids: set[bytes] = set()  # every chunk the manifest names
         self.stats = IngestStats()
         self._queued: dict[bytes, bytes] = {}  # new chunks awaiting compression
         self._queued_bytes = 0
@@ -70,7 +76,7 @@ class IngestSession:
             self.abort()  # a failed upload never publishes: its writer lets go now
             raise
 
-    def finish(self) -> Manifest:
+    def finish(self) -> StoredManifest:
         try:
             self._absorb(self.splitter.finish())
             self._compress_queued()
@@ -80,10 +86,14 @@ class IngestSession:
             raise
         # Every chunk is still there (and pinned again if its pin is old): GC cannot have
         # swept one this upload deduplicated against, nor a failed write dropped one.
-        lost = self.store.missing({p.chunk_id for p in self.pieces if p.chunk_id is not None})
+        lost = self.store.missing(self._ids)
         if lost:
             raise ChunkMissing(f"{len(lost)} chunks of this upload vanished before it finished")
-        return Manifest(self.stats.logical_bytes, self.hasher.digest(), tuple(self.pieces))
+        self._write(None)
+        digest = self.hasher.digest()
+        body = self.manifest.finish(digest)
+        assert self.manifest.size == self.stats.logical_bytes
+        return StoredManifest(blake3.blake3(body).digest(), body, self.manifest.size, digest)
 
     def abort(self) -> None:
         """Forget the upload: chunks not committed yet never become visible."""
@@ -98,16 +108,13 @@ class IngestSession:
         for piece, cid in zip(pieces, ids, strict=True):
             size = len(piece.data)
             if cid is None:
-                previous = self.pieces[-1] if self.pieces else None
-                if (
-                    previous
-                    and previous.inline is not None
-                    and previous.size + size <= INLINE_LIMIT
-                ):
-                    merged = previous.inline + bytes(piece.data)  # one run between two members
-                    self.pieces[-1] = Piece(len(merged), inline=merged)
+                self.stats.inline_bytes += size
+                last = self._last
+                if last and last.inline is not None and last.size + size <= INLINE_LIMIT:
+                    merged = last.inline + bytes(piece.data)  # one run between two members
+                    self._last = Piece(len(merged), inline=merged)
                 else:
-                    self.pieces.append(Piece(size, inline=bytes(piece.data)))
+                    self._write(Piece(size, inline=bytes(piece.data)))
                 continue
             self.stats.chunks += 1
             if cid in missing and cid not in self._queued:
@@ -116,9 +123,16 @@ class IngestSession:
                 self._queued_bytes += size
                 self.stats.new_chunks += 1
                 self.stats.new_bytes += size
-            self.pieces.append(Piece(size, chunk_id=cid))
+            self._ids.add(cid)
+            self._write(Piece(size, chunk_id=cid))
         if self._queued_bytes >= COMPRESS_BATCH:
             self._compress_queued()
+
+    def _write(self, piece: Piece | None) -> None:
+        """Encode the piece held back, and hold ``piece`` (None: the end)."""
+        if self._last is not None:
+            self.manifest.add(self._last)
+        self._last = piece
 
     def _compress_queued(self) -> None:
         ids = list(self._queued)

@@ -84,7 +84,7 @@ def extract_targz(
                 session = new_session()
                 while data := source.read(1 << 20):
                     session.feed(data)
-                members[path] = StoredManifest.of(session.finish())
+                members[path] = session.finish()
                 on_ingested(session.stats)
     except OSError as exc:
         if _disk_full(exc):

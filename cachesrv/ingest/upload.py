@@ -58,7 +58,7 @@ class ThreadUpload:
         def _finish() -> StoredManifest:
             if batch:
                 self.session.feed(batch)
-            return StoredManifest.of(self.session.finish())
+            return self.session.finish()
 
         return await trio.to_thread.run_sync(_finish, limiter=self._limiter)
 
