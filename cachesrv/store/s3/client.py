@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 
 POOL_CONNECTIONS = 64  # >= trio's default thread limit (40) plus restore/ingest threads
 ATTEMPTS = 5  # botocore's "standard" retries: throttling and 5xx, with backoff
@@ -290,7 +291,17 @@ class ObjectStore:
 
 
 def make_client(timeout: float) -> Any:
-    """The boto3 S3 client every S3 backend of this process shares."""
+    """The S3 client every S3 backend of this process shares.
+
+    A botocore client (what ``boto3.client("s3")`` returns too) on a data loader that
+    looks in :data:`_MODELS` first: an ``endpoints.json`` with every partition but only
+    the services this process can create clients for, and an S3 model with only the
+    operations :class:`ObjectStore` calls. Parsing botocore's own ``endpoints.json``
+    (1.25 MB, every service of every partition) and full S3 model cost each of the three
+    processes of a replica ~11 MB of RSS, and pruning them after the parse gives little
+    back; not importing boto3 saves ~2 MB more. ``_write_models`` makes the copies from
+    the installed botocore; tests/test_s3_models.py checks that they still match it.
+    """
     config = botocore.config.Config(
         connect_timeout=timeout,
         read_timeout=timeout,
@@ -302,7 +313,111 @@ def make_client(timeout: float) -> Any:
         response_checksum_validation="when_required",
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.session.Session().client("s3", region_name=region, config=config)
+    session = botocore.session.Session()
+    session.register_component("data_loader", _loader(session))
+    return session.create_client("s3", region_name=region, config=config)
+
+
+_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+# what ObjectStore calls, and what botocore's S3 customizations call on their own client
+# (HeadBucket: the region redirector; CreateSession: S3 Express directory buckets)
+_S3_OPERATIONS = (
+    "PutObject",
+    "GetObject",
+    "HeadObject",
+    "DeleteObject",
+    "DeleteObjects",
+    "ListObjectsV2",
+    "HeadBucket",
+    "CreateSession",
+)
+# the S3 client, and the clients botocore's credential and token providers create on
+# the same session (assume-role and web identity, SSO, console login)
+_SERVICES = ("s3", "sts", "sso", "sso-oidc", "signin")
+_S3_MODEL = os.path.join("s3", "2006-03-01", "service-2")
+
+
+class _Loader(botocore.loaders.Loader):
+    """botocore's loader with :data:`_MODELS` searched first. Its files count as
+    botocore's own (they are pruned copies of them): a non-builtin ``endpoints.json``
+    would make botocore hand the legacy endpoint to the S3 endpoint ruleset as if it
+    were a custom endpoint URL."""
+
+    def is_builtin_path(self, path: str) -> bool:
+        return bool(path.startswith(_MODELS) or super().is_builtin_path(path))
+
+
+def _loader(session: botocore.session.Session) -> _Loader:
+    # AWS_DATA_PATH (the session's data_path) still comes first, as it does in botocore
+    data_path = session.get_config_variable("data_path") or ""
+    paths = [os.path.expanduser(p) for p in data_path.split(os.pathsep) if p]
+    return _Loader(extra_search_paths=[*paths, _MODELS])
+
+
+def _builtin(name: str) -> Any:
+    """One of the installed botocore's data files, parsed (the full file)."""
+    return botocore.loaders.Loader(include_default_search_paths=False).file_loader.load_file(
+        os.path.join(botocore.loaders.Loader.BUILTIN_DATA_PATH, name)
+    )
+
+
+def _pruned_endpoints() -> dict[str, Any]:
+    endpoints: dict[str, Any] = _builtin("endpoints")
+    for partition in endpoints["partitions"]:
+        services = partition["services"]
+        partition["services"] = {name: services[name] for name in _SERVICES if name in services}
+    return endpoints
+
+
+def _pruned_s3_model() -> dict[str, Any]:
+    """The S3 model with only :data:`_S3_OPERATIONS` and the shapes they reach (their
+    documentation stays: dropping it saved no measurable RSS)."""
+    model: dict[str, Any] = _builtin(_S3_MODEL)
+    operations = {name: model["operations"][name] for name in _S3_OPERATIONS}
+    shapes: dict[str, Any] = {}
+
+    def reach(name: str) -> None:
+        if name in shapes:
+            return
+        shape = shapes[name] = model["shapes"][name]
+        for member in [
+            *shape.get("members", {}).values(),
+            *(shape.get(k) for k in ("member", "key", "value")),
+        ]:
+            if member is not None:
+                reach(member["shape"])
+
+    for operation in operations.values():
+        for ref in [operation.get("input"), operation.get("output"), *operation.get("errors", [])]:
+            if ref is not None:
+                reach(ref["shape"])
+    model["operations"] = operations
+    model["shapes"] = {name: shapes[name] for name in model["shapes"] if name in shapes}
+    return model
+
+
+def _model_files() -> dict[str, str]:
+    """The files :data:`_MODELS` should hold (path relative to it: text), made from the
+    installed botocore."""
+    import json
+
+    def dump(data: Any) -> str:
+        return json.dumps(data, indent=1, separators=(",", ":")) + "\n"
+
+    return {
+        "endpoints.json": dump(_pruned_endpoints()),
+        _S3_MODEL + ".json": dump(_pruned_s3_model()),
+    }
+
+
+def _write_models(directory: str = _MODELS) -> None:
+    """Regenerate the pruned copies after a botocore upgrade:
+    ``python -c 'from cachesrv.store.s3.client import _write_models; _write_models()'``."""
+    for name, text in _model_files().items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 _shared: dict[tuple[str, float], ObjectStore] = {}
