@@ -174,7 +174,9 @@ def test_a_replica_given_no_data_directory_serves_and_writes_no_file(
     assert get(server, "builds/app.tar") == (200, data)
     assert get(server, "builds/app.tar") == (200, data)  # no hot cache: from the bucket again
     assert save(server, "go-1", b"tar bytes") == 201
-    assert json.loads(curl(f"{server.url}/-/stats").stdout)["hot_bytes"] == 0
+    stats = json.loads(curl(f"{server.url}/-/stats").stdout)
+    assert stats["hot_bytes"] == 0
+    assert stats["workers"]["ingest"]["size"] == 0  # the default on an object store
     server.stop(timeout=10)
     assert sorted(cwd.rglob("*")) == []
     again = start_server(env=env, args=args, pass_data=False, cwd=cwd)
