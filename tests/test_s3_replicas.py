@@ -104,6 +104,27 @@ def test_a_keyed_save_raced_through_both_replicas_has_one_winner(replicas: list[
         assert (code, body) == (200, f"cache from replica {winner}".encode())
 
 
+def test_a_compressed_restore_reads_frames_ahead_from_the_bucket_and_never_serves_damage(
+    replicas: list[Server], s3_url: str
+) -> None:
+    writer, reader = replicas
+    data = os.urandom(6 << 20).hex().encode()  # 12 MB that compresses: a dozen batches
+    assert put(writer, "builds/app.tar", data) == 201
+    compressed = ["-s", "--compressed", "-H", "Accept-Encoding: zstd"]
+    for server in (writer, reader):  # the reader has none of it in its hot cache
+        answer = curl(*compressed, "-D", "/dev/stderr", f"{server.url}/builds/app.tar")
+        assert "content-encoding: zstd" in answer.stderr.decode().lower()
+        assert answer.returncode == 0 and answer.stdout == data
+    packs = open_object_store(s3_url, timeout=10).child("chunks/")
+    name, size, _ = max(packs.listing("packs/"), key=lambda item: item[1])
+    body = bytearray(packs.get(name)[0])
+    body[size * 3 // 4] ^= 0x40  # inside a stored frame, well into the object
+    packs.put(name, bytes(body))
+    damaged = curl(*compressed, "-f", f"{reader.url}/builds/app.tar")
+    assert damaged.returncode != 0  # a failed transfer (or a clean 500)
+    assert len(damaged.stdout) < len(data) and data.startswith(damaged.stdout)  # no wrong byte
+
+
 def test_a_replica_killed_mid_upload_leaves_nothing_visible(
     replicas: list[Server], s3_url: str
 ) -> None:

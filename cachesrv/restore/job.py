@@ -19,6 +19,7 @@ client by as much as it holds, and blocks (back-pressure) when it is full.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -26,6 +27,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import zstandard
@@ -50,6 +52,7 @@ FRAME = struct.Struct("<cI")
 DATA, END, FAIL = b"D", b"E", b"X"
 UNAVAILABLE = b"U"  # the store did not answer in time: retry later, the object is whole
 ZSTD_BATCH = 64  # content pieces per read of stored frames, at most
+READERS = 16  # threads reading ahead for every restore of this process (object stores)
 ZSTD_FRAME = struct.Struct("<IBI")  # magic, descriptor (single segment, 4-byte size), size
 ZSTD_MAGIC = 0xFD2FB528
 RAW_BLOCK = 128 << 10  # largest zstd block
@@ -264,20 +267,8 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
     by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
     frames of raw blocks (no compression: zstd would not have saved anything)."""
     compressor = zstandard.ZstdCompressor(level=1)
-    pieces = (piece for _, piece in manifest)
-    batch: list[Piece] = []
-    while True:
-        content, raw = 0, 0
-        for piece in pieces:
-            batch.append(piece)
-            content += piece.chunk_id is not None
-            raw += piece.size
-            if content >= ZSTD_BATCH or raw >= piece_bytes:
-                break
-        if not batch:
-            return
-        ids = [p.chunk_id for p in batch if p.chunk_id is not None]
-        frames = iter(source.store.read_frames(ids) if ids else [])
+    for batch, stored in _read_ahead(source.store, _zstd_batches(manifest, piece_bytes)):
+        frames = iter(stored)
         out: list[bytes | memoryview] = []
         for piece in batch:
             if piece.chunk_id is None:
@@ -291,7 +282,63 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
                 check_frame(piece.chunk_id, frame)
                 out.append(frame.data)
         yield b"".join(out)
-        batch = []
+
+
+def _zstd_batches(manifest: PieceStream, piece_bytes: int) -> Iterator[list[Piece]]:
+    """The pieces in order, a batch per frame sent: up to ZSTD_BATCH chunks or
+    ``piece_bytes`` of the object."""
+    batch: list[Piece] = []
+    content, raw = 0, 0
+    for _, piece in manifest:
+        batch.append(piece)
+        content += piece.chunk_id is not None
+        raw += piece.size
+        if content >= ZSTD_BATCH or raw >= piece_bytes:
+            yield batch
+            batch, content, raw = [], 0, 0
+    if batch:
+        yield batch
+
+
+def _read_ahead(
+    store: ChunkStore, batches: Iterator[list[Piece]]
+) -> Iterator[tuple[list[Piece], list[Frame]]]:
+    """Each batch with its stored frames, read ``store.read_ahead`` batches ahead of the
+    one handed out, in the shared reader threads (none: read here, one at a time)."""
+
+    def read(batch: list[Piece]) -> list[Frame]:
+        ids = [p.chunk_id for p in batch if p.chunk_id is not None]
+        return store.read_frames(ids) if ids else []
+
+    if store.read_ahead <= 0:
+        yield from ((batch, read(batch)) for batch in batches)
+        return
+    pending: collections.deque[tuple[list[Piece], Future[list[Frame]]]] = collections.deque()
+    try:
+        for batch in batches:
+            pending.append((batch, _readers().submit(read, batch)))
+            if len(pending) > store.read_ahead:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        for _, future in pending:  # the response ended early: what is queued is not read
+            future.cancel()
+
+
+_reader_pool: ThreadPoolExecutor | None = None
+_reader_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """The process's read-ahead threads, started on first use (local stores use none)."""
+    global _reader_pool
+    with _reader_lock:
+        if _reader_pool is None:
+            _reader_pool = ThreadPoolExecutor(READERS, thread_name_prefix="read-ahead")
+        return _reader_pool
 
 
 def raw_frame(data: bytes) -> list[bytes | memoryview]:

@@ -149,6 +149,11 @@ class ChunkSink(Protocol):
 class ChunkSource(Protocol):
     """What the restore pipeline needs. Blocking and thread-safe."""
 
+    # Batches of frames a restore reads ahead of what it sends, in other threads: 0 where
+    # a read is a pread (a hand-over to a thread costs more), more where each read waits
+    # out a round trip (an object store's ranged GET).
+    read_ahead: int
+
     def read_frame(self, chunk_id: bytes) -> Frame:
         """The chunk as stored, unverified (see :func:`decode_frame`, :func:`check_frame`)."""
 
