@@ -169,9 +169,12 @@ def _plain(
     hot = source.hot
     known = hot.lookup(job.digest) if hot is not None else {}
     cold = _ColdReader(source.store)
+    spans = range(job.start // SPAN, (end - 1) // SPAN + 1)
+    depth = source.store.read_ahead if job.piece >= SPAN else min(source.store.read_ahead, 1)
+    ahead = _SpanReads(source.store, manifest, [i for i in spans if i not in known], depth)
     written: list[Written] = []
     try:
-        for index in range(job.start // SPAN, (end - 1) // SPAN + 1):
+        for index in spans:
             lo, hi = index * SPAN, min((index + 1) * SPAN, manifest.size)
             span = known.get(index)
             if job.warm and span is not None:
@@ -180,8 +183,9 @@ def _plain(
             if hot is not None and span is not None:
                 data = hot.read(job.digest, index, span)
             if data is None:
+                frames = ahead.frames(index)
                 with _decoding:
-                    data = cold.read(manifest, lo, hi)
+                    data = cold.read(manifest, lo, hi, frames)
                 stats.hot_misses += 1
                 if hot is not None:
                     added = hot.append(index, data)
@@ -198,8 +202,54 @@ def _plain(
             if hot is not None and span is not None:
                 hot.release(span)
     finally:
+        ahead.close()
         if hot is not None:
             hot.record(job.digest, written)
+
+
+class _SpanReads:
+    """The stored frames of the spans a plain restore will decode (``indices``, in order),
+    read ``depth`` spans ahead in the shared reader threads: on an object store a
+    restore through a replica that holds none of the object hot would otherwise wait out
+    a round trip per span. Depth 0: nothing is read ahead."""
+
+    def __init__(
+        self, store: ChunkStore, manifest: PieceStream, indices: list[int], depth: int
+    ) -> None:
+        self.store = store
+        self.depth = depth
+        self.size = manifest.size
+        self._todo = iter(indices if depth > 0 else [])
+        self._stream = PieceStream(manifest.blob) if depth > 0 else None  # its own cursor
+        self._pending: collections.deque[tuple[int, list[bytes], Future[list[Frame]]]] = (
+            collections.deque()
+        )
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._stream is not None and len(self._pending) < self.depth:
+            index = next(self._todo, None)
+            if index is None:
+                return
+            lo, hi = index * SPAN, min((index + 1) * SPAN, self.size)
+            pieces = self._stream.span(lo, hi)
+            ids = list(dict.fromkeys(p.chunk_id for p, _, _ in pieces if p.chunk_id is not None))
+            self._pending.append((index, ids, _readers().submit(self.store.read_frames, ids)))
+
+    def frames(self, index: int) -> dict[bytes, Frame] | None:
+        """The frames of span ``index`` if they were read ahead (None: read them now)."""
+        while self._pending and self._pending[0][0] < index:
+            self._pending.popleft()[2].cancel()
+        if not self._pending or self._pending[0][0] != index:
+            return None
+        _, ids, future = self._pending.popleft()
+        self._fill()
+        return dict(zip(ids, future.result(), strict=True))
+
+    def close(self) -> None:
+        for _, _, future in self._pending:  # the response ended early: not read
+            future.cancel()
+        self._pending.clear()
 
 
 class _ColdReader:
@@ -211,7 +261,10 @@ class _ColdReader:
         self.decompressor = zstandard.ZstdDecompressor()
         self._last: tuple[bytes, bytes | memoryview] | None = None
 
-    def read(self, manifest: PieceStream, lo: int, hi: int) -> bytes:
+    def read(
+        self, manifest: PieceStream, lo: int, hi: int, frames: dict[bytes, Frame] | None = None
+    ) -> bytes:
+        """Bytes [lo, hi) of the object; ``frames``: those of its chunks read already."""
         pieces = list(manifest.span(lo, hi))
         last = self._last
         wanted = [
@@ -219,7 +272,7 @@ class _ColdReader:
             for p, _, _ in pieces
             if p.chunk_id is not None and (last is None or p.chunk_id != last[0])
         ]
-        chunks = self._decode(list(dict.fromkeys(wanted)))
+        chunks = self._decode(list(dict.fromkeys(wanted)), frames)
         if last is not None:
             chunks[last[0]] = last[1]
         parts: list[bytes | memoryview] = []
@@ -234,10 +287,15 @@ class _ColdReader:
             self._last = (last_piece[0], bytes(last_piece[1]))
         return b"".join(parts)
 
-    def _decode(self, ids: Sequence[bytes]) -> dict[bytes, bytes | memoryview]:
+    def _decode(
+        self, ids: Sequence[bytes], given: dict[bytes, Frame] | None = None
+    ) -> dict[bytes, bytes | memoryview]:
         if not ids:
             return {}
-        frames = self.store.read_frames(ids)
+        if given is not None and all(i in given for i in ids):
+            frames = [given[i] for i in ids]
+        else:
+            frames = self.store.read_frames(ids)
         packed = [i for i, f in enumerate(frames) if f.codec == Codec.ZSTD]
         decoded: dict[int, bytes | memoryview] = {}
         if packed:
