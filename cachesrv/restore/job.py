@@ -170,7 +170,7 @@ def _plain(
     known = hot.lookup(job.digest) if hot is not None else {}
     cold = _ColdReader(source.store)
     spans = range(job.start // SPAN, (end - 1) // SPAN + 1)
-    depth = source.store.read_ahead if job.piece >= SPAN else min(source.store.read_ahead, 1)
+    depth = _depth(source.store, job.piece)
     ahead = _SpanReads(source.store, manifest, [i for i in spans if i not in known], depth)
     written: list[Written] = []
     try:
@@ -325,7 +325,8 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
     by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
     frames of raw blocks (no compression: zstd would not have saved anything)."""
     compressor = zstandard.ZstdCompressor(level=1)
-    for batch, stored in _read_ahead(source.store, _zstd_batches(manifest, piece_bytes)):
+    depth = _depth(source.store, piece_bytes)
+    for batch, stored in _read_ahead(source.store, _zstd_batches(manifest, piece_bytes), depth):
         frames = iter(stored)
         out: list[bytes | memoryview] = []
         for piece in batch:
@@ -358,24 +359,30 @@ def _zstd_batches(manifest: PieceStream, piece_bytes: int) -> Iterator[list[Piec
         yield batch
 
 
+def _depth(store: ChunkStore, piece_bytes: int) -> int:
+    """How far a restore reads ahead: the store's ``read_ahead``, one at most when many
+    restores share memory (their pieces are smaller then)."""
+    return store.read_ahead if piece_bytes >= SPAN else min(store.read_ahead, 1)
+
+
 def _read_ahead(
-    store: ChunkStore, batches: Iterator[list[Piece]]
+    store: ChunkStore, batches: Iterator[list[Piece]], depth: int
 ) -> Iterator[tuple[list[Piece], list[Frame]]]:
-    """Each batch with its stored frames, read ``store.read_ahead`` batches ahead of the
-    one handed out, in the shared reader threads (none: read here, one at a time)."""
+    """Each batch with its stored frames, read ``depth`` batches ahead of the one handed
+    out, in the shared reader threads (0: read here, one at a time)."""
 
     def read(batch: list[Piece]) -> list[Frame]:
         ids = [p.chunk_id for p in batch if p.chunk_id is not None]
         return store.read_frames(ids) if ids else []
 
-    if store.read_ahead <= 0:
+    if depth <= 0:
         yield from ((batch, read(batch)) for batch in batches)
         return
     pending: collections.deque[tuple[list[Piece], Future[list[Frame]]]] = collections.deque()
     try:
         for batch in batches:
             pending.append((batch, _readers().submit(read, batch)))
-            if len(pending) > store.read_ahead:
+            if len(pending) > depth:
                 done, future = pending.popleft()
                 yield done, future.result()
         while pending:
