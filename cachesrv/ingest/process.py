@@ -17,7 +17,7 @@ from pathlib import Path
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import frames
 from cachesrv.ingest.session import IngestSession
-from cachesrv.malloc import bound_heap
+from cachesrv.malloc import bound_heap, give_back
 
 RECEIVE_BYTES = 1 << 20
 
@@ -79,6 +79,7 @@ def worker_main(
                     result = frames.encode_result(session.stats, stored)
                     sock.sendall(frames.frame(frames.RESULT, result))
                 session = None
+                give_back()  # between uploads: what the last one left on the heap
             elif kind == frames.ABORT:
                 if session is not None:
                     session.abort()

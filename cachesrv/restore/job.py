@@ -20,6 +20,7 @@ client by as much as it holds, and blocks (back-pressure) when it is full.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import json
 import logging
@@ -28,7 +29,8 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import zstandard
 
@@ -100,6 +102,33 @@ class Source:
     store: ChunkStore
     catalog: CatalogBackend
     hot: HotCache | None
+    # manifest id -> [body, jobs reading it]: concurrent restores of one version share
+    # one body (the Go cache's is 1 MB; 16 restores held 16 copies); none is kept after
+    _bodies: dict[bytes, list[Any]] = field(default_factory=dict, repr=False)
+    _bodies_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextlib.contextmanager
+    def manifest_body(self, manifest_id: bytes) -> Iterator[bytes | None]:
+        """The encoded manifest (None: the catalog has none), while the block runs."""
+        with self._bodies_lock:
+            held = self._bodies.get(manifest_id)
+            if held is not None:
+                held[1] += 1
+        if held is None:
+            body = self.catalog.manifest_body(manifest_id)
+            if body is None:
+                yield None
+                return
+            with self._bodies_lock:
+                held = self._bodies.setdefault(manifest_id, [body, 0])
+                held[1] += 1
+        try:
+            yield held[0]
+        finally:
+            with self._bodies_lock:
+                held[1] -= 1
+                if held[1] == 0:
+                    del self._bodies[manifest_id]
 
 
 def run(source: Source, job: Job, out: socket.socket) -> None:
@@ -107,16 +136,18 @@ def run(source: Source, job: Job, out: socket.socket) -> None:
     raises for a broken object or a peer that went away: those end the stream."""
     stats = JobStats()
     try:
-        body = source.catalog.manifest_body(job.manifest_id)
-        if body is None:
-            raise KeyError(job.manifest_id)
-        manifest = PieceStream.stored(job.manifest_id, body)  # read as it is served
-        parts = (
-            _zstd(source, manifest, job.piece) if job.zstd else _plain(source, job, manifest, stats)
-        )
-        for part in parts:
-            if not job.warm:
-                send_frame(out, DATA, part)
+        with source.manifest_body(job.manifest_id) as body:
+            if body is None:
+                raise KeyError(job.manifest_id)
+            manifest = PieceStream.stored(job.manifest_id, body)  # read as it is served
+            parts = (
+                _zstd(source, manifest, job.piece)
+                if job.zstd
+                else _plain(source, job, manifest, stats)
+            )
+            for part in parts:
+                if not job.warm:
+                    send_frame(out, DATA, part)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the response ended early (client gone): nothing more to send
     except (ChunkError, ManifestError, KeyError) as exc:
