@@ -13,7 +13,6 @@ held most of it, against issue 10's target (<= 150 MB). Not a ratio: memory is a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import random
@@ -26,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench.procs import MB, REPO_ROOT, ServerProcess, free_port, fresh_dir, log, python_env
+from bench.run import sha256_file as sha256
 
 TARGET_MB = 150
 WORDS = ("module", "export", "function", "require", "return", "const", "value", "index",
@@ -43,14 +43,6 @@ def make_tar(path: Path, files: int, seed: int = 7) -> int:
             info.size, info.mtime, info.mode = len(body), 1_700_000_000 + n, 0o644
             tar.addfile(info, io.BytesIO(body))
     return path.stat().st_size
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _per_process(server: ServerProcess) -> dict[str, int]:
