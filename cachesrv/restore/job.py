@@ -27,10 +27,10 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 
@@ -62,6 +62,7 @@ RECORD_EVERY = 32  # spans: newly hot spans become visible to other restores thi
 # Spans decoded at once in this process, whatever the number of restores: two cores gain
 # nothing from more, and each decode holds a few MiB (memory is one budget).
 _decoding = threading.BoundedSemaphore(2)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,12 @@ def _plain(
     cold = _ColdReader(source.store)
     spans = range(job.start // SPAN, (end - 1) // SPAN + 1)
     depth = _depth(source.store, job.piece)
-    ahead = _SpanReads(source.store, manifest, [i for i in spans if i not in known], depth)
+    # the frames of the spans not hot, in order, read ahead (an object store's round trips)
+    ahead = (
+        _read_ahead(source.store, _span_ids(manifest, [i for i in spans if i not in known]), depth)
+        if depth > 0
+        else None
+    )
     written: list[Written] = []
     try:
         for index in spans:
@@ -214,7 +220,10 @@ def _plain(
             if hot is not None and span is not None:
                 data = hot.read(job.digest, index, span)
             if data is None:
-                frames = ahead.frames(index)
+                frames = None
+                if ahead is not None and span is None:  # one of the spans read ahead
+                    (_, ids), stored = next(ahead)
+                    frames = dict(zip(ids, stored, strict=True))
                 with _decoding:
                     data = cold.read(manifest, lo, hi, frames)
                 stats.hot_misses += 1
@@ -233,54 +242,19 @@ def _plain(
             if hot is not None and span is not None:
                 hot.release(span)
     finally:
-        ahead.close()
+        if ahead is not None:
+            ahead.close()
         if hot is not None:
             hot.record(job.digest, written)
 
 
-class _SpanReads:
-    """The stored frames of the spans a plain restore will decode (``indices``, in order),
-    read ``depth`` spans ahead in the shared reader threads: on an object store a
-    restore through a replica that holds none of the object hot would otherwise wait out
-    a round trip per span. Depth 0: nothing is read ahead."""
-
-    def __init__(
-        self, store: ChunkStore, manifest: PieceStream, indices: list[int], depth: int
-    ) -> None:
-        self.store = store
-        self.depth = depth
-        self.size = manifest.size
-        self._todo = iter(indices if depth > 0 else [])
-        self._stream = PieceStream(manifest.blob) if depth > 0 else None  # its own cursor
-        self._pending: collections.deque[tuple[int, list[bytes], Future[list[Frame]]]] = (
-            collections.deque()
-        )
-        self._fill()
-
-    def _fill(self) -> None:
-        while self._stream is not None and len(self._pending) < self.depth:
-            index = next(self._todo, None)
-            if index is None:
-                return
-            lo, hi = index * SPAN, min((index + 1) * SPAN, self.size)
-            pieces = self._stream.span(lo, hi)
-            ids = list(dict.fromkeys(p.chunk_id for p, _, _ in pieces if p.chunk_id is not None))
-            self._pending.append((index, ids, _readers().submit(self.store.read_frames, ids)))
-
-    def frames(self, index: int) -> dict[bytes, Frame] | None:
-        """The frames of span ``index`` if they were read ahead (None: read them now)."""
-        while self._pending and self._pending[0][0] < index:
-            self._pending.popleft()[2].cancel()
-        if not self._pending or self._pending[0][0] != index:
-            return None
-        _, ids, future = self._pending.popleft()
-        self._fill()
-        return dict(zip(ids, future.result(), strict=True))
-
-    def close(self) -> None:
-        for _, _, future in self._pending:  # the response ended early: not read
-            future.cancel()
-        self._pending.clear()
+def _span_ids(manifest: PieceStream, indices: list[int]) -> Iterator[tuple[int, list[bytes]]]:
+    """Each span of ``indices`` (in order) with the chunk ids it needs, read from a cursor
+    of its own on the manifest."""
+    stream = PieceStream(manifest.blob)
+    for index in indices:
+        pieces = stream.span(index * SPAN, min((index + 1) * SPAN, manifest.size))
+        yield index, list(dict.fromkeys(p.chunk_id for p, _, _ in pieces if p.chunk_id is not None))
 
 
 class _ColdReader:
@@ -356,8 +330,8 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
     by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
     frames of raw blocks (no compression: zstd would not have saved anything)."""
     compressor = zstandard.ZstdCompressor(level=1)
-    depth = _depth(source.store, piece_bytes)
-    for batch, stored in _read_ahead(source.store, _zstd_batches(manifest, piece_bytes), depth):
+    batches = _zstd_batches(manifest, piece_bytes)
+    for (batch, _), stored in _read_ahead(source.store, batches, _depth(source.store, piece_bytes)):
         frames = iter(stored)
         out: list[bytes | memoryview] = []
         for piece in batch:
@@ -374,20 +348,24 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
         yield b"".join(out)
 
 
-def _zstd_batches(manifest: PieceStream, piece_bytes: int) -> Iterator[list[Piece]]:
-    """The pieces in order, a batch per frame sent: up to ZSTD_BATCH chunks or
-    ``piece_bytes`` of the object."""
+def _zstd_batches(
+    manifest: PieceStream, piece_bytes: int
+) -> Iterator[tuple[list[Piece], list[bytes]]]:
+    """The pieces in order, a batch per frame sent (up to ZSTD_BATCH chunks or
+    ``piece_bytes`` of the object), each with the ids of its chunks."""
     batch: list[Piece] = []
-    content, raw = 0, 0
+    ids: list[bytes] = []
+    raw = 0
     for _, piece in manifest:
         batch.append(piece)
-        content += piece.chunk_id is not None
+        if piece.chunk_id is not None:
+            ids.append(piece.chunk_id)
         raw += piece.size
-        if content >= ZSTD_BATCH or raw >= piece_bytes:
-            yield batch
-            batch, content, raw = [], 0, 0
+        if len(ids) >= ZSTD_BATCH or raw >= piece_bytes:
+            yield batch, ids
+            batch, ids, raw = [], [], 0
     if batch:
-        yield batch
+        yield batch, ids
 
 
 def _depth(store: ChunkStore, piece_bytes: int) -> int:
@@ -397,22 +375,24 @@ def _depth(store: ChunkStore, piece_bytes: int) -> int:
 
 
 def _read_ahead(
-    store: ChunkStore, batches: Iterator[list[Piece]], depth: int
-) -> Iterator[tuple[list[Piece], list[Frame]]]:
-    """Each batch with its stored frames, read ``depth`` batches ahead of the one handed
-    out, in the shared reader threads (0: read here, one at a time)."""
+    store: ChunkStore, batches: Iterator[tuple[T, list[bytes]]], depth: int
+) -> Generator[tuple[tuple[T, list[bytes]], list[Frame]], None, None]:
+    """Each ``(item, chunk ids)`` with the stored frames of those ids, read ``depth``
+    batches ahead of the one handed out, in the shared reader threads (0: read here, one
+    at a time); what is queued when the iterator is closed is not read."""
 
-    def read(batch: list[Piece]) -> list[Frame]:
-        ids = [p.chunk_id for p in batch if p.chunk_id is not None]
+    def read(ids: list[bytes]) -> list[Frame]:
         return store.read_frames(ids) if ids else []
 
     if depth <= 0:
-        yield from ((batch, read(batch)) for batch in batches)
+        yield from ((batch, read(batch[1])) for batch in batches)
         return
-    pending: collections.deque[tuple[list[Piece], Future[list[Frame]]]] = collections.deque()
+    pending: collections.deque[tuple[tuple[T, list[bytes]], Future[list[Frame]]]] = (
+        collections.deque()
+    )
     try:
         for batch in batches:
-            pending.append((batch, _readers().submit(read, batch)))
+            pending.append((batch, _readers().submit(read, batch[1])))
             if len(pending) > depth:
                 done, future = pending.popleft()
                 yield done, future.result()
