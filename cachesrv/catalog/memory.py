@@ -20,6 +20,7 @@ from .records import (
     Ref,
     StoredManifest,
     entry_is_kept,
+    stored_manifest,
 )
 
 
@@ -55,10 +56,7 @@ class MemoryCatalog:
     # -- manifests -------------------------------------------------------------
 
     def manifest(self, manifest_id: bytes) -> Manifest:
-        body = self.manifest_body(manifest_id)
-        if body is None:
-            raise KeyError(manifest_id.hex())
-        return Manifest.decode_stored(manifest_id, body)
+        return stored_manifest(manifest_id, self.manifest_body(manifest_id))
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
         with self._lock:

@@ -39,6 +39,14 @@ class Ref:
         return self.digest[:16].hex()
 
 
+def stored_manifest(manifest_id: bytes, body: bytes | None) -> Manifest:
+    """A catalog's ``manifest()``, from what its ``manifest_body()`` gave: KeyError if
+    there is none, :class:`~cachesrv.manifest.ManifestError` if it does not match its id."""
+    if body is None:
+        raise KeyError(manifest_id.hex())
+    return Manifest.decode_stored(manifest_id, body)
+
+
 @dataclass(frozen=True)
 class StoredManifest:
     """A version as the catalog stores it: the encoded manifest, its id (the BLAKE3 of

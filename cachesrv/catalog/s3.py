@@ -55,7 +55,15 @@ from urllib.parse import quote, unquote
 from cachesrv.manifest import Manifest
 from cachesrv.store.s3.client import ObjectStore, ObjectStoreUnavailable, PreconditionFailed
 
-from .records import Conflict, EntryExists, History, Ref, StoredManifest, entry_is_kept
+from .records import (
+    Conflict,
+    EntryExists,
+    History,
+    Ref,
+    StoredManifest,
+    entry_is_kept,
+    stored_manifest,
+)
 from .remembered import RememberedRefs
 
 LOCK = "locks/tree"
@@ -194,10 +202,7 @@ class S3Catalog:
     # -- manifests -------------------------------------------------------------------
 
     def manifest(self, manifest_id: bytes) -> Manifest:
-        body = self.manifest_body(manifest_id)
-        if body is None:
-            raise KeyError(manifest_id.hex())
-        return Manifest.decode_stored(manifest_id, body)
+        return stored_manifest(manifest_id, self.manifest_body(manifest_id))
 
     def manifest_body(self, manifest_id: bytes) -> bytes | None:
         """The stored body, read from the bucket each time (GC may have dropped it: a

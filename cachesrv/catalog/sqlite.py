@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cachesrv.db import Database
 from cachesrv.manifest import Manifest
 
-from .records import NAMESPACES, Conflict, EntryExists, Ref, StoredManifest, entry_is_kept
+from .records import (
+    NAMESPACES,
+    Conflict,
+    EntryExists,
+    Ref,
+    StoredManifest,
+    entry_is_kept,
+    stored_manifest,
+)
 
 _UNREFERENCED = (
     "NOT EXISTS (SELECT 1 FROM objects o WHERE o.manifest = {m}) "
@@ -82,28 +88,11 @@ class SqliteCatalog:
     def __init__(self, root: Path, busy_timeout: float = 60.0) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.db = Database(root / "catalog.sqlite", _SCHEMA, busy_timeout=busy_timeout)
-        self._cache: OrderedDict[bytes, Manifest] = OrderedDict()
-        self._cache_lock = threading.Lock()
 
     # -- manifests -----------------------------------------------------------
 
     def manifest(self, manifest_id: bytes) -> Manifest:
-        with self._cache_lock:
-            cached = self._cache.get(manifest_id)
-            if cached is not None:
-                self._cache.move_to_end(manifest_id)
-                return cached
-        row = self.db.conn.execute(
-            "SELECT body FROM manifests WHERE id = ?", (manifest_id,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(manifest_id.hex())
-        manifest = Manifest.decode_stored(manifest_id, row[0])
-        with self._cache_lock:
-            self._cache[manifest_id] = manifest
-            while len(self._cache) > 4:  # a Go cache's decoded manifest is ~10 MB
-                self._cache.popitem(last=False)
-        return manifest
+        return stored_manifest(manifest_id, self.manifest_body(manifest_id))
 
     @staticmethod
     def _insert_manifest(conn: sqlite3.Connection, stored: StoredManifest, now: float) -> None:
@@ -343,8 +332,6 @@ class SqliteCatalog:
                     (manifest, manifest, manifest),
                 ).rowcount
                 conn.execute("DELETE FROM doomed WHERE manifest = ?", (manifest,))
-        with self._cache_lock:
-            self._cache.clear()
         return dropped
 
     # -- numbers ---------------------------------------------------------------
