@@ -27,6 +27,7 @@ PIN_TTL = 600.0
 
 class MemoryChunkStore:
     read_ahead = 0
+
     def __init__(self, hard_limit: int | None = None, pin_ttl: float = PIN_TTL) -> None:
         self.hard_limit = hard_limit
         self.pin_ttl = pin_ttl

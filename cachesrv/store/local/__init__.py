@@ -95,6 +95,7 @@ class FileLease:
 
 class LocalChunkStore:
     read_ahead = 0  # a pread of the page cache: less than a hand-over to a thread
+
     def __init__(
         self,
         root: Path,

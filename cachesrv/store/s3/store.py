@@ -71,6 +71,7 @@ class S3ChunkStore:
     # ranged GETs in flight per restore: one at a time, a zstd restore from SeaweedFS on
     # loopback ran at 125 MB/s, waiting out each round trip
     read_ahead = 3
+
     def __init__(
         self, objects: ObjectStore, hard_limit: int | None = None, pin_ttl: float = PIN_TTL
     ) -> None:
