@@ -798,23 +798,17 @@ def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_di
         port = srv.port
         has_stats = opts.server != "baseline"
         peaks = [_phase(s, srv, "idle", key)]
-        r = upload_multipart(port, c.v1, opts.max_time)
-        s.add(f"{pre}cold_multipart_MBps", mbps(c.v1_bytes, r.time_total))
-        if has_stats:
-            st1 = settled_stats(port, opts.settle_timeout, s.notes, lag)
-            s.add(f"{pre}stored_after_v1_MB", float(st1["stored_bytes"]) / MB)  # type: ignore[arg-type]
-            s.notes[f"{pre}stats_after_v1"] = st1
-        peaks.append(_phase(s, srv, "multipart_cold", key))
-        r = upload_multipart(port, c.v2, opts.max_time)
-        s.add(f"{pre}warm_multipart_MBps", mbps(c.v2_bytes, r.time_total))
-        if has_stats:
-            st2 = settled_stats(port, opts.settle_timeout, s.notes, lag)
-            s.add(f"{pre}stored_after_v2_MB", float(st2["stored_bytes"]) / MB)  # type: ignore[arg-type]
-            s.notes[f"{pre}stats_after_v2"] = st2
-        if store is not None and srv.store_url:
-            s.notes.setdefault("s3_bucket_bytes_after_v2", []).append(  # type: ignore[union-attr]
-                store.bucket_bytes(srv.store_url))
-        peaks.append(_phase(s, srv, "multipart_warm", key))
+        for v, src, nbytes, kind in ((1, c.v1, c.v1_bytes, "cold"), (2, c.v2, c.v2_bytes, "warm")):
+            r = upload_multipart(port, src, opts.max_time)
+            s.add(f"{pre}{kind}_multipart_MBps", mbps(nbytes, r.time_total))
+            if has_stats:
+                st = settled_stats(port, opts.settle_timeout, s.notes, lag)
+                s.add(f"{pre}stored_after_v{v}_MB", float(st["stored_bytes"]) / MB)  # type: ignore[arg-type]
+                s.notes[f"{pre}stats_after_v{v}"] = st
+            if v == 2 and store is not None and srv.store_url:
+                s.notes.setdefault("s3_bucket_bytes_after_v2", []).append(  # type: ignore[union-attr]
+                    store.bucket_bytes(srv.store_url))
+            peaks.append(_phase(s, srv, f"multipart_{kind}", key))
         _measure_restores(c, opts, s, srv, pre, peaks, key)
         if store is None:
             encoding = save_zstd_body(port, zstd_body, opts.max_time)
