@@ -170,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load(args)
     configure_logging(cfg.log_level, cfg.log_format, sys.stderr)
     if args.command == "serve":
-        from cachesrv.malloc import bound_heap
+        from cachesrv import malloc
         from cachesrv.server import serve
 
-        bound_heap()
+        malloc.bound_heap(malloc.SERVER_MMAP_THRESHOLD, trim_threshold=malloc.SERVER_TRIM_THRESHOLD)
 
         serve(cfg)
         return 0
