@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
@@ -35,13 +36,10 @@ def bound_heap(
 ) -> bool:
     """Apply the settings; False where the C library is not glibc. ``trim_threshold``:
     free bytes at the heap's top kept rather than returned (None: glibc's 128 KiB)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = libc.mallopt  # type: ignore[union-attr]
+    except AttributeError:  # None, or not glibc
         return False
     applied = [mallopt(M_MMAP_THRESHOLD, mmap_threshold), mallopt(M_ARENA_MAX, arenas)]
     if trim_threshold is not None:
@@ -53,10 +51,16 @@ def give_back() -> None:
     """Return the heap's free memory to the system (glibc's ``malloc_trim``): a worker
     process calls it when a large piece of work ended. After an upload of the Go cache
     the ingest worker kept ~18 MB it no longer used."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
+        _libc().malloc_trim(0)  # type: ignore[union-attr]
+    except AttributeError:
         pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
+    try:
+        return None if name is None else ctypes.CDLL(name)
+    except OSError:
+        return None

@@ -10,6 +10,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from cachesrv import malloc
 from cachesrv.config import Config
 from cachesrv.http.app import App
 from cachesrv.http.auth import Authorizer, TokensFile, TokensFileError
@@ -17,6 +18,7 @@ from cachesrv.lifecycle import service as lifecycle_service
 from cachesrv.repository import Repository
 
 log = logging.getLogger("cachesrv")
+HEAP_TRIM_INTERVAL = 1.0  # seconds
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -61,6 +63,15 @@ def serve(config: Config) -> None:
         repo.close()
 
 
+async def _give_back_heap() -> None:
+    """Return the heap's free pages to the system every second: the server keeps restore
+    frames on its heap (cachesrv.malloc), and under a mix of uploads and restores the
+    freed holes between live blocks otherwise stay resident."""
+    while True:
+        await trio.sleep(HEAP_TRIM_INTERVAL)
+        malloc.give_back()
+
+
 async def _serve_with_lifecycle(app: Any, repo: Repository, config: Config) -> None:
     """The HTTP server, the worker pools and the lifecycle task (GC, access times) in one
     nursery: when serving ends (in-flight requests drained) the lifecycle task is
@@ -69,5 +80,6 @@ async def _serve_with_lifecycle(app: Any, repo: Repository, config: Config) -> N
         await nursery.start(repo.restores.run)
         await nursery.start(repo.ingest.run)
         await nursery.start(lifecycle_service.run, repo)
+        nursery.start_soon(_give_back_heap)
         await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=_until_signal)
         nursery.cancel_scope.cancel()

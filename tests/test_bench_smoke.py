@@ -38,13 +38,31 @@ def _quick_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess
         assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--size-mb", "4", "--runs", "1",
-         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs"),
-         *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=170,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--size-mb",
+            "4",
+            "--runs",
+            "1",
+            "--json",
+            str(out),
+            "--data-root",
+            str(tmp_path),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
-    logs = "\n".join(p.read_text(errors="replace")[-3000:]
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = "\n".join(
+        p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
+    )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     return proc, json.loads(out.read_text())
 
@@ -58,8 +76,8 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     for f in run.FIGURES:
         if f.name in skipped:
             assert f.needs in ("peer", "load", "s3"), (
-                f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must "
-                "measure it")
+                f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must measure it"
+            )
             assert skipped[f.name]["reason"], f"{f.name} skipped without a reason"
             assert f.name not in figures
             continue
@@ -86,9 +104,13 @@ def test_quick_benchmark_on_seaweedfs_prints_beside_the_local_store(tmp_path: Pa
     proc, doc = _quick_run(tmp_path, "--store", "s3")
     figures = doc["figures"]
     s3 = [f for f in run.FIGURES if f.needs == "s3"]
-    assert {f.name for f in s3} >= {"s3_cold_put_MBps", "s3_restore_first_MBps",
-                                    "s3_stored_after_v2_MB", "s3_peak_rss_MB",
-                                    "seaweedfs_peak_rss_MB"}
+    assert {f.name for f in s3} >= {
+        "s3_cold_put_MBps",
+        "s3_restore_first_MBps",
+        "s3_stored_after_v2_MB",
+        "s3_peak_rss_MB",
+        "seaweedfs_peak_rss_MB",
+    }
     for f in s3:  # every object-store figure measured, none skipped
         assert f.name in figures, f"{f.name} missing: {doc['figures_skipped']}"
         assert figures[f.name]["value"] > 0, f"{f.name} = {figures[f.name]['value']!r}"
@@ -108,13 +130,33 @@ def test_tiny_load_benchmark(tmp_path: Path) -> None:
     load = _bench_module("bench.load")
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--clients", "3", "--duration", "2",
-         "--weights", "get=1,head=1,upload=1,keyed=1", "--targets", "ceiling,cachesrv",
-         "--json", str(out), "--data-root", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
+        [
+            sys.executable,
+            "-m",
+            "bench.load",
+            "--clients",
+            "3",
+            "--duration",
+            "2",
+            "--weights",
+            "get=1,head=1,upload=1,keyed=1",
+            "--targets",
+            "ceiling,cachesrv",
+            "--json",
+            str(out),
+            "--data-root",
+            str(tmp_path),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
-    logs = "\n".join(p.read_text(errors="replace")[-3000:]
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = "\n".join(
+        p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
+    )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     doc = json.loads(out.read_text())
     for target in ("ceiling", "cachesrv"):

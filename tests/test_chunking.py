@@ -119,8 +119,13 @@ def feed_plans(draw: st.DrawFn, length: int) -> list[int]:
     return sorted(cuts)
 
 
-def split(data: bytes, cuts: list[int], params: ChunkParams = SMALL, tar_aware: bool = True,
-          splitter: Splitter | None = None) -> list[Piece]:
+def split(
+    data: bytes,
+    cuts: list[int],
+    params: ChunkParams = SMALL,
+    tar_aware: bool = True,
+    splitter: Splitter | None = None,
+) -> list[Piece]:
     s = splitter or Splitter(params, tar_aware=tar_aware)
     pieces: list[Piece] = []
     prev = 0
@@ -280,9 +285,7 @@ def test_content_pieces_are_exactly_member_data_and_never_span_members(
 
 @settings(max_examples=25, deadline=None)
 @given(st.data(), st.binary(max_size=5000))
-def test_tar_aware_false_is_exactly_fastcdc_over_the_whole_stream(
-    data: st.DataObject, head: bytes
-):
+def test_tar_aware_false_is_exactly_fastcdc_over_the_whole_stream(data: st.DataObject, head: bytes):
     rng = random.Random(len(head))
     stream = head + rng.randbytes(rng.randrange(0, 300_000))
     s = Splitter(SMALL, tar_aware=False)
@@ -329,9 +332,11 @@ def _content_ids(pieces: list[Piece]) -> set[str]:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(member_specs(long_names=True), min_size=1, max_size=10),
-       st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
-       st.integers(1, 10**6))
+@given(
+    st.lists(member_specs(long_names=True), min_size=1, max_size=10),
+    st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
+    st.integers(1, 10**6),
+)
 def test_touching_every_mtime_leaves_content_chunks_identical(specs, fmt, shift):
     v1 = build_tar(specs, fmt)
     v2 = build_tar(specs, fmt, mtime_shift=shift)
@@ -348,8 +353,7 @@ def _share_already_stored(v1: list[Piece], v2: list[Piece]) -> float:
 def test_plain_cdc_would_not_dedup_small_files_after_an_mtime_change():
     # Why tar-awareness exists: the same change ruins most of plain CDC's chunks.
     specs = [
-        {"kind": "file", "stem": f"f{i}", "size": 200 + i, "mtime": 1000, "xattr": None,
-         "seed": i}
+        {"kind": "file", "stem": f"f{i}", "size": 200 + i, "mtime": 1000, "xattr": None, "seed": i}
         for i in range(50)
     ]
     v1, v2 = (build_tar(specs, tarfile.GNU_FORMAT, shift) for shift in (0, 3600))
@@ -368,8 +372,7 @@ def test_corrupted_header_stops_tar_parsing_and_stays_byte_identical(
     data: st.DataObject, where: int, flip: int
 ):
     specs = [
-        {"kind": "file", "stem": f"f{i}", "size": 700 * i, "mtime": 5, "xattr": None,
-         "seed": i}
+        {"kind": "file", "stem": f"f{i}", "size": 700 * i, "mtime": 5, "xattr": None, "seed": i}
         for i in range(4)
     ]
     tar = bytearray(build_tar(specs, tarfile.USTAR_FORMAT))

@@ -74,8 +74,8 @@ def test_result_carries_the_manifest_body_unchanged() -> None:
     manifest = Manifest(7, os.urandom(32), (Piece(3, inline=b"abc"), Piece(4, os.urandom(32))))
     stored = StoredManifest.of(manifest)
     stats = IngestStats(logical_bytes=7, chunks=1, new_chunks=1, new_bytes=4, stored_bytes=9)
-    decoded_stats, decoded = frames.decode_result(frames.encode_result(stats, stored))
-    assert decoded_stats == stats
+    decoded_stats, decoded, grown = frames.decode_result(frames.encode_result(stats, stored, True))
+    assert decoded_stats == stats and grown
     assert decoded.body == stored.body  # the worker's bytes, not an encoding of a decode
     assert (decoded.manifest_id, decoded.size, decoded.digest) == (
         stored.manifest_id,

@@ -113,28 +113,30 @@ def decode_begin(payload: bytes | memoryview) -> bool:
     return bool(json.loads(bytes(payload)).get("tar_aware", True))
 
 
-def encode_result(stats: IngestStats, stored: StoredManifest) -> bytes:
-    """``u32 JSON length | JSON (stats, id, size, digest) | manifest body``: the body
-    crosses as the worker encoded it, so the server neither decodes nor re-encodes it."""
+def encode_result(stats: IngestStats, stored: StoredManifest, grown: bool = False) -> bytes:
+    """``u32 JSON length | JSON (stats, id, size, digest, grown) | manifest body``: the
+    body crosses as the worker encoded it, so the server neither decodes nor re-encodes
+    it. ``grown``: the worker holds much more memory than when it started (replace it)."""
     meta = json.dumps(
         {
             "stats": asdict(stats),
             "id": stored.manifest_id.hex(),
             "size": stored.size,
             "digest": stored.digest.hex(),
+            "grown": grown,
         }
     ).encode()
     return _LENGTH.pack(len(meta)) + meta + stored.body
 
 
-def decode_result(payload: bytes | memoryview) -> tuple[IngestStats, StoredManifest]:
+def decode_result(payload: bytes | memoryview) -> tuple[IngestStats, StoredManifest, bool]:
     (length,) = _LENGTH.unpack_from(payload)
     meta = json.loads(bytes(payload[_LENGTH.size : _LENGTH.size + length]))
     body = bytes(payload[_LENGTH.size + length :])
     stored = StoredManifest(
         bytes.fromhex(meta["id"]), body, meta["size"], bytes.fromhex(meta["digest"])
     )
-    return IngestStats(**meta["stats"]), stored
+    return IngestStats(**meta["stats"]), stored, bool(meta.get("grown"))
 
 
 def encode_error(exc: OSError) -> bytes:

@@ -18,7 +18,6 @@ cancelled, each supervisor closes its worker's socket and reaps the process.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -37,16 +36,7 @@ log = logging.getLogger("cachesrv.ingest")
 SOCKET_BUFFER = 4 << 20
 SEND_BATCH = 256 << 10  # forward body bytes in batches: fewer syscalls, the worker keeps up
 RECEIVE_BYTES = 1 << 20
-RECYCLE_RSS = 48 << 20  # an idle worker above this is replaced (a fresh one is ~31 MB)
 EXIT_WAIT = 10  # seconds a worker gets to exit after its socket closed, then SIGKILL
-
-
-def _resident_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0  # not Linux, or gone: nothing to measure
 
 
 class WorkerFailed(Exception):
@@ -93,6 +83,7 @@ class Worker:
         self.sock = sock
         self.broken = False  # mid-frame or dead: its stream cannot be trusted again
         self.gone = False  # its supervisor let it go: never idle again
+        self.grown = False  # it said it holds too much memory: replace it when released
         self._decoder = frames.FrameDecoder()
         self._retire = trio.CancelScope()  # cancelled: the supervisor replaces it
 
@@ -130,7 +121,7 @@ class IngestPool:
         self.size = size
         self._idle: list[Worker] = []
         self.restarted_broken = 0  # replaced: died or broke protocol
-        self.restarted_recycled = 0  # replaced: grew past RECYCLE_RSS
+        self.restarted_recycled = 0  # replaced: said it had grown (ingest.process)
 
     @property
     def idle(self) -> int:
@@ -210,10 +201,8 @@ class IngestPool:
             return  # it exited meanwhile: its supervisor starts another
         if worker.broken:
             worker.retire()
-        elif _resident_bytes(worker.process.pid) > RECYCLE_RSS:
-            # A big upload leaves ~30 MB of fragmented heap behind (pin cache, pieces);
-            # a fresh worker is cheaper than carrying it into the next restore's budget.
-            worker.retire()
+        elif worker.grown:
+            worker.retire()  # a fresh one starts now (cachesrv.ingest.process.RECYCLE_GROWTH)
         else:
             self._idle.append(worker)
 
@@ -263,13 +252,14 @@ class WorkerUpload:
             await worker.send(frames.END)
             kind, payload = await worker.receive()
             worker.broken = False
+            if kind == frames.RESULT:
+                self.stats, stored, worker.grown = frames.decode_result(payload)
         finally:
             self._release()
         if kind == frames.ERROR:
             raise frames.decode_error(payload)
         if kind != frames.RESULT:
             raise WorkerFailed(f"unexpected reply {kind!r} from an ingest worker")
-        self.stats, stored = frames.decode_result(payload)
         return stored
 
     async def abort(self) -> None:
