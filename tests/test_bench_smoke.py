@@ -33,38 +33,42 @@ def _bench_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def _quick_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    for tool in ("curl", "zstd"):
-        assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
+def _run_bench(
+    tmp_path: Path, module: str, args: list[str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``python -m module args --json ... --data-root ... --log-dir ...``: its output and
+    its JSON; on failure the assertion shows the tail of every server log."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "bench.run",
-            "--quick",
-            "--size-mb",
-            "4",
-            "--runs",
-            "1",
+            module,
+            *args,
             "--json",
             str(out),
             "--data-root",
             str(tmp_path),
             "--log-dir",
             str(tmp_path / "logs"),
-            *extra,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=timeout,
     )
     logs = "\n".join(
         p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
     )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     return proc, json.loads(out.read_text())
+
+
+def _quick_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    for tool in ("curl", "zstd"):
+        assert shutil.which(tool), f"the benchmark needs the {tool} CLI on PATH"
+    args = ["--quick", "--size-mb", "4", "--runs", "1", *extra]
+    return _run_bench(tmp_path, "bench.run", args, timeout=170)
 
 
 @pytest.mark.timeout(180)
@@ -128,37 +132,9 @@ def test_quick_benchmark_on_seaweedfs_prints_beside_the_local_store(tmp_path: Pa
 @pytest.mark.timeout(120)
 def test_tiny_load_benchmark(tmp_path: Path) -> None:
     load = _bench_module("bench.load")
-    out = tmp_path / "load.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.load",
-            "--clients",
-            "3",
-            "--duration",
-            "2",
-            "--weights",
-            "get=1,head=1,upload=1,keyed=1",
-            "--targets",
-            "ceiling,cachesrv",
-            "--json",
-            str(out),
-            "--data-root",
-            str(tmp_path),
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    logs = "\n".join(
-        p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "logs").glob("*.log"))
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
-    doc = json.loads(out.read_text())
+    args = ["--clients", "3", "--duration", "2", "--weights", "get=1,head=1,upload=1,keyed=1"]
+    args += ["--targets", "ceiling,cachesrv"]
+    proc, doc = _run_bench(tmp_path, "bench.load", args, timeout=110)
     for target in ("ceiling", "cachesrv"):
         res = doc["targets"][target]
         for kind in ("get", "head", "upload", "cache_put", "cache_restore"):
