@@ -36,10 +36,8 @@ def bound_heap(
 ) -> bool:
     """Apply the settings; False where the C library is not glibc. ``trim_threshold``:
     free bytes at the heap's top kept rather than returned (None: glibc's 128 KiB)."""
-    libc = _libc()
-    try:
-        mallopt = libc.mallopt  # type: ignore[union-attr]
-    except AttributeError:  # None, or not glibc
+    mallopt = getattr(_libc(), "mallopt", None)  # None: no C library found, or not glibc
+    if mallopt is None:
         return False
     applied = [mallopt(M_MMAP_THRESHOLD, mmap_threshold), mallopt(M_ARENA_MAX, arenas)]
     if trim_threshold is not None:
@@ -51,10 +49,9 @@ def give_back() -> None:
     """Return the heap's free memory to the system (glibc's ``malloc_trim``): a worker
     process calls it when a large piece of work ended. After an upload of the Go cache
     the ingest worker kept ~18 MB it no longer used."""
-    try:
-        _libc().malloc_trim(0)  # type: ignore[union-attr]
-    except AttributeError:
-        pass
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 @functools.cache

@@ -136,7 +136,7 @@ def decode_result(payload: bytes | memoryview) -> tuple[IngestStats, StoredManif
     stored = StoredManifest(
         bytes.fromhex(meta["id"]), body, meta["size"], bytes.fromhex(meta["digest"])
     )
-    return IngestStats(**meta["stats"]), stored, bool(meta.get("grown"))
+    return IngestStats(**meta["stats"]), stored, bool(meta["grown"])
 
 
 def encode_error(exc: OSError) -> bytes:

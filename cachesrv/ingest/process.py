@@ -86,19 +86,21 @@ def worker_main(
                         failure = exc
             elif kind == frames.END:
                 assert session is not None
+                stats, error = session.stats, None
                 try:
                     if failure is not None:
                         raise failure
                     stored = session.finish()
                 except OSError as exc:
-                    sock.sendall(frames.frame(frames.ERROR, frames.encode_error(exc)))
-                    give_back()
+                    error = frames.frame(frames.ERROR, frames.encode_error(exc))
+                session = None  # its buffers go before the heap is trimmed and measured
+                give_back()
+                if error is not None:
+                    sock.sendall(error)
                 else:
-                    give_back()  # what the upload left on the heap, before it is measured
                     grown = resident_bytes() > fresh + RECYCLE_GROWTH
-                    result = frames.encode_result(session.stats, stored, grown)
+                    result = frames.encode_result(stats, stored, grown)
                     sock.sendall(frames.frame(frames.RESULT, result))
-                session = None
             elif kind == frames.ABORT:
                 if session is not None:
                     session.abort()

@@ -199,10 +199,8 @@ class IngestPool:
         """Back to idle, or to its supervisor for a replacement."""
         if worker.gone:
             return  # it exited meanwhile: its supervisor starts another
-        if worker.broken:
-            worker.retire()
-        elif worker.grown:
-            worker.retire()  # a fresh one starts now (cachesrv.ingest.process.RECYCLE_GROWTH)
+        if worker.broken or worker.grown:  # grown: see cachesrv.ingest.process.RECYCLE_GROWTH
+            worker.retire()  # its supervisor starts a fresh one now
         else:
             self._idle.append(worker)
 
