@@ -273,7 +273,8 @@ SETTINGS: tuple[_Setting, ...] = (
         "history_interval",
         ("CACHESRV_HISTORY_INTERVAL",),
         parse_duration,
-        "time between two points of the status page's charts (1m)",
+        "time between two points of the status page's charts (1m); every replica's "
+        "points of the last 1440 intervals are kept in the catalog",
     ),
     _Setting(
         "max_size",

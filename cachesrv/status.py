@@ -3,7 +3,8 @@
 :func:`status` adds to :meth:`Repository.stats` what is too big for every metrics
 scrape: the caches by size with their unique and shared bytes (from the last
 collection's mark, never a mark per view), recent uploads and restores, and the
-history the lifecycle task samples into the catalog (:class:`History`).
+history the lifecycle task samples into the catalog (:class:`History`): every
+replica's points, so that the counts are the whole service's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from cachesrv import __version__
 from cachesrv.repository import Repository
 
-HISTORY_KEEP = 1440  # points kept in the catalog: a day at the default interval
+HISTORY_KEEP = 1440  # intervals kept in the catalog: a day at the default interval
 HISTORY_POINTS = 120  # points handed out (the charts' resolution)
 CACHES_SHOWN = 50
 
@@ -36,18 +37,33 @@ class History:
         values: dict[str, float] = {name: stats[name] for name in _LEVELS}  # type: ignore[misc]
         values.update({name: counts[name] - previous[name] for name in _COUNTS})
         self._previous = counts
-        repo.catalog.record_sample(time.time() if now is None else now, values, HISTORY_KEEP)
+        at = time.time() if now is None else now
+        repo.catalog.record_sample(repo.replica, at, values, at - _kept_for(repo))
         return values
 
 
-def history(repo: Repository, points: int = HISTORY_POINTS) -> list[dict[str, float]]:
-    """The kept history, merged into at most ``points`` points: levels as the newest
-    value of each bucket, counts summed over it."""
-    samples = repo.catalog.samples(HISTORY_KEEP)
-    size = max(1, -(-len(samples) // points))
+def _kept_for(repo: Repository) -> float:
+    return HISTORY_KEEP * repo.config.history_interval
+
+
+def history(
+    repo: Repository, points: int = HISTORY_POINTS, now: float | None = None
+) -> list[dict[str, float]]:
+    """The kept history of every replica, merged into at most ``points`` points of equal
+    time spans, each at least one history interval (so that each holds a point of every
+    replica): levels as the newest value in each span (they are the store's, whichever
+    replica read them), counts summed over it (each replica counts its own)."""
+    now = time.time() if now is None else now
+    samples = repo.catalog.samples(now - _kept_for(repo))
+    if not samples:
+        return []
+    span = samples[-1][0] - samples[0][0]
+    width = max(repo.config.history_interval, span / max(points - 1, 1), 1e-9)
+    buckets: dict[int, list[tuple[float, dict[str, float]]]] = {}
+    for sample in samples:  # oldest first: so are the buckets
+        buckets.setdefault(int(sample[0] // width), []).append(sample)
     merged = []
-    for start in range(0, len(samples), size):
-        bucket = samples[start : start + size]
+    for bucket in buckets.values():
         at, last = bucket[-1]
         point: dict[str, float] = {"at": at}
         point.update({name: last.get(name, 0) for name in _LEVELS})

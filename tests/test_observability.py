@@ -10,8 +10,13 @@ import random
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 from conftest import Server, StartServer, curl, http_request
+
+from cachesrv import status
+from cachesrv.config import Config
+from cachesrv.repository import Repository
 
 
 def _access_lines(server: Server) -> list[dict[str, object]]:
@@ -174,3 +179,30 @@ def test_stats_has_what_the_status_page_shows(start_server: StartServer) -> None
     point = stats["history"][-1]
     assert point["stored_bytes"] == stats["stored_bytes"] or point["stored_bytes"] > 0
     assert sum(p["hits"] for p in stats["history"]) <= 2
+
+
+def test_history_sums_the_replicas_counts_per_interval_and_keeps_the_newest_level(
+    tmp_path: Path,
+) -> None:
+    repo = Repository.open(Config(data=tmp_path, history_interval=60.0))
+    start = 1_800_000_020.0 // 60 * 60  # on a minute
+
+    def record(minutes: range) -> None:
+        for minute in minutes:  # two replicas 20 s apart in phase
+            for replica, offset, hits in (("a", 10.0, 1), ("b", 30.0, 2)):
+                at = start + minute * 60 + offset
+                values = {"logical_bytes": minute, "hits": hits, "uploads": 0}
+                repo.catalog.record_sample(replica, at, values, since=at - 86400)
+
+    try:
+        record(range(10))  # a short history: a point per interval, both replicas in it
+        history = status.history(repo, points=120, now=start + 600)
+        assert [p["hits"] for p in history] == [3] * 10
+        assert [p["logical_bytes"] for p in history] == list(range(10))
+        record(range(10, 600))  # a long one: at most 120 points, still every count once
+        history = status.history(repo, points=120, now=start + 600 * 60)
+        assert len(history) <= 120
+        assert sum(p["hits"] for p in history) == 600 * 3
+        assert history[-1]["logical_bytes"] == 599
+    finally:
+        repo.close()

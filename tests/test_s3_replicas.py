@@ -207,3 +207,27 @@ def test_a_replica_given_no_data_directory_serves_and_writes_no_file(
     assert sorted(cwd.rglob("*")) == []
     again = start_server(env=env, args=args, pass_data=False, cwd=cwd)
     assert get(again, "builds/app.tar") == (200, data)  # everything was in the bucket
+
+
+def test_the_status_page_history_counts_every_replicas_uploads_and_reads(
+    start_server: StartServer, seaweedfs: SeaweedFS, s3_url: str
+) -> None:
+    args = ["--store", s3_url, "--history-interval", "1s"]
+    first, second = (start_server(env=seaweedfs.env, args=args) for _ in range(2))
+    data = os.urandom(1 << 20)
+    assert put(first, "builds/app.tar", data) == 201
+    for _ in range(3):
+        assert get(second, "builds/app.tar") == (200, data)
+    deadline = time.monotonic() + DEADLINE
+    while True:  # each replica writes its points to the bucket at its next interval
+        totals = []
+        for server in (first, second):
+            history = json.loads(curl(f"{server.url}/-/stats").stdout)["history"]
+            totals.append((sum(p["uploads"] for p in history), sum(p["hits"] for p in history)))
+        if totals == [(1, 3), (1, 3)]:
+            break
+        assert all(u <= 1 and h <= 3 for u, h in totals), totals  # never counted twice
+        assert time.monotonic() < deadline, totals
+        time.sleep(0.2)
+    # a level is the store's, whichever replica read it
+    assert history[-1]["logical_bytes"] == len(data)

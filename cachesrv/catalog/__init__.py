@@ -129,12 +129,16 @@ class CatalogBackend(Protocol):
 
     # -- numbers and health ----------------------------------------------------
 
-    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
-        """Add one point of the server's history (the status page's charts) and drop
-        all but the newest ``keep`` points."""
+    def record_sample(
+        self, replica: str, at: float, values: dict[str, float], since: float
+    ) -> None:
+        """Add one point of ``replica``'s history (the status page's charts: the store's
+        levels, and what this replica counted since its previous point) and forget
+        every replica's points taken before ``since``."""
 
-    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
-        """The newest ``limit`` history points, oldest first: (time, values)."""
+    def samples(self, since: float) -> list[tuple[float, dict[str, float]]]:
+        """Every replica's history points taken at or after ``since``, oldest first:
+        (time, values)."""
 
     def totals(self) -> dict[str, int]:
         """``objects``, ``cache_entries``, ``logical_bytes``."""

@@ -270,11 +270,13 @@ class MemoryCatalog:
                 "logical_bytes": sum(e.size for n in self._names.values() for e in n.values()),
             }
 
-    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
-        self._history.record(at, values, keep)
+    def record_sample(
+        self, replica: str, at: float, values: dict[str, float], since: float
+    ) -> None:
+        self._history.record(replica, at, values, since)
 
-    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
-        return self._history.samples(limit)
+    def samples(self, since: float) -> list[tuple[float, dict[str, float]]]:
+        return self._history.samples(since)
 
     def ping(self) -> None:
         return None

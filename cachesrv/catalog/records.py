@@ -88,20 +88,20 @@ def entry_is_kept(
 
 
 class History:
-    """The status page's history points kept in memory (catalogs with no table for
-    them), newest ``keep`` only. Thread-safe."""
+    """The status page's history points of one or more replicas, in memory (catalogs
+    with no table for them, and the S3 catalog's own series). Thread-safe."""
 
     def __init__(self) -> None:
-        self._points: dict[float, dict[str, float]] = {}
+        self._points: dict[tuple[float, str], dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def record(self, at: float, values: dict[str, float], keep: int) -> None:
+    def record(self, replica: str, at: float, values: dict[str, float], since: float) -> None:
         with self._lock:
-            self._points[at] = dict(values)
-            for old in sorted(self._points)[:-keep] if keep else list(self._points):
+            self._points[at, replica] = dict(values)
+            for old in [key for key in self._points if key[0] < since]:
                 del self._points[old]
 
-    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+    def samples(self, since: float) -> list[tuple[float, dict[str, float]]]:
         with self._lock:
-            newest = sorted(self._points)[-limit:] if limit else []
-            return [(at, dict(self._points[at])) for at in newest]
+            kept = sorted(key for key in self._points if key[0] >= since)
+            return [(key[0], dict(self._points[key])) for key in kept]

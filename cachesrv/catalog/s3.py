@@ -8,6 +8,7 @@ Layout under the catalog's prefix (``<prefix>/catalog/``)::
     doomed/<id hex>/<since ms>  a manifest no name referred to, since then (GC's grace)
     locks/tree                  the tree lock: serialises publishes of legacy paths
     serving/<replica>           manifests a replica is serving, until when (announce)
+    history/<replica>           a replica's status-page history points (zstd JSON)
 
 Names are percent-quoted whole (``a/b`` -> ``a%2Fb``), so a path and the paths below it
 never clash as keys, and a key prefix still lists a subtree.
@@ -35,8 +36,10 @@ bucket did (503: whether the name exists cannot be known). Writes always need th
 bucket.
 
 Read times (``touch``) are written into the refs by batches (the HTTP layer's access
-log flushes them), so every replica's reads count for TTL and eviction. The status
-page's history (``record_sample``) is this replica's own, in memory.
+log flushes them), so every replica's reads count for TTL and eviction. Each replica
+rewrites its own status-page history object at each point it takes (one writer per
+object: no condition needed) and deletes those of replicas gone for longer than the
+history is kept; the status page reads all of them, so its counts are every replica's.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
+
+import zstandard
 
 from cachesrv.manifest import Manifest
 from cachesrv.store.s3.client import ObjectStore, ObjectStoreUnavailable, PreconditionFailed
@@ -70,7 +75,8 @@ LOCK = "locks/tree"
 LOCK_TTL = 60.0  # a dead publisher's lock lapses after this
 LOCK_WAIT = 30.0  # a publish waits this long for the lock, then 503
 RETRIES = 20  # conditional writes that lose a race are retried this often
-TOTALS_FOR = 5.0  # seconds totals() answers from its last count
+TOTALS_FOR = 5.0  # seconds totals() and samples() answer from their last reading
+HISTORY = "history/"
 _PREFIX = {"object": "objects/", "entry": "entries/"}
 T = TypeVar("T")
 #: whether the hot cache holds every byte of the object with this digest and size
@@ -120,7 +126,9 @@ class S3Catalog:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="catalog")
         self._refs: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (etag, fields)
         self._refs_lock = threading.Lock()
-        self._history = History()
+        self._own: dict[str, History] = {}  # history key -> points of a replica here
+        # the other replicas' points as last read: (when, since, points)
+        self._others: tuple[float, float, list[tuple[float, dict[str, float]]]] | None = None
         self._totals: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
 
@@ -514,11 +522,40 @@ class S3Catalog:
         self._totals = (time.monotonic(), counts)
         return dict(counts)
 
-    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
-        self._history.record(at, values, keep)
+    def record_sample(
+        self, replica: str, at: float, values: dict[str, float], since: float
+    ) -> None:
+        key = HISTORY + quote(replica, safe="")
+        own = self._own.setdefault(key, History())
+        own.record(replica, at, values, since)
+        body = zstandard.ZstdCompressor().compress(json.dumps(own.samples(since)).encode())
+        self.objects.put(key, body)
+        gone = [
+            other
+            for other, _, modified in self.objects.listing(HISTORY)
+            if modified < since and other not in self._own
+        ]
+        if gone:
+            self.objects.delete_many(gone)
 
-    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
-        return self._history.samples(limit)
+    def samples(self, since: float) -> list[tuple[float, dict[str, float]]]:
+        cached = self._others
+        if cached is None or time.monotonic() - cached[0] >= TOTALS_FOR or cached[1] > since:
+            others: list[tuple[float, dict[str, float]]] = []
+            for key, _, modified in self.objects.listing(HISTORY):
+                if key in self._own or modified < since:
+                    continue
+                try:
+                    body, _ = self.objects.get(key)
+                except KeyError:  # its replica was found gone meanwhile
+                    continue
+                decoded = json.loads(zstandard.ZstdDecompressor().decompress(body))
+                others.extend((at, values) for at, values in decoded)
+            cached = self._others = (time.monotonic(), since, others)
+        points = [point for own in list(self._own.values()) for point in own.samples(since)]
+        points.extend(point for point in cached[2] if point[0] >= since)
+        points.sort(key=lambda point: point[0])
+        return points
 
     def ping(self) -> None:
         self.objects.ping()

@@ -350,20 +350,20 @@ class SqliteCatalog:
             "logical_bytes": logical + entry_bytes,
         }
 
-    def record_sample(self, at: float, values: dict[str, float], keep: int) -> None:
+    def record_sample(
+        self, replica: str, at: float, values: dict[str, float], since: float
+    ) -> None:
+        # every process serving this directory writes here; points are told apart by
+        # time, so the replica's name is not kept
         with self.db.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO history VALUES (?, ?)", (at, json.dumps(values)))
-            conn.execute(
-                "DELETE FROM history WHERE at NOT IN "
-                "(SELECT at FROM history ORDER BY at DESC LIMIT ?)",
-                (keep,),
-            )
+            conn.execute("DELETE FROM history WHERE at < ?", (since,))
 
-    def samples(self, limit: int) -> list[tuple[float, dict[str, float]]]:
+    def samples(self, since: float) -> list[tuple[float, dict[str, float]]]:
         rows = self.db.conn.execute(
-            "SELECT at, sample FROM history ORDER BY at DESC LIMIT ?", (limit,)
+            "SELECT at, sample FROM history WHERE at >= ? ORDER BY at", (since,)
         ).fetchall()
-        return [(at, json.loads(sample)) for at, sample in reversed(rows)]
+        return [(at, json.loads(sample)) for at, sample in rows]
 
     def close(self) -> None:
         self.db.close()

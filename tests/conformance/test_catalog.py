@@ -218,13 +218,19 @@ def test_publish_with_an_mtime_keeps_it_as_last_modified_and_now_as_access(
     assert catalog.children("imported") == [("a.tar", False, old)]
 
 
-def test_history_keeps_the_newest_samples_oldest_first(catalog: CatalogBackend) -> None:
-    assert catalog.samples(10) == []
+def test_history_keeps_every_replicas_points_since_a_time_oldest_first(
+    catalog: CatalogBackend,
+) -> None:
+    assert catalog.samples(0.0) == []
     for i in range(5):
-        catalog.record_sample(1000.0 + i, {"stored_bytes": i * 10, "hits": i}, keep=3)
-    assert catalog.samples(10) == [
+        catalog.record_sample("a", 1000.0 + i, {"stored_bytes": i * 10, "hits": i}, since=1002.0)
+    assert catalog.samples(0.0) == [
         (1002.0, {"stored_bytes": 20, "hits": 2}),
         (1003.0, {"stored_bytes": 30, "hits": 3}),
         (1004.0, {"stored_bytes": 40, "hits": 4}),
     ]
-    assert [at for at, _ in catalog.samples(2)] == [1003.0, 1004.0]
+    assert [at for at, _ in catalog.samples(1003.0)] == [1003.0, 1004.0]
+    # another replica's points come back among them, in time order
+    catalog.record_sample("b", 1003.5, {"stored_bytes": 35, "hits": 7}, since=1002.0)
+    assert [at for at, _ in catalog.samples(1003.0)] == [1003.0, 1003.5, 1004.0]
+    assert [v["hits"] for _, v in catalog.samples(1003.0)] == [3, 7, 4]
