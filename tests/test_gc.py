@@ -8,12 +8,14 @@ stored and what was just deleted), overwrite, delete and download concurrently.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
 import re
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from cachesrv.config import Config
 from cachesrv.lifecycle.gc import Limits
 from cachesrv.repository import Repository
 from cachesrv.store.local import LocalChunkStore
+from cachesrv.store.local.writer import COMMIT_ROWS
 
 MiB = 1 << 20
 DURATION = 12.0
@@ -163,3 +166,49 @@ def test_sweep_and_compaction_reclaim_space_and_keep_every_live_object(tmp_path:
         assert b"".join(repo.store.read(p.chunk_id) for p in manifest.pieces if p.chunk_id) == data
     assert Limits().grace > 0  # the default keeps deleted versions readable a while
     repo.close()
+
+
+def _tree(files: int) -> bytes:
+    """A tar of ``files`` distinct 1 KiB files: one chunk each."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for n in range(files):
+            body = f"{n:08d}".encode() * 128
+            info = tarfile.TarInfo(f"node_modules/p{n // 100}/f{n % 100}.js")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def test_an_upload_of_many_chunks_commits_as_it_goes_and_a_failed_one_is_garbage(
+    tmp_path: Path,
+) -> None:
+    files = 2 * COMMIT_ROWS  # 16 MiB of chunks: more than the compression queue holds
+    tree = _tree(files)
+    repo = Repository.open(Config(data=tmp_path, ttl=None, gc_grace=0.0, upload_pin_ttl=0.0))
+    try:
+        session = repo.ingest_session()
+        session.feed(tree[: len(tree) * 9 // 10])
+        # a writer holds at most COMMIT_ROWS uncommitted rows: the rest is in the index
+        assert repo.store.stats().chunks >= COMMIT_ROWS
+        session.abort()  # the client went away: nothing was published
+        assert repo.catalog.totals()["objects"] == 0
+        repo.collector().run()
+        assert repo.store.stats().chunks == 0  # unreferenced, its pins lapsed: swept
+
+        session = repo.ingest_session()
+        session.feed(tree)
+        repo.catalog.publish([("tree.tar", session.finish())])
+        assert repo.store.stats().chunks >= files
+        ref = repo.catalog.get("tree.tar")
+        assert ref is not None
+        manifest = repo.catalog.manifest(ref.manifest_id)
+        read = b"".join(
+            p.inline if p.chunk_id is None else repo.store.read(p.chunk_id) for p in manifest.pieces
+        )
+        assert read == tree
+        repo.collector().run()
+        repo.collector().run()
+        assert repo.store.stats().chunks >= files  # a live name's chunks all stay
+    finally:
+        repo.close()

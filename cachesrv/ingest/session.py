@@ -29,6 +29,8 @@ INLINE_LIMIT = 64 * 1024
 # compresses them all on several threads (zstd releases the GIL once for the batch;
 # a thread per chunk would wait for the GIL after every chunk, DESIGN.md's convoy).
 COMPRESS_BATCH = 4 << 20
+ID_SIZE = 32
+CHECK_BATCH = 8192  # chunk ids asked about at once in the check at the end
 
 
 @dataclass
@@ -45,7 +47,8 @@ class IngestSession:
     """Blocking: feed bytes, then finish() for the manifest (or abort()). Not
     thread-safe itself. ``store`` is this upload's own writer. The manifest is encoded
     as the pieces come (a tree of 100,000 files has 200,000): what is held is its
-    compressed text and the chunk ids, for the check at the end."""
+    compressed text and the chunk ids (32 bytes each, in one buffer), for the check at
+    the end."""
 
     def __init__(
         self,
@@ -62,7 +65,7 @@ class IngestSession:
         self.hasher = blake3.blake3()
         self.manifest = ManifestWriter()
         self._last: Piece | None = None  # not written yet: the next inline run may join it
-        self._ids: set[bytes] = set()  # every chunk the manifest names
+        self._ids = bytearray()  # every chunk the manifest names, end to end
         self.stats = IngestStats()
         self._queued: dict[bytes, bytes] = {}  # new chunks awaiting compression
         self._queued_bytes = 0
@@ -86,9 +89,9 @@ class IngestSession:
             raise
         # Every chunk is still there (and pinned again if its pin is old): GC cannot have
         # swept one this upload deduplicated against, nor a failed write dropped one.
-        lost = self.store.missing(self._ids)
+        lost = self._vanished()
         if lost:
-            raise ChunkMissing(f"{len(lost)} chunks of this upload vanished before it finished")
+            raise ChunkMissing(f"{lost} chunks of this upload vanished before it finished")
         self._write(None)
         digest = self.hasher.digest()
         body = self.manifest.finish(digest)
@@ -123,10 +126,19 @@ class IngestSession:
                 self._queued_bytes += size
                 self.stats.new_chunks += 1
                 self.stats.new_bytes += size
-            self._ids.add(cid)
+            self._ids += cid
             self._write(Piece(size, chunk_id=cid))
         if self._queued_bytes >= COMPRESS_BATCH:
             self._compress_queued()
+
+    def _vanished(self) -> int:
+        """How many of the chunks the manifest names are gone (asked a batch at a time)."""
+        ids, lost, step = memoryview(self._ids), 0, CHECK_BATCH * ID_SIZE
+        for start in range(0, len(ids), step):
+            batch = ids[start : start + step]
+            wanted = (batch[i : i + ID_SIZE].tobytes() for i in range(0, len(batch), ID_SIZE))
+            lost += len(self.store.missing(wanted))
+        return lost
 
     def _write(self, piece: Piece | None) -> None:
         """Encode the piece held back, and hold ``piece`` (None: the end)."""

@@ -6,11 +6,16 @@ written": GC and fsck leave a locked pack alone). A :class:`LocalChunkWriter` is
 upload's view: its records go to the process's pack, its index rows wait in its own
 pending list until its :meth:`~LocalChunkWriter.commit` fsyncs the pack and commits
 them, so after a crash the index never names a byte that is not on disk (a torn tail
-is garbage that fsck trims). A pack that fills up is fsynced and *retired*: it stays
-open and locked until no writer has uncommitted rows in it, so GC never takes it for a
-dead writer's leftover. A failed write or fsync (ENOSPC, EIO) abandons the pack: the
-uncommitted rows of every writer in it are dropped and the next put opens a new one,
-so an index row never points past what was really written.
+is garbage that fsck trims). An upload of many chunks (a tree of 100,000 tiny files)
+commits every :data:`COMMIT_ROWS` of them, so that what its writer holds does not grow
+with the upload: they are pinned since it asked about them, and if the upload then
+fails they are garbage for GC, as after a crash between a commit and the publish.
+
+A pack that fills up is fsynced and *retired*: it stays open and locked until no
+writer has uncommitted rows in it, so GC never takes it for a dead writer's leftover.
+A failed write or fsync (ENOSPC, EIO) abandons the pack: the uncommitted rows of every
+writer in it are dropped and the next put opens a new one, so an index row never
+points past what was really written.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from .pins import Pins
 # this often, or after this many bytes written here.
 _USAGE_RECHECK_SECONDS = 1.0
 _USAGE_RECHECK_BYTES = 4 << 20
+# A writer commits once it holds this many rows (~200 bytes each), not only at the end.
+COMMIT_ROWS = 8192
 
 
 def within(limit: int | None, usage: int, size: int) -> bool:
@@ -236,6 +243,8 @@ class LocalChunkWriter:
             self._pending[chunk_id] = self._appender.append(chunk_id, frame)
         finally:
             self._drop_abandoned()
+        if len(self._pending) >= COMMIT_ROWS:
+            self.commit()
 
     def commit(self) -> None:
         appender = self._appender
