@@ -25,8 +25,8 @@ from conftest import Server, StartServer, http_request
 from cachesrv.config import Config
 from cachesrv.lifecycle.gc import Limits
 from cachesrv.repository import Repository
+from cachesrv.store import COMMIT_ROWS
 from cachesrv.store.local import LocalChunkStore
-from cachesrv.store.local.writer import COMMIT_ROWS
 
 MiB = 1 << 20
 DURATION = 12.0

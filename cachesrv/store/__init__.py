@@ -117,6 +117,11 @@ class StoreStats:
     quarantined: int = 0  # chunks found corrupt, never served (fsck --repair)
 
 
+# A writer commits by itself once it holds this many uncommitted chunks (~200 bytes of
+# state each), so that a tree of 100,000 tiny files costs it no more than a big file.
+COMMIT_ROWS = 8192
+
+
 class ChunkWriter(Protocol):
     """One upload's way into a store: it looks chunks up, adds the new ones, makes them
     durable. Its pins and its uncommitted chunks are its own: another writer's commit or
@@ -129,8 +134,9 @@ class ChunkWriter(Protocol):
         renews a pin older than half of that."""
 
     def put(self, chunk_id: bytes, frame: Frame) -> None:
-        """Queue a chunk; it becomes readable and durable at this writer's :meth:`commit`.
-        Raises ``OSError(ENOSPC)`` at the store's hard limit or a full disk."""
+        """Queue a chunk; it becomes readable and durable at this writer's :meth:`commit`
+        (which ``put`` calls itself once :data:`COMMIT_ROWS` are queued). Raises
+        ``OSError(ENOSPC)`` at the store's hard limit or a full disk."""
 
     def commit(self) -> None:
         """Make every chunk put so far durable and visible, before any manifest names it."""

@@ -12,6 +12,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cachesrv.store import (
+    COMMIT_ROWS,
     ChunkCorrupt,
     ChunkMissing,
     ChunkStore,
@@ -197,6 +198,8 @@ class MemoryChunkWriter:
             raise OSError(errno.ENOSPC, f"the store is at its hard limit of {store.hard_limit}")
         self._pending[chunk_id] = frame
         self._pending_bytes += size
+        if len(self._pending) >= COMMIT_ROWS:
+            self.commit()
 
     def commit(self) -> None:
         self._store._commit(self._pending)

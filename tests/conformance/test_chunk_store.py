@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cachesrv.store import ChunkCorrupt, ChunkMissing, ChunkStore, Frame, chunk_id, encode_chunk
+from cachesrv.store import (
+    COMMIT_ROWS,
+    ChunkCorrupt,
+    ChunkMissing,
+    ChunkStore,
+    Frame,
+    chunk_id,
+    encode_chunk,
+)
 from cachesrv.store.local import LocalChunkStore
 from cachesrv.store.memory import MemoryChunkStore
 from cachesrv.store.s3 import S3ChunkStore, open_object_store
@@ -100,6 +108,20 @@ def test_writers_commit_and_abort_only_their_own_chunks(store: ChunkStore) -> No
     first.put(a, fa)
     first.commit()
     assert store.contains([a]) == {a}
+
+
+def test_a_writer_commits_by_itself_every_commit_rows_and_abort_forgets_only_the_rest(
+    store: ChunkStore,
+) -> None:
+    chunks = [_chunk(i) for i in range(COMMIT_ROWS + 3)]
+    writer = store.writer()
+    writer.missing([cid for cid, _, _ in chunks])  # pinned, as an upload asks first
+    for cid, _, frame in chunks:
+        writer.put(cid, frame)
+    writer.abort()
+    ids = [cid for cid, _, _ in chunks]
+    assert store.contains(ids) == set(ids[:COMMIT_ROWS])
+    assert store.read(ids[0]) == chunks[0][1]
 
 
 def test_missing_answers_for_a_batch_and_skips_what_the_writer_already_holds(

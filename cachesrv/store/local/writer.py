@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import Frame
+from cachesrv.store import COMMIT_ROWS, Frame
 
 from .index import LOCATION, Location, add_pack_bytes, add_totals, pack_bytes
 from .packs import PACK_LIMIT, RECORD_HEADER, RECORD_MAGICS, fsync_dir, new_pack_name
@@ -39,8 +39,6 @@ from .pins import Pins
 # this often, or after this many bytes written here.
 _USAGE_RECHECK_SECONDS = 1.0
 _USAGE_RECHECK_BYTES = 4 << 20
-# A writer commits once it holds this many rows (~200 bytes each), not only at the end.
-COMMIT_ROWS = 8192
 
 
 def within(limit: int | None, usage: int, size: int) -> bool:

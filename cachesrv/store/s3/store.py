@@ -27,6 +27,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cachesrv.store import (
+    COMMIT_ROWS,
     ChunkCorrupt,
     ChunkMissing,
     ChunkStore,
@@ -505,6 +506,8 @@ class S3ChunkWriter:
         )
         if len(self._buffer) >= PACK_TARGET:
             self._upload()
+        if len(self._pending) >= COMMIT_ROWS:
+            self.commit()
 
     def _upload(self) -> None:
         if not self._buffer:
