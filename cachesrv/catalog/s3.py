@@ -526,9 +526,13 @@ class S3Catalog:
         self, replica: str, at: float, values: dict[str, float], since: float
     ) -> None:
         key = HISTORY + quote(replica, safe="")
-        own = self._own.setdefault(key, History())
+        own = self._own.get(key)
+        if own is None:  # a restarted replica of the same name goes on with its points
+            own = self._own[key] = History()
+            for before, kept in self._history_object(key):
+                own.record(replica, before, kept, since)
         own.record(replica, at, values, since)
-        body = zstandard.ZstdCompressor().compress(json.dumps(own.samples(since)).encode())
+        body = zstandard.compress(json.dumps(own.samples(since)).encode())
         self.objects.put(key, body)
         gone = [
             other
@@ -543,19 +547,20 @@ class S3Catalog:
         if cached is None or time.monotonic() - cached[0] >= TOTALS_FOR or cached[1] > since:
             others: list[tuple[float, dict[str, float]]] = []
             for key, _, modified in self.objects.listing(HISTORY):
-                if key in self._own or modified < since:
-                    continue
-                try:
-                    body, _ = self.objects.get(key)
-                except KeyError:  # its replica was found gone meanwhile
-                    continue
-                decoded = json.loads(zstandard.ZstdDecompressor().decompress(body))
-                others.extend((at, values) for at, values in decoded)
+                if key not in self._own and modified >= since:
+                    others.extend(self._history_object(key))
             cached = self._others = (time.monotonic(), since, others)
         points = [point for own in list(self._own.values()) for point in own.samples(since)]
         points.extend(point for point in cached[2] if point[0] >= since)
         points.sort(key=lambda point: point[0])
         return points
+
+    def _history_object(self, key: str) -> list[tuple[float, dict[str, float]]]:
+        try:
+            body, _ = self.objects.get(key)
+        except KeyError:  # none yet, or its replica was found gone meanwhile
+            return []
+        return [(at, values) for at, values in json.loads(zstandard.decompress(body))]
 
     def ping(self) -> None:
         self.objects.ping()

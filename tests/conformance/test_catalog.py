@@ -234,3 +234,23 @@ def test_history_keeps_every_replicas_points_since_a_time_oldest_first(
     catalog.record_sample("b", 1003.5, {"stored_bytes": 35, "hits": 7}, since=1002.0)
     assert [at for at, _ in catalog.samples(1003.0)] == [1003.0, 1003.5, 1004.0]
     assert [v["hits"] for _, v in catalog.samples(1003.0)] == [3, 7, 4]
+
+
+def test_s3_history_is_shared_by_replicas_and_outlives_a_restart(s3_url: str) -> None:
+    objects = open_object_store(s3_url, timeout=10).child("catalog/")
+    first, second = S3Catalog(objects), S3Catalog(objects)
+    try:
+        first.record_sample("pod-a-1", 1000.0, {"hits": 1}, since=0.0)
+        second.record_sample("pod-b-1", 1001.0, {"hits": 2}, since=0.0)
+        assert [v["hits"] for _, v in first.samples(0.0)] == [1, 2]
+        # pod-a's container restarts: same host name, same pid, a new process
+        restarted = S3Catalog(objects)
+        restarted.record_sample("pod-a-1", 1002.0, {"hits": 3}, since=0.0)
+        assert [v["hits"] for _, v in restarted.samples(0.0)] == [1, 2, 3]
+        # a replica gone for longer than the history is kept has its object deleted
+        restarted.record_sample("pod-a-1", 9e9, {"hits": 4}, since=time.time() + 1)
+        assert [key for key, _, _ in objects.listing("history/")] == ["history/pod-a-1"]
+        restarted.close()
+    finally:
+        first.close()
+        second.close()
