@@ -252,7 +252,9 @@ SETTINGS: tuple[_Setting, ...] = (
         "restore_workers",
         ("CACHESRV_RESTORE_WORKERS",),
         int,
-        "worker processes for restores (0: in-process threads)",
+        "worker processes for restores (0: in-process threads; with --store the default "
+        "is 0: a worker holds its own chunk index and S3 client, which kept a replica "
+        "above 150 MB with 16 restores)",
     ),
     _Setting(
         "ingest_workers",
@@ -391,6 +393,12 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         # measured (bench.run --store s3, one run): uploads to SeaweedFS cold 54 -> 50 MB/s,
         # warm 106 -> 90 MB/s without the worker; the replica's peak RSS 178 -> 145 MB
         values["ingest_workers"] = 0
+    if values.get("store") and "restore_workers" not in values:
+        # measured (bench.run --corpus go --store s3, one run each, same session): the
+        # replica's peak RSS with 16 concurrent restores 171 -> 136 MB, uploads and GETs
+        # 153 -> 111 MB; GET of v2 from the hot cache 1839 -> 1549 MB/s, from the bucket
+        # bound by the object store either way (--compressed at 10 Gbit/s 0.19 -> 0.17)
+        values["restore_workers"] = 0
     if values.get("ttl") == 0:
         values["ttl"] = None
     for name in ("max_size", "max_upload_size", "max_concurrent_uploads", "body_timeout"):

@@ -302,5 +302,8 @@ class CacheService:
         worker pools'."""
         stats = await trio.to_thread.run_sync(lambda: status.status(self.repo, objects))
         pool = self.repo.ingest
-        stats["workers"] = {"ingest": {"size": pool.size, "idle": pool.idle}}
+        stats["workers"] = {
+            "ingest": {"size": pool.size, "idle": pool.idle},
+            "restore": {"size": self.repo.restores.size},
+        }
         return stats

@@ -164,6 +164,8 @@ def test_stats_has_what_the_status_page_shows(start_server: StartServer) -> None
 
     stats = _wait_for(marked)
     rows = {row["name"]: row for row in stats["caches"]["names"]}
+    workers = stats["workers"]  # the local store's defaults: one of each
+    assert (workers["ingest"]["size"], workers["restore"]["size"]) == (1, 1)
     assert [r["name"] for r in stats["caches"]["names"]] == ["big.tar", "npm-1"]  # by size
     big = rows["big.tar"]
     assert big["hits"] == 2 and big["last_write"] <= big["last_access"]

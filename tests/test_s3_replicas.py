@@ -203,6 +203,7 @@ def test_a_replica_given_no_data_directory_serves_and_writes_no_file(
     stats = json.loads(curl(f"{server.url}/-/stats").stdout)
     assert stats["hot_bytes"] == 0
     assert stats["workers"]["ingest"]["size"] == 0  # the default on an object store
+    assert stats["workers"]["restore"]["size"] == 0  # the same
     server.stop(timeout=10)
     assert sorted(cwd.rglob("*")) == []
     again = start_server(env=env, args=args, pass_data=False, cwd=cwd)

@@ -80,6 +80,11 @@ class RestorePool:
         self.warm_pending_bytes = 0  # of warm-ups queued or running
         self.stats = JobStats()  # totals reported by finished jobs, in every process
 
+    @property
+    def size(self) -> int:
+        """Worker processes configured (0: every restore runs in a thread here)."""
+        return len(self._workers)
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, keep them running until cancelled, then stop them."""
         async with trio.open_nursery() as nursery:
