@@ -102,17 +102,18 @@ def main() -> None:
                 seconds = time.monotonic() - started
                 peak = srv.sampler.take_peak() / MB
                 same = None if phase == "upload" else sha256(work / "out.tar") == expected
+                after = _per_process(srv)
                 result[phase] = {
                     "seconds": round(seconds, 2),
                     "peak_rss_MB": round(peak, 1),
                     "byte_identical": same,
-                    "processes_after_MB": _per_process(srv),
+                    "processes_after_MB": after,
                 }
                 verdict = "ok" if peak <= TARGET_MB else "MISS"
                 check = "" if same is None else f", byte-identical: {same}"
                 print(f"{phase:10} {size / MB:7.1f} MB tar in {seconds:6.1f} s: peak RSS "
-                      f"{peak:6.1f} MB (target <= {TARGET_MB}: {verdict}){check}; after: "
-                      f"{result[phase]['processes_after_MB']}")  # type: ignore[index]  # fmt: skip
+                      f"{peak:6.1f} MB (target <= {TARGET_MB}: {verdict}){check}; "
+                      f"after: {after}")  # fmt: skip
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
 
