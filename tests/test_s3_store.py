@@ -202,7 +202,7 @@ def test_replicas_that_read_the_index_in_another_order_read_the_same_copy() -> N
         index = ChunkIndex()
         for packs, recs in order:
             index.apply(packs, recs)
-        views.append(dict(index.chunks))
+        views.append(dict(index.chunks.items()))
     assert all(v == {cid: second} for v in views)
 
 

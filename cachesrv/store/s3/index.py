@@ -26,9 +26,10 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from cachesrv.store import Codec
+
+from .table import ChunkTable, Location
 
 MAGIC = b"CSX1"
 RECORD = struct.Struct("<B32sIQIIB16s")  # op | id | pack | offset | length | raw | codec | digest
@@ -45,57 +46,57 @@ class Op(enum.IntEnum):
     GONE = 4
 
 
-class Location(NamedTuple):
-    pack: str
-    offset: int  # of the stored bytes (after the record header)
-    length: int
-    raw_size: int
-    codec: Codec
-    digest: bytes | None
+_OPS = {op.value: op for op in Op}  # a dict lookup, not an enum call, per record
+_CODECS = {codec.value: codec for codec in Codec}
 
 
 @dataclass
 class IndexBatch:
-    """One index object being built."""
+    """One index object being built; records are encoded as they are added (a
+    checkpoint of a million chunks is 70 MB of records, not a million tuples)."""
 
     packs: dict[str, int] = field(default_factory=dict)  # name -> size (0: not known here)
-    records: list[tuple[Op, bytes, Location | None, str]] = field(default_factory=list)
+    records: bytearray = field(default_factory=bytearray)
+    _numbers: dict[str, int] = field(default_factory=dict)
+
+    def _record(self, op: Op, chunk_id: bytes, pack: str, where: Location | None) -> None:
+        number = self._numbers.setdefault(pack, len(self._numbers))
+        if where is None:
+            self.records += RECORD.pack(op, chunk_id, number, 0, 0, 0, 0, b"\0" * 16)
+            return
+        self.records += RECORD.pack(
+            op | (NO_DIGEST if where.digest is None else 0),
+            chunk_id,
+            number,
+            where.offset,
+            where.length,
+            where.raw_size,
+            where.codec,
+            where.digest or b"\0" * 16,
+        )
+
+    def note_pack(self, name: str, size: int) -> None:
+        self.packs[name] = max(self.packs.get(name, 0), size)
+        self._numbers.setdefault(name, len(self._numbers))
 
     def add(self, chunk_id: bytes, where: Location, pack_size: int = 0) -> None:
-        self.packs[where.pack] = max(self.packs.get(where.pack, 0), pack_size)
-        self.records.append((Op.ADD, chunk_id, where, where.pack))
+        self.note_pack(where.pack, pack_size)
+        self._record(Op.ADD, chunk_id, where.pack, where)
 
     def forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
-        self.packs.setdefault(where.pack, 0)
-        self.records.append((op, chunk_id, where, where.pack))
+        self.note_pack(where.pack, 0)
+        self._record(op, chunk_id, where.pack, where)
 
     def gone(self, pack: str) -> None:
-        self.packs.setdefault(pack, 0)
-        self.records.append((Op.GONE, b"\0" * 32, None, pack))
+        self.note_pack(pack, 0)
+        self._record(Op.GONE, b"\0" * 32, pack, None)
 
     def encode(self) -> bytes:
-        numbers = {name: i for i, name in enumerate(self.packs)}
-        parts = [MAGIC, _COUNT.pack(len(self.packs))]
-        for name, size in self.packs.items():
+        parts: list[bytes | bytearray] = [MAGIC, _COUNT.pack(len(self.packs))]
+        for name in self._numbers:  # in number order (dicts keep insertion order)
             raw = name.encode()
-            parts += [_NAME.pack(len(raw)), raw, _SIZE.pack(size)]
-        for op, chunk_id, where, pack in self.records:
-            if where is None:
-                parts.append(RECORD.pack(op, chunk_id, numbers[pack], 0, 0, 0, 0, b"\0" * 16))
-                continue
-            flag = NO_DIGEST if where.digest is None else 0
-            parts.append(
-                RECORD.pack(
-                    op | flag,
-                    chunk_id,
-                    numbers[pack],
-                    where.offset,
-                    where.length,
-                    where.raw_size,
-                    where.codec,
-                    where.digest or b"\0" * 16,
-                )
-            )
+            parts += [_NAME.pack(len(raw)), raw, _SIZE.pack(self.packs[name])]
+        parts.append(self.records)
         return b"".join(parts)
 
 
@@ -121,14 +122,14 @@ def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Locat
         for fields in RECORD.iter_unpack(memoryview(body)[position:]):
             op, chunk_id, pack, offset, length, raw, codec, digest = fields
             yield (
-                Op(op & ~NO_DIGEST),
+                _OPS[op & ~NO_DIGEST],
                 bytes(chunk_id),
                 Location(
                     packs[pack][0],
                     offset,
                     length,
                     raw,
-                    Codec(codec),
+                    _CODECS[codec],
                     None if op & NO_DIGEST else bytes(digest),
                 ),
             )
@@ -147,12 +148,12 @@ class ChunkIndex:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.chunks: dict[bytes, Location] = {}
+        self.chunks = ChunkTable()
         self.copies: dict[bytes, list[Location]] = {}  # other live copies (rare)
         self.packs: dict[str, int] = {}  # pack object -> size (the hard limit's measure)
         self.quarantine: dict[bytes, Location] = {}
         self.seen: set[str] = set()  # index objects applied
-        self._forgotten: set[tuple[str, int]] = set()  # (pack, offset) of forgotten copies
+        self._forgotten: dict[str, set[int]] = {}  # pack -> offsets of forgotten copies
         self._gone: set[str] = set()
 
     def apply(self, packs: dict[str, int], records: Iterable[tuple[Op, bytes, Location]]) -> None:
@@ -169,12 +170,12 @@ class ChunkIndex:
                     self._forget(op, chunk_id, where)
 
     def _add(self, chunk_id: bytes, where: Location) -> None:
-        if (where.pack, where.offset) in self._forgotten or where.pack in self._gone:
+        if where.pack in self._gone or where.offset in self._forgotten.get(where.pack, ()):
             return
         current = self.chunks.get(chunk_id)
         self.quarantine.pop(chunk_id, None)
         if current is None:
-            self.chunks[chunk_id] = where
+            self.chunks.put(chunk_id, where, None)
             return
         others = self.copies.setdefault(chunk_id, [])
         if _place(where) == _place(current) or any(_place(o) == _place(where) for o in others):
@@ -182,7 +183,7 @@ class ChunkIndex:
                 del self.copies[chunk_id]
             return
         if _place(where) < _place(current):
-            self.chunks[chunk_id] = where
+            self.chunks.put(chunk_id, where, current)
             others.append(current)
         else:
             others.append(where)
@@ -192,16 +193,16 @@ class ChunkIndex:
         others = self.copies.pop(chunk_id, [])
         if others:
             others.sort(key=_place)
-            self.chunks[chunk_id] = others.pop(0)
+            self.chunks.put(chunk_id, others.pop(0), self.chunks.get(chunk_id))
             if others:
                 self.copies[chunk_id] = others
 
     def _forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
         place = _place(where)
-        self._forgotten.add(place)
+        self._forgotten.setdefault(where.pack, set()).add(where.offset)
         current = self.chunks.get(chunk_id)
         if current is not None and _place(current) == place:
-            del self.chunks[chunk_id]
+            self.chunks.forget(chunk_id)
             self._promote(chunk_id)
             if op is Op.QUAR and chunk_id not in self.chunks:
                 self.quarantine[chunk_id] = current
@@ -215,13 +216,12 @@ class ChunkIndex:
     def _drop_pack(self, pack: str) -> None:
         self._gone.add(pack)
         self.packs.pop(pack, None)
-        self._forgotten = {p for p in self._forgotten if p[0] != pack}
+        self._forgotten.pop(pack, None)
         for chunk_id, others in list(self.copies.items()):
             others[:] = [o for o in others if o.pack != pack]
             if not others:
                 del self.copies[chunk_id]
-        for chunk_id in [i for i, w in self.chunks.items() if w.pack == pack]:
-            del self.chunks[chunk_id]
+        for chunk_id in self.chunks.drop_pack(pack):
             self._promote(chunk_id)
 
     def all_copies(self, chunk_id: bytes) -> list[Location]:
@@ -233,22 +233,31 @@ class ChunkIndex:
         with self.lock:
             return sum(self.packs.values())
 
-    def live_by_pack(self) -> dict[str, list[tuple[bytes, Location]]]:
-        """Every live copy, by pack (every known pack listed, empty ones too)."""
+    def by_pack(self) -> dict[str, tuple[int, int]]:
+        """Every known pack (empty ones too): (live copies in it, their stored bytes)."""
         with self.lock:
-            result: dict[str, list[tuple[bytes, Location]]] = {name: [] for name in self.packs}
-            for chunk_id, where in self.chunks.items():
-                result.setdefault(where.pack, []).append((chunk_id, where))
-            for chunk_id, others in self.copies.items():
+            self.chunks.merge()  # an empty overlay: the fast path
+            result = dict.fromkeys(self.packs, (0, 0)) | self.chunks.by_pack()
+            for others in self.copies.values():
                 for where in others:
-                    result.setdefault(where.pack, []).append((chunk_id, where))
+                    count, size = result.get(where.pack, (0, 0))
+                    result[where.pack] = (count + 1, size + where.length)
         return result
+
+    def in_pack(self, pack: str) -> list[tuple[bytes, Location]]:
+        """Every live copy in ``pack``, by offset."""
+        with self.lock:
+            found = self.chunks.in_pack(pack)
+            found += [(i, w) for i, ws in self.copies.items() for w in ws if w.pack == pack]
+        found.sort(key=lambda item: item[1].offset)
+        return found
 
     def checkpoint(self) -> IndexBatch:
         """This view as one index object: what replaying it alone gives."""
         batch = IndexBatch()
         with self.lock:
-            batch.packs.update(self.packs)
+            for name, size in self.packs.items():
+                batch.note_pack(name, size)
             for chunk_id, where in self.chunks.items():
                 batch.add(chunk_id, where, self.packs.get(where.pack, 0))
             for chunk_id, others in self.copies.items():

@@ -44,6 +44,7 @@ from .client import ObjectStore, PreconditionFailed
 from .index import ChunkIndex, IndexBatch, Location, Op, decode
 
 PIN_TTL = 600.0
+PINNED_MAX = 2 * COMMIT_ROWS  # ids a writer remembers having pinned
 PACK_TARGET = 4 << 20  # a writer uploads its pack once it holds this much (memory per upload)
 COALESCE_GAP = 64 << 10  # ranged reads of one pack closer than this become one GET
 REFRESH_EVERY = 2.0  # seconds a replica trusts its index for stats and lookups
@@ -231,21 +232,21 @@ class S3ChunkStore:
     def iter_ids(self) -> Iterator[bytes]:
         self._fresh()
         with self.index.lock:
-            ids = list(self.index.chunks)
-        return iter(ids)
+            return iter(self.index.chunks)
 
     def iter_sizes(self) -> Iterator[tuple[bytes, int]]:
         self._fresh()
         with self.index.lock:
-            sizes = [(i, w.length + RECORD_HEADER.size) for i, w in self.index.chunks.items()]
-        return iter(sizes)
+            sizes = self.index.chunks.sizes()
+        return ((i, stored + RECORD_HEADER.size) for i, stored in sizes)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def _forget(self, ids: Iterable[bytes]) -> dict[bytes, Location]:
         """Forget every copy of ``ids``; returns the copy each was read from."""
         with self.index.lock:
-            victims = {i: self.index.chunks[i] for i in set(ids) if i in self.index.chunks}
+            found = {i: self.index.chunks.get(i) for i in set(ids)}
+        victims = {i: where for i, where in found.items() if where is not None}
         batch = IndexBatch()
         for chunk_id in victims:
             for where in self.index.all_copies(chunk_id):
@@ -325,18 +326,18 @@ class S3ChunkStore:
         writers'), and rewrite packs whose live fraction is under ``compact_below``."""
         report = MaintenanceReport()
         self.refresh()
-        live = self.index.live_by_pack()
+        live = self.index.by_pack()
         now = time.time()
         for key, size, modified in list(self.objects.listing("packs/")):
             name = key.removeprefix("packs/")
             yield
             if name in live:
-                records = live[name]
-                used = sum(w.length + RECORD_HEADER.size for _, w in records)
-                if records and (not size or used / size >= compact_below):
+                count, stored = live[name]
+                used = stored + count * RECORD_HEADER.size
+                if count and (not size or used / size >= compact_below):
                     continue
-                if records:
-                    self._compact(name, records)
+                if count:
+                    self._compact(name, self.index.in_pack(name))
                     report.compacted += 1
             elif now - modified < MIN_AGE:
                 continue  # a writer's pack not committed yet
@@ -408,9 +409,10 @@ class S3ChunkStore:
         report = VerifyReport()
         self.refresh()
         corrupt: list[tuple[bytes, Location]] = []
-        for pack, records in self.index.live_by_pack().items():
-            if not records:
+        for pack, (count, _) in self.index.by_pack().items():
+            if not count:
                 continue
+            records = self.index.in_pack(pack)
             try:
                 body, _ = self.objects.get(f"packs/{pack}")
             except KeyError:
@@ -456,11 +458,9 @@ class S3ChunkStore:
     def stats(self) -> StoreStats:
         self._fresh()
         with self.index.lock:
-            places = list(self.index.chunks.values())
-            quarantined = len(self.index.quarantine.keys() - self.index.chunks.keys())
-        stored = sum(w.length for w in places)
-        raw = sum(w.raw_size for w in places)
-        return StoreStats(len(places), stored, raw, self.index.usage(), quarantined)
+            chunks, stored, raw = self.index.chunks.totals()
+            quarantined = sum(1 for i in self.index.quarantine if i not in self.index.chunks)
+        return StoreStats(chunks, stored, raw, self.index.usage(), quarantined)
 
     def close(self) -> None:
         return None
@@ -473,16 +473,23 @@ class S3ChunkWriter:
         self._packs: dict[str, int] = {}  # uploaded, not indexed yet: name -> size
         self._name = f"{_stamp()}.pack"
         self._buffer = bytearray()
-        self._pinned: dict[bytes, float] = {}  # id -> when this writer last pinned it
+        # ids this writer pinned since _pinned_at: not pinned again until half the pin's
+        # life is over; forgotten sooner once PINNED_MAX are held (an id asked again then
+        # is pinned twice, 32 bytes in the bucket, instead of a set that grows with the
+        # upload: ~140 bytes of memory an id)
+        self._pinned: set[bytes] = set()
+        self._pinned_at = 0.0
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         store = self._store
         ids = set(ids)
         now = time.time()
-        renew = [i for i in ids if now - self._pinned.get(i, -1e18) > store.pin_ttl / 2]
+        if now - self._pinned_at > store.pin_ttl / 2 or len(self._pinned) >= PINNED_MAX:
+            self._pinned = set()
+            self._pinned_at = now
+        renew = ids - self._pinned
         store._pin(renew)  # before the lookup: a sweep after this sees the pin
-        for i in renew:
-            self._pinned[i] = now
+        self._pinned |= renew
         wanted = ids - self._pending.keys()
         # "stored" is trusted only from an index read after the pin was written (one
         # LIST of the recent index objects per batch, not a request per chunk)
