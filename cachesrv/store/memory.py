@@ -22,6 +22,7 @@ from cachesrv.store import (
     VerifyReport,
     decode_frame,
 )
+from cachesrv.store.mark import SqliteMarkSession
 
 PIN_TTL = 600.0
 
@@ -128,8 +129,8 @@ class MemoryChunkStore:
                 del self._pins[i]
         return len(gone)
 
-    def mark(self) -> MemoryMarkSession:
-        return MemoryMarkSession(self)
+    def mark(self) -> SqliteMarkSession:
+        return SqliteMarkSession.over(self.iter_sizes)
 
     def maintenance(
         self, max_size: int | None, compact_below: float
@@ -219,62 +220,6 @@ class MemoryLease:
             with self._store._lock:
                 self._store._leases.discard(self._name)
             self._store = None
-
-
-class MemoryMarkSession:
-    """A mark held in dicts, over any store's ids and sizes (the S3 store's too)."""
-
-    def __init__(self, store: ChunkStore) -> None:
-        self._store = store
-        self._refs: dict[bytes, tuple[set[bytes], bool]] = {}
-        self._counts: dict[bytes, int] = {}  # chunk -> live references
-
-    def add(self, manifest_id: bytes, chunk_ids: Iterable[bytes], live: bool) -> None:
-        chunks, was_live = self._refs.get(manifest_id, (set(), False))
-        new = set(chunk_ids) - chunks
-        chunks |= new
-        self._refs[manifest_id] = (chunks, was_live or live)
-        for c in new:
-            self._counts[c] = self._counts.get(c, 0) + int(live)
-
-    def seal(self) -> int:
-        return len(self._counts)
-
-    def _sizes(self) -> dict[bytes, int]:
-        return dict(self._store.iter_sizes())
-
-    def usage_by_manifest(self) -> dict[bytes, tuple[int, int]]:
-        sizes = self._sizes()
-        result = {}
-        for manifest, (chunks, live) in self._refs.items():
-            if not live:
-                continue
-            unique = sum(sizes[c] for c in chunks if c in sizes and self._counts[c] == 1)
-            shared = sum(sizes[c] for c in chunks if c in sizes and self._counts[c] > 1)
-            result[manifest] = (unique, shared)
-        return result
-
-    def footprint(self) -> tuple[int, int, int]:
-        sizes = self._sizes()
-        total = sum(sizes.values())
-        pending = sum(s for c, s in sizes.items() if self._counts.get(c) == 0)
-        unmarked = sum(s for c, s in sizes.items() if c not in self._counts)
-        return total, pending, unmarked
-
-    def held_by(self, manifest_id: bytes) -> Iterator[tuple[bytes, int, int]]:
-        sizes = self._sizes()
-        chunks, live = self._refs.get(manifest_id, (set(), False))
-        if live:
-            yield from ((c, self._counts[c], sizes[c]) for c in chunks if c in sizes)
-
-    def garbage(self, batch: int) -> Iterator[list[bytes]]:
-        ids = [c for c in self._store.iter_ids() if c not in self._counts]
-        for start in range(0, len(ids), batch):
-            yield ids[start : start + batch]
-
-    def close(self) -> None:
-        self._refs.clear()
-        self._counts.clear()
 
 
 if TYPE_CHECKING:  # mypy checks the backend against the interface it claims

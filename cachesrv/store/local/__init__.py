@@ -36,10 +36,10 @@ from cachesrv.store import (
     VerifyReport,
     decode_frame,
 )
+from cachesrv.store.mark import SqliteMarkSession
 
 from . import fsck, packs
 from .index import LOCATION, LOOKUP_BATCH, Location, add_totals, batched, lookup, open_index
-from .mark import LocalMarkSession
 from .packs import (
     CODEC_OF_MAGIC,
     MAGIC,
@@ -253,8 +253,8 @@ class LocalChunkStore:
     def prune_pins(self, before: float) -> int:
         return self._pins.prune(before)
 
-    def mark(self) -> LocalMarkSession:
-        return LocalMarkSession(self.db.path)
+    def mark(self) -> SqliteMarkSession:
+        return SqliteMarkSession.beside(self.db.path, RECORD_HEADER.size)
 
     def pack_usage(self) -> list[PackUsage]:
         return packs.usage(self.db, self.pack_dir)

@@ -38,7 +38,7 @@ from cachesrv.store import (
     decode_frame,
 )
 from cachesrv.store.local.packs import CODEC_OF_MAGIC, RECORD_HEADER, RECORD_MAGICS
-from cachesrv.store.memory import MemoryMarkSession
+from cachesrv.store.mark import SqliteMarkSession
 
 from .client import ObjectStore, PreconditionFailed
 from .index import ChunkIndex, IndexBatch, Location, Op, decode
@@ -316,8 +316,8 @@ class S3ChunkStore:
                 self._pin_cache.pop(key, None)
         return count
 
-    def mark(self) -> MemoryMarkSession:
-        return MemoryMarkSession(self)
+    def mark(self) -> SqliteMarkSession:
+        return SqliteMarkSession.over(self.iter_sizes)
 
     def maintenance(
         self, max_size: int | None, compact_below: float
