@@ -19,7 +19,7 @@ serve: install
 
 lint: install
 	$(BIN)/ruff check cachesrv tests bench
-	$(BIN)/mypy cachesrv
+	$(BIN)/mypy cachesrv tests
 
 test: lint
 	$(BIN)/pytest

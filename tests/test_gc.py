@@ -204,7 +204,8 @@ def test_an_upload_of_many_chunks_commits_as_it_goes_and_a_failed_one_is_garbage
         assert ref is not None
         manifest = repo.catalog.manifest(ref.manifest_id)
         read = b"".join(
-            p.inline if p.chunk_id is None else repo.store.read(p.chunk_id) for p in manifest.pieces
+            repo.store.read(p.chunk_id) if p.chunk_id is not None else p.inline or b""
+            for p in manifest.pieces
         )
         assert read == tree
         repo.collector().run()

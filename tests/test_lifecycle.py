@@ -16,6 +16,7 @@ from pathlib import Path
 from conftest import StartServer, curl
 
 from cachesrv.catalog import StoredManifest
+from cachesrv.catalog.sqlite import SqliteCatalog
 from cachesrv.config import Config
 from cachesrv.repository import Repository
 
@@ -91,6 +92,7 @@ def test_ttl_expires_names_not_read_since(tmp_path: Path) -> None:
     _store(repo, "old", os.urandom(50 * KiB))
     _store(repo, "read", os.urandom(50 * KiB))
     _store(repo, "new", os.urandom(50 * KiB))
+    assert isinstance(repo.catalog, SqliteCatalog)
     conn = repo.catalog.db.conn
     two_hours_ago = time.time() - 7200
     conn.execute("UPDATE objects SET atime = ? WHERE path IN ('old', 'read')", (two_hours_ago,))

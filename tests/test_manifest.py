@@ -152,7 +152,7 @@ def _v2(
 
 Encode = Callable[..., bytes]
 ENCODINGS = pytest.mark.parametrize("encode", [_v1, _v2], ids=["CSM1", "CSM2"])
-SAMPLE, _, _ = build([(True, b"tar header"), (False, b"member data" * 10), (True, b"pad")])
+SAMPLE = build([(True, b"tar header"), (False, b"member data" * 10), (True, b"pad")])[0]
 
 
 def test_csm2_is_written_with_a_small_window_and_csm1_still_reads() -> None:

@@ -193,7 +193,7 @@ def test_history_sums_the_replicas_counts_per_interval_and_keeps_the_newest_leve
         for minute in minutes:  # two replicas 20 s apart in phase
             for replica, offset, hits in (("a", 10.0, 1), ("b", 30.0, 2)):
                 at = start + minute * 60 + offset
-                values = {"logical_bytes": minute, "hits": hits, "uploads": 0}
+                values: dict[str, float] = {"logical_bytes": minute, "hits": hits, "uploads": 0}
                 repo.catalog.record_sample(replica, at, values, since=at - 86400)
 
     try:

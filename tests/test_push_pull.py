@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Server, curl
@@ -124,7 +125,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return Corpus(base / "v1", base / "v2", len(tar_bytes(base / "v2")))
 
 
-def cachesrv(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def cachesrv(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cachesrv", *args], capture_output=True, text=True, timeout=300, **kw
     )

@@ -72,7 +72,7 @@ def test_overwrites_through_both_replicas_at_once_stay_whole(replicas: list[Serv
     threads = [threading.Thread(target=overwrite, args=(n,)) for n in range(len(versions))]
     for t in threads:
         t.start()
-    reads = []
+    reads: list[tuple[int, bytes]] = []
     while any(t.is_alive() for t in threads):
         reads.append(get(replicas[len(reads) % 2], "shared/state.tar"))
     for t in threads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import blake3
 import pytest
@@ -56,7 +57,7 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
-def test_the_table_answers_as_a_dict_would(operations: list[tuple]) -> None:
+def test_the_table_answers_as_a_dict_would(operations: list[tuple[Any, ...]]) -> None:
     original = table_mod.MERGE_AT
     table_mod.MERGE_AT = 5  # merges all the time, between every kind of change
     try:
@@ -96,12 +97,12 @@ def test_the_table_answers_as_a_dict_would(operations: list[tuple]) -> None:
             if (ws := [w for w in model.values() if w.pack == p])
         }
         assert table.by_pack() == by_pack
-        for pack in PACKS:
-            expected = sorted(
-                ((i, w) for i, w in model.items() if w.pack == pack), key=lambda x: x[1].offset
+        for name in PACKS:
+            held = sorted(
+                ((i, w) for i, w in model.items() if w.pack == name), key=lambda x: x[1].offset
             )
-            assert [w.offset for _, w in table.in_pack(pack)] == [w.offset for _, w in expected]
-            assert dict(table.in_pack(pack)) == dict(expected)
+            assert [w.offset for _, w in table.in_pack(name)] == [w.offset for _, w in held]
+            assert dict(table.in_pack(name)) == dict(held)
     finally:
         table_mod.MERGE_AT = original
 

@@ -103,7 +103,7 @@ def test_hard_limit_refuses_puts_before_writing(tmp_path: Path) -> None:
     writer = store.writer()
     _put(writer, [_chunk(i) for i in range(5)])
     writer.commit()
-    limit = store.stats().disk_bytes + 4000
+    limit: int | None = store.stats().disk_bytes + 4000
     store.close()  # the hard limit is a setting: it comes in when a store opens
     store = LocalChunkStore(tmp_path, hard_limit=limit)
     writer = store.writer()
