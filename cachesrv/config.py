@@ -48,6 +48,9 @@ class Config:
     chunking: ChunkParams = field(default_factory=ChunkParams)
     # zstd level for chunks written on the request path.
     compression_level: int = 1
+    # zstd level the background compresses new chunks at, stored raw by the upload
+    # (the local store; 0: compress on the request path at compression_level).
+    background_level: int = 3
     # Decoded, verified spans of recent objects kept on disk for restores (0: none).
     hot_cache_bytes: int = 2 * 1024 * MiB
     # Worker processes that run restores off the event loop's process (0: threads).
@@ -240,7 +243,19 @@ SETTINGS: tuple[_Setting, ...] = (
         "seconds in-flight requests may take to finish after SIGTERM",
     ),
     _Setting(
-        "compression_level", ("CACHESRV_COMPRESSION_LEVEL",), int, "zstd level for new chunks"
+        "compression_level",
+        ("CACHESRV_COMPRESSION_LEVEL",),
+        int,
+        "zstd level for new chunks compressed during their upload (with background "
+        "compression off, or on --store s3://)",
+    ),
+    _Setting(
+        "background_level",
+        ("CACHESRV_BACKGROUND_LEVEL",),
+        int,
+        "zstd level for new chunks the local store keeps raw at upload and compresses in "
+        "the background, while restores and uploads leave it time (3); 0: compress "
+        "during the upload instead",
     ),
     _Setting(
         "hot_cache_bytes",

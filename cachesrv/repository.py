@@ -15,6 +15,7 @@ from cachesrv.backends import check_store, open_catalog, open_chunk_store, store
 from cachesrv.catalog import CatalogBackend
 from cachesrv.config import Config
 from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
+from cachesrv.ingest.session import may_defer
 from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog
@@ -90,6 +91,7 @@ class Repository:
     usage: UsageSnapshot | None = None
     activity: Activity = field(default_factory=Activity)  # recent uploads and restores
     started: float = field(default_factory=time.time)
+    uploads_active: int = 0  # uploads in progress in this process (cachesrv.service)
     # this process's name among the replicas, and what it last announced it is serving
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _announced: tuple[set[bytes], float] | None = None
@@ -130,6 +132,7 @@ class Repository:
                 local,
                 config.chunking,
                 config.compression_level,
+                defer=config.background_level > 0,
                 hard_limit=config.effective_hard_limit,
                 pin_ttl=config.upload_pin_ttl,
                 store=config.store,
@@ -145,7 +148,13 @@ class Repository:
             self.config.chunking,
             self.config.compression_level,
             tar_aware=tar_aware,
+            defer=may_defer(self.store, self.config.background_level > 0),
         )
+
+    @property
+    def busy(self) -> bool:
+        """Whether restores or uploads are running here (background work then yields)."""
+        return self.restores.active > 0 or self.uploads_active > 0
 
     def upload(self) -> Upload:
         """An upload in an idle worker process, else in a thread of this process."""
@@ -273,9 +282,10 @@ class Repository:
             "chunks": chunks.chunks,
             "chunk_raw_bytes": chunks.raw_bytes,
             "hot_bytes": hot_bytes,
-            # work the server still does in the background (decoding new versions into
-            # the hot cache); benchmarks wait for 0 before they measure
-            "background_pending_bytes": self.restores.warm_pending_bytes,
+            # work the server still does in the background (compressing new chunks,
+            # decoding new versions into the hot cache); benchmarks wait for 0
+            "background_pending_bytes": self.restores.warm_pending_bytes + chunks.pending_bytes,
+            "compression_pending_bytes": chunks.pending_bytes,
             "disk_bytes": chunks.disk_bytes + hot_bytes,
             # logical bytes per unique raw byte (what dedup saves) and raw per stored (zstd)
             "dedup_ratio": round(logical / chunks.raw_bytes, 3) if chunks.raw_bytes else None,

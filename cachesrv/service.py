@@ -68,12 +68,15 @@ class CacheService:
         """An upload (in a worker process if one is idle) that is aborted, its worker
         freed, if the block fails."""
         upload = self.repo.upload()
+        self.repo.uploads_active += 1
         try:
             yield upload
         except BaseException:
             with trio.CancelScope(shield=True):
                 await upload.abort()
             raise
+        finally:
+            self.repo.uploads_active -= 1
 
     async def finish(self, upload: Upload) -> StoredManifest:
         """The upload's chunks are durable; the version is ready to publish."""

@@ -43,7 +43,8 @@ def decode_ids(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
 
 
 def encode_record(chunk_id: bytes, frame: Frame) -> bytes:
-    return RECORD.pack(chunk_id, int(frame.codec), frame.raw_size, len(frame.data)) + frame.data
+    codec = Codec.ZSTD if frame.codec == Codec.ZSTD else Codec.RAW  # pending is raw too
+    return RECORD.pack(chunk_id, int(codec), frame.raw_size, len(frame.data)) + frame.data
 
 
 class BatchReader:

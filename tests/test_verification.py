@@ -72,7 +72,8 @@ def stats(server: Server) -> dict[str, object]:
 
 
 def settled(server: Server) -> dict[str, object]:
-    """/-/stats once the background work after the uploads (warming the hot cache) is done."""
+    """/-/stats once the background work after the uploads (compressing the new chunks,
+    warming the hot cache) is done."""
     for _ in range(600):
         numbers = stats(server)
         if numbers["background_pending_bytes"] == 0:
@@ -84,6 +85,7 @@ def settled(server: Server) -> dict[str, object]:
 def upload_then_damage(start_server: StartServer, data: bytes, nth: int, workers: str) -> Server:
     server = start_server(args=[*NO_HOT, "--restore-workers", workers])
     assert curl("-f", "-T", "-", f"{server.url}/obj.bin", input=data).returncode == 0
+    settled(server)  # compressed: what is damaged is the stored frame a restore sends
     server.stop()
     corrupt_chunk(server.data, nth)
     return start_server(args=[*NO_HOT, "--restore-workers", workers], data=server.data)
@@ -129,6 +131,7 @@ def test_every_codec_and_encoding_restores_byte_identical(
     squeezable, random = compressible(3_000_000), os.urandom(1_500_000)
     data = squeezable + random + squeezable[:700_000]
     assert curl("-f", "-T", "-", f"{server.url}/mix.bin", input=data).returncode == 0
+    settled(server)  # the new chunks compressed in the background
     assert codecs(server.data) == {0, 1}
     assert curl("-f", f"{server.url}/mix.bin").stdout == data
     assert (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import frames
-from cachesrv.ingest.session import IngestSession
+from cachesrv.ingest.session import IngestSession, may_defer
 from cachesrv.malloc import bound_heap, give_back
 
 RECEIVE_BYTES = 1 << 20
@@ -43,6 +43,7 @@ def worker_main(
     data: Path | None,
     params: ChunkParams,
     level: int,
+    defer: bool = False,
     threads: int = 2,
     hard_limit: int | None = None,
     pin_ttl: float = 600.0,
@@ -76,6 +77,7 @@ def worker_main(
                     level,
                     frames.decode_begin(payload),
                     threads=threads,
+                    defer=may_defer(store, defer),
                 )
                 failure = None
             elif kind == frames.DATA:
@@ -119,6 +121,7 @@ def _main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
+    parser.add_argument("--defer", action="store_true", help="leave compression to the server")
     parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
     parser.add_argument("--pin-ttl", type=float, required=True)
     parser.add_argument("--store", default=None)
@@ -133,6 +136,7 @@ def _main() -> None:
             args.data,
             ChunkParams(*args.chunk),
             args.level,
+            defer=args.defer,
             hard_limit=args.hard_limit or None,
             pin_ttl=args.pin_ttl,
             store_url=args.store,

@@ -19,7 +19,14 @@ from cachesrv.catalog.records import StoredManifest
 from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import ManifestWriter, Piece
-from cachesrv.store import ChunkMissing, ChunkWriter, choose_codec, chunk_id
+from cachesrv.store import (
+    ChunkMissing,
+    ChunkStore,
+    ChunkWriter,
+    choose_codec,
+    chunk_id,
+    defer_chunk,
+)
 
 # Metadata runs are kept inline in the manifest up to this size; a longer run
 # (a huge pax header, garbage after a tar's end) is stored as a chunk instead
@@ -29,8 +36,17 @@ INLINE_LIMIT = 64 * 1024
 # compresses them all on several threads (zstd releases the GIL once for the batch;
 # a thread per chunk would wait for the GIL after every chunk, DESIGN.md's convoy).
 COMPRESS_BATCH = 4 << 20
+# Uploads store new chunks raw for the background to compress only while the store has
+# this much room below its hard limit: raw bytes fill it faster than compressed ones.
+DEFER_HEADROOM = 1 << 30
 ID_SIZE = 32
 CHECK_BATCH = 8192  # chunk ids asked about at once in the check at the end
+
+
+def may_defer(store: ChunkStore, enabled: bool) -> bool:
+    """Whether an upload starting now stores its new chunks pending (``enabled``: the
+    server's background compression is on)."""
+    return enabled and store.defers_compression and store.admits(DEFER_HEADROOM)
 
 
 @dataclass
@@ -39,7 +55,7 @@ class IngestStats:
     chunks: int = 0
     new_chunks: int = 0
     new_bytes: int = 0  # raw bytes of chunks that were not stored yet
-    stored_bytes: int = 0  # compressed bytes written for them
+    stored_bytes: int = 0  # bytes written for them (compressed, or raw if deferred)
     inline_bytes: int = 0  # metadata kept in the manifest (tar headers, padding)
 
 
@@ -57,8 +73,10 @@ class IngestSession:
         level: int = 3,
         tar_aware: bool = True,
         threads: int = 1,
+        defer: bool = False,
     ) -> None:
         self.store = store
+        self.defer = defer  # store new chunks pending: the store compresses them later
         self.splitter = Splitter(params, tar_aware=tar_aware)
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.threads = threads
@@ -150,6 +168,12 @@ class IngestSession:
         ids = list(self._queued)
         chunks: list[bytes | bytearray | memoryview] = list(self._queued.values())
         self._queued, self._queued_bytes = {}, 0
+        if self.defer:
+            for cid, chunk in zip(ids, chunks, strict=True):
+                frame = defer_chunk(chunk)
+                self.store.put(cid, frame)
+                self.stats.stored_bytes += len(frame.data)
+            return
         if self.threads > 1 and len(chunks) > 1:
             batch = self.compressor.multi_compress_to_buffer(chunks, threads=self.threads)
             frames = [batch[i].tobytes() for i in range(len(batch))]

@@ -50,6 +50,7 @@ class WorkerSettings:
     data: Path | None  # None: an object store and no --data
     params: ChunkParams
     level: int
+    defer: bool = False  # store new chunks pending, for the server to compress later
     hard_limit: int | None = None
     pin_ttl: float = 600.0
     store: str | None = None  # s3://bucket/prefix (cachesrv.backends); None: under data
@@ -67,6 +68,7 @@ class WorkerSettings:
             *map(str, self.params),
             "--level",
             str(self.level),
+            *(("--defer",) if self.defer else ()),
             "--hard-limit",
             str(self.hard_limit or 0),
             "--pin-ttl",

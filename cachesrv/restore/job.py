@@ -340,7 +340,7 @@ def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[b
                 out.append(compressor.compress(piece.inline))
                 continue
             frame: Frame = next(frames)
-            if frame.codec == Codec.RAW:
+            if frame.codec != Codec.ZSTD:  # raw, or pending compression
                 out += raw_frame(decode_frame(piece.chunk_id, frame))
             else:
                 check_frame(piece.chunk_id, frame)

@@ -1,10 +1,13 @@
 """Chunk stores: where content chunks live, named by the BLAKE3 hash of their raw bytes.
 
 A chunk is kept as one zstd frame, or raw where zstd would not save
-:data:`RAW_BELOW` of it (already compressed data). Each stored frame has a
-*frame digest* (BLAKE3-128 of the stored bytes) recorded when it is written,
-so a ``Content-Encoding: zstd`` restore can verify a frame without decoding
-it; the chunk id stays the name and is what decoding paths and fsck check.
+:data:`RAW_BELOW` of it (already compressed data), or raw and *pending* where its
+compression was deferred off the request path: the store compresses it later
+(:meth:`ChunkStore.compress_pending`, run in the background) and it reads as raw
+until then. Each stored frame has a *frame digest* (BLAKE3-128 of the stored
+bytes) recorded when it is written, so a ``Content-Encoding: zstd`` restore can
+verify a frame without decoding it; the chunk id stays the name and is what
+decoding paths and fsck check.
 Backends (``local``: append-only pack files plus an SQLite index) implement
 :class:`ChunkStore`; the pipelines above never know which one is in use.
 """
@@ -42,6 +45,7 @@ class Codec(enum.IntEnum):
 
     ZSTD = 0  # one zstd frame
     RAW = 1  # as they are: zstd would not save RAW_BELOW of them
+    PENDING = 2  # as they are, not compressed yet: compress_pending() will
 
 
 # A frame that does not save this fraction of the chunk is not worth a decode on every
@@ -69,7 +73,7 @@ _local = threading.local()  # zstd (de)compressor objects must not be shared acr
 
 def decode_frame(expected_id: bytes, frame: Frame) -> bytes:
     """The raw bytes of a stored frame, checked to be the chunk it claims to be."""
-    if frame.codec == Codec.RAW:
+    if frame.codec != Codec.ZSTD:
         data = frame.data
     else:
         decompressor = getattr(_local, "decompressor", None)
@@ -108,6 +112,34 @@ def choose_codec(data: bytes | bytearray | memoryview, compressed: bytes) -> Fra
     return Frame(compressed, len(data), Codec.ZSTD, frame_digest(compressed))
 
 
+def defer_chunk(data: bytes | bytearray | memoryview) -> Frame:
+    """A new chunk stored as it is, to be compressed by :meth:`ChunkStore.compress_pending`."""
+    stored = bytes(data)
+    return Frame(stored, len(stored), Codec.PENDING, frame_digest(stored))
+
+
+def compress_frames(
+    compressor: zstandard.ZstdCompressor, ids: Sequence[bytes], frames: Sequence[Frame]
+) -> list[Frame | None]:
+    """Pending frames compressed (or raw where zstd does not pay), each checked by its
+    digest first: a damaged one gives None and stays as it is, for fsck to find."""
+    good: list[int] = []
+    for n, (chunk_id, frame) in enumerate(zip(ids, frames, strict=True)):
+        try:
+            check_frame(chunk_id, frame)
+            good.append(n)
+        except ChunkCorrupt:
+            pass
+    result: list[Frame | None] = [None] * len(frames)
+    if not good:
+        return result
+    raws: list[bytes | bytearray | memoryview] = [frames[n].data for n in good]
+    batch = compressor.multi_compress_to_buffer(raws, threads=1)
+    for k, n in enumerate(good):
+        result[n] = choose_codec(raws[k], batch[k].tobytes())
+    return result
+
+
 @dataclass(frozen=True)
 class StoreStats:
     chunks: int
@@ -115,6 +147,7 @@ class StoreStats:
     raw_bytes: int  # uncompressed bytes of the same chunks
     disk_bytes: int  # bytes the backend occupies (packs incl. garbage not yet compacted)
     quarantined: int = 0  # chunks found corrupt, never served (fsck --repair)
+    pending_bytes: int = 0  # raw bytes of chunks not compressed yet (compress_pending will)
 
 
 # A writer commits by itself once it holds this many uncommitted chunks (~200 bytes of
@@ -274,8 +307,19 @@ class ChunkStore(ChunkSink, ChunkSource, Protocol):
         """fsck's half: every stored chunk against its id, the backend's own structure;
         ``repair`` quarantines corrupt chunks and removes leftovers."""
 
+    # Whether new chunks may be stored pending (raw, compressed later by compress_pending)
+    # to keep zstd off the upload's path: where a write is cheap to redo (local packs).
+    defers_compression: bool
+
     def lease(self, name: str) -> Lease | None:
         """The named lease (``"gc"``: one collection at a time), or None if it is held."""
+
+    def compress_pending(self, level: int, budget: int) -> int:
+        """Compress pending chunks (:data:`Codec.PENDING`) at zstd ``level``, about
+        ``budget`` raw bytes of them, and repoint them to their compressed copies (a
+        chunk deleted meanwhile stays deleted); returns the raw bytes compressed, 0 once
+        none is pending (or only damaged ones are: they stay for fsck). Blocking; the
+        caller paces it."""
 
     def stats(self) -> StoreStats: ...
 

@@ -11,15 +11,19 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import zstandard
+
 from cachesrv.store import (
     COMMIT_ROWS,
     ChunkCorrupt,
     ChunkMissing,
     ChunkStore,
+    Codec,
     Frame,
     MaintenanceReport,
     StoreStats,
     VerifyReport,
+    compress_frames,
     decode_frame,
 )
 from cachesrv.store.mark import SqliteMarkSession
@@ -29,6 +33,7 @@ PIN_TTL = 600.0
 
 class MemoryChunkStore:
     read_ahead = 0
+    defers_compression = True
 
     def __init__(self, hard_limit: int | None = None, pin_ttl: float = PIN_TTL) -> None:
         self.hard_limit = hard_limit
@@ -173,7 +178,35 @@ class MemoryChunkStore:
             quarantined = len(self._quarantine.keys() - self._chunks.keys())
         stored = sum(len(f.data) for f in frames)
         raw = sum(f.raw_size for f in frames)
-        return StoreStats(len(frames), stored, raw, stored, quarantined)
+        pending = sum(f.raw_size for f in frames if f.codec == Codec.PENDING)
+        return StoreStats(len(frames), stored, raw, stored, quarantined, pending)
+
+    def compress_pending(self, level: int, budget: int) -> int:
+        with self._lock:
+            todo: list[tuple[bytes, Frame]] = []
+            raw = 0
+            for chunk_id, frame in self._chunks.items():
+                if frame.codec == Codec.PENDING:
+                    todo.append((chunk_id, frame))
+                    raw += frame.raw_size
+                    if raw >= budget:
+                        break
+        if not todo:
+            return 0
+        compressor = zstandard.ZstdCompressor(level=level)
+        compressed = compress_frames(compressor, [i for i, _ in todo], [f for _, f in todo])
+        done = 0
+        with self._lock:
+            for (chunk_id, old), new in zip(todo, compressed, strict=True):
+                if self._chunks.get(chunk_id) is not old:
+                    continue  # deleted or stored anew meanwhile
+                if new is None:  # as the local store does: quarantined, never served
+                    del self._chunks[chunk_id]
+                    self._quarantine[chunk_id] = "pending frame does not match its digest"
+                else:
+                    self._chunks[chunk_id] = new
+                    done += new.raw_size
+        return done
 
     def close(self) -> None:
         return None

@@ -19,8 +19,11 @@ from cachesrv.store import (
     ChunkCorrupt,
     ChunkMissing,
     ChunkStore,
+    Codec,
     Frame,
+    check_frame,
     chunk_id,
+    defer_chunk,
     encode_chunk,
 )
 from cachesrv.store.local import LocalChunkStore
@@ -312,3 +315,126 @@ def test_a_lease_is_held_once(store: ChunkStore) -> None:
     again = store.lease("gc")
     assert again is not None
     again.release()
+
+
+# -- background compression (Codec.PENDING) ----------------------------------------
+
+
+@pytest.fixture(params=["local", "memory"])
+def deferring_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    """The backends that keep new chunks pending for compress_pending (S3 does not:
+    tests/test_s3_store.py)."""
+    opened: list[ChunkStore] = []
+
+    def open_(hard_limit: int | None = None) -> ChunkStore:
+        store: ChunkStore
+        if request.param == "local":
+            store = LocalChunkStore(tmp_path, hard_limit=hard_limit, pin_ttl=PIN_TTL)
+        else:
+            store = MemoryChunkStore(hard_limit=hard_limit, pin_ttl=PIN_TTL)
+        assert store.defers_compression
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def _pending(n: int, size: int = 20_000) -> tuple[bytes, bytes, Frame]:
+    data = (n.to_bytes(8, "little") * (size // 8 + 1))[:size]
+    return chunk_id(data), data, defer_chunk(data)
+
+
+def _compress_all(store: ChunkStore, budget: int = 1 << 30) -> int:
+    total = 0
+    while done := store.compress_pending(3, budget):
+        total += done
+    return total
+
+
+def test_pending_chunks_read_as_they_are_until_compressed_in_place(
+    deferring_store: Open,
+) -> None:
+    store = deferring_store()
+    noise = os.urandom(20_000)
+    chunks = [_pending(1), _pending(2), (chunk_id(noise), noise, defer_chunk(noise))]
+    _store_chunks(store, chunks)
+    raw = sum(len(c[1]) for c in chunks)
+    before = store.stats()
+    assert before.pending_bytes == raw and before.stored_bytes == raw
+    for cid, data, _ in chunks:
+        assert store.read_frame(cid).codec == Codec.PENDING
+        assert store.read(cid) == data
+    assert _compress_all(store) == raw
+    after = store.stats()
+    assert after.pending_bytes == 0 and after.chunks == 3
+    assert after.stored_bytes < raw - 30_000  # the two compressible ones shrank
+    assert after.disk_bytes < raw  # and the raw copies are gone, not garbage on disk
+    assert [store.read_frame(c[0]).codec for c in chunks] == [Codec.ZSTD, Codec.ZSTD, Codec.RAW]
+    for cid, data, _ in chunks:
+        assert store.read(cid) == data
+        frame = store.read_frame(cid)
+        check_frame(cid, frame)  # its digest is the compressed copy's
+    assert store.verify().problems == []
+
+
+def test_compress_pending_takes_about_its_budget_per_call(deferring_store: Open) -> None:
+    store = deferring_store()
+    chunks = [_pending(i) for i in range(5)]
+    _store_chunks(store, chunks)
+    assert [store.compress_pending(3, 1) for _ in range(6)] == [20_000] * 5 + [0]
+    assert store.stats().pending_bytes == 0
+
+
+def test_a_pending_chunk_that_does_not_match_its_digest_is_quarantined(
+    deferring_store: Open,
+) -> None:
+    store = deferring_store()
+    good = _pending(1)
+    cid, data, frame = _pending(2)
+    damaged = Frame(b"\0" + frame.data[1:], frame.raw_size, Codec.PENDING, frame.digest)
+    _store_chunks(store, [good, (cid, data, damaged)])
+    assert store.verify().corrupt == {cid}  # fsck finds it before the background does
+    with pytest.raises(ChunkCorrupt):
+        store.read(cid)
+    assert _compress_all(store) == len(good[1])
+    assert store.contains([good[0], cid]) == {good[0]}  # never served
+    assert store.quarantined([cid]) == {cid}
+    assert store.stats().pending_bytes == 0
+    assert store.read(good[0]) == good[1]
+    assert store.verify().problems == []
+    writer = store.writer()
+    assert writer.missing([cid]) == {cid}  # a re-upload stores it anew
+    writer.put(cid, frame)
+    writer.commit()
+    assert store.read(cid) == data
+
+
+def test_a_store_full_of_pending_chunks_can_still_compress_them(deferring_store: Open) -> None:
+    store = deferring_store(hard_limit=300_000)
+    chunks = [_pending(i) for i in range(12)]  # 240 KB raw, a few KB compressed
+    _store_chunks(store, chunks)
+    assert not store.admits(100_000)
+    assert _compress_all(store) == 12 * 20_000
+    assert store.admits(100_000)
+    assert all(store.read(c[0]) == c[1] for c in chunks)
+
+
+def test_a_reader_of_a_dropped_pack_reads_the_packs_after_it_right(tmp_path: Path) -> None:
+    """Local: packs of pending chunks come and go; another process's read handles are
+    kept by pack id, so an id is never given to a second pack."""
+    compressor, writer, reader = (LocalChunkStore(tmp_path, pin_ttl=PIN_TTL) for _ in range(3))
+    _store_chunks(writer, [_pending(1)])
+    assert _compress_all(compressor) == 20_000  # its own pack is opened first
+    chunks = [_pending(2), _pending(3)]
+    _store_chunks(writer, chunks)  # a pack after it, the newest
+    assert reader.read(chunks[0][0]) == chunks[0][1]  # the reader holds it open
+    assert _compress_all(compressor) == 40_000  # and it is dropped
+    later = [_pending(4), _pending(5)]
+    _store_chunks(writer, later)
+    reader.release_unused()
+    for cid, data, _ in [*chunks, *later]:
+        assert reader.read(cid) == data
+    for store in (compressor, writer, reader):
+        store.close()

@@ -23,8 +23,11 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
+
+import zstandard
 
 from cachesrv.store import (
     ChunkCorrupt,
@@ -34,12 +37,22 @@ from cachesrv.store import (
     MaintenanceReport,
     StoreStats,
     VerifyReport,
+    compress_frames,
     decode_frame,
 )
 from cachesrv.store.mark import SqliteMarkSession
 
 from . import fsck, packs
-from .index import LOCATION, LOOKUP_BATCH, Location, add_totals, batched, lookup, open_index
+from .index import (
+    LOCATION,
+    LOOKUP_BATCH,
+    Location,
+    add_totals,
+    batched,
+    lookup,
+    open_index,
+    quarantine,
+)
 from .packs import (
     CODEC_OF_MAGIC,
     MAGIC,
@@ -93,8 +106,12 @@ class FileLease:
             self._fd = None
 
 
+PENDING_ROWS = 4096  # pending chunks looked at per compress_pending call, at most
+
+
 class LocalChunkStore:
     read_ahead = 0  # a pread of the page cache: less than a hand-over to a thread
+    defers_compression = True
 
     def __init__(
         self,
@@ -305,10 +322,71 @@ class LocalChunkStore:
         conn = self.db.conn
         totals = dict(conn.execute("SELECT name, value FROM totals").fetchall())
         quarantined = conn.execute("SELECT count(DISTINCT id) FROM quarantine").fetchone()[0]
+        pending = conn.execute(
+            "SELECT coalesce(sum(raw_size), 0) FROM chunks WHERE codec = 2"  # chunks_pending
+        ).fetchone()[0]
         disk = sum(p.stat().st_size for p in self.pack_dir.glob("*.pack"))
         return StoreStats(
-            totals["chunks"], totals["stored_bytes"], totals["raw_bytes"], disk, quarantined
+            totals["chunks"],
+            totals["stored_bytes"],
+            totals["raw_bytes"],
+            disk,
+            quarantined,
+            pending,
         )
+
+    def compress_pending(self, level: int, budget: int) -> int:
+        """The compressed copies go to this process's pack, one commit per call. The raw
+        records they replace are garbage: a pack left with nothing live is dropped here
+        (writers roll a pack they put pending records in), the rest is compaction's. A
+        pending record that does not match its digest, or whose pack is gone, is
+        quarantined as fsck --repair would (a re-upload stores it again)."""
+        conn = self.db.conn
+        todo: list[tuple[bytes, Location]] = []
+        raw = 0
+        for chunk_id, *location in conn.execute(
+            # in the order they were written: the compressed copies keep an object's order
+            f"SELECT id, {LOCATION} FROM chunks WHERE codec = 2 ORDER BY pack, offset LIMIT ?",
+            (PENDING_ROWS,),
+        ):
+            todo.append((chunk_id, tuple(location)))  # type: ignore[arg-type]
+            raw += location[3]
+            if raw >= budget:
+                break
+        ids, frames, olds, bad = [], [], [], []
+        for chunk_id, location in todo:
+            try:
+                data = os.pread(self._read_fd(location[0]), location[2], location[1])
+            except FileNotFoundError:
+                bad.append((chunk_id, location, "pack missing"))  # unless compacted meanwhile
+                continue
+            ids.append(chunk_id)
+            frames.append(_frame(data, location))
+            olds.append(location)
+        compressed = compress_frames(zstandard.ZstdCompressor(level=level), ids, frames)
+        writer = self.writer()
+        done = 0
+        try:
+            for chunk_id, old, new in zip(ids, olds, compressed, strict=True):
+                if new is None:
+                    bad.append((chunk_id, old, "pending record does not match its digest"))
+                else:
+                    writer.replace(chunk_id, new, old)
+                    done += new.raw_size
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        if bad:
+            now = time.time()
+            with self.db.transaction() as tx:  # rows that moved meanwhile are left alone
+                for chunk_id, (pack, offset, length, raw_size, *_), reason in bad:
+                    quarantine(tx, chunk_id, pack, offset, length, raw_size, reason, now)
+        names = packs.pack_names(self.db)
+        for pack in {old[0] for old in olds}:  # all compressed: a rolled pack is dead now
+            if pack in names:
+                packs.drop_if_dead(self.db, self.pack_dir, pack, names[pack])
+        return done
 
     def close(self) -> None:
         self._appender.close()

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_id ON quarantine (id);
+CREATE INDEX IF NOT EXISTS chunks_pending ON chunks (pack, offset) WHERE codec = 2;  -- PENDING
 """
 
 # pack, offset of the stored bytes, their length, raw size, codec, frame digest
@@ -75,6 +76,19 @@ def open_index(root: Path, pack_dir: Path) -> Database:
 def add_totals(conn: sqlite3.Connection, chunks: int, stored: int, raw: int) -> None:
     for name, delta in (("chunks", chunks), ("stored_bytes", stored), ("raw_bytes", raw)):
         conn.execute("UPDATE totals SET value = value + ? WHERE name = ?", (delta, name))
+
+
+def add_pack(conn: sqlite3.Connection, name: str) -> int:
+    """A new pack's row, under an id no pack ever had: processes keep read handles by id,
+    and SQLite would hand a deleted highest id out again (to a pack whose offsets then
+    read the old file's bytes). Within the caller's transaction."""
+    (last,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM packs), 0), "
+        "coalesce((SELECT value FROM totals WHERE name = 'last_pack'), 0))"
+    ).fetchone()
+    conn.execute("INSERT INTO packs (id, name) VALUES (?, ?)", (last + 1, name))
+    conn.execute("INSERT OR REPLACE INTO totals VALUES ('last_pack', ?)", (last + 1,))
+    return int(last + 1)
 
 
 def add_pack_bytes(conn: sqlite3.Connection, delta: int) -> None:

@@ -2,7 +2,9 @@
 compaction, leftovers.
 
 Records: magic | id (32) | raw size (u32) | stored size (u32) | bytes (magic ``CSC1``:
-a zstd frame; ``CSR1``: the raw chunk). They are self-describing, so the index can be
+a zstd frame; ``CSR1``: the raw chunk; ``CSP1``: the raw chunk, to be compressed in the
+background, after which the index points at a compressed copy and this record is
+garbage). They are self-describing, so the index can be
 rebuilt from the packs.
 
 A pack is *active* while its writer holds an exclusive ``flock`` on it (see
@@ -34,11 +36,12 @@ from pathlib import Path
 from cachesrv.db import Database
 from cachesrv.store import Codec
 
-from .index import add_pack_bytes, quarantine
+from .index import add_pack, add_pack_bytes, quarantine
 
 MAGIC = b"CSC1"  # a record holding a zstd frame
 MAGIC_RAW = b"CSR1"  # a record holding the raw chunk
-RECORD_MAGICS = {Codec.ZSTD: MAGIC, Codec.RAW: MAGIC_RAW}
+MAGIC_PENDING = b"CSP1"  # the raw chunk, its compression deferred
+RECORD_MAGICS = {Codec.ZSTD: MAGIC, Codec.RAW: MAGIC_RAW, Codec.PENDING: MAGIC_PENDING}
 CODEC_OF_MAGIC = {magic: codec for codec, magic in RECORD_MAGICS.items()}
 RECORD_HEADER = struct.Struct("<4s32sII")
 PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
@@ -111,6 +114,28 @@ def usage(db: Database, pack_dir: Path) -> list[PackUsage]:
     return result
 
 
+def drop_if_dead(db: Database, pack_dir: Path, pack: int, name: str) -> int | None:
+    """Unlink the pack if no index row points into it and no writer holds it; returns
+    the bytes freed (also taken off ``pack_bytes``), None if it stays. Nothing can point
+    into it afterwards: only its own writer appends to a pack. Quarantine rows outlive
+    their pack (as they do compaction): a restore still says the chunk was found corrupt,
+    until a re-upload stores it anew."""
+    path = pack_dir / name
+    if pack_in_use(path):
+        return None
+    with db.transaction() as conn:
+        # a row may have appeared since the caller looked: only an unused pack goes
+        if conn.execute("SELECT 1 FROM chunks WHERE pack = ? LIMIT 1", (pack,)).fetchone():
+            return None
+        conn.execute("DELETE FROM packs WHERE id = ?", (pack,))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        add_pack_bytes(conn, -size)
+    return _unlink(path)
+
+
 def remove_leftovers(db: Database, pack_dir: Path, min_age: float = MIN_AGE) -> tuple[int, int]:
     """Unlink packs no index row points into and files the index does not know, when
     no writer holds them; returns (files, bytes) removed."""
@@ -119,16 +144,10 @@ def remove_leftovers(db: Database, pack_dir: Path, min_age: float = MIN_AGE) -> 
     for entry in usage(db, pack_dir):
         if entry.live_chunks or entry.active:
             continue
-        with db.transaction() as conn:
-            # a row may have appeared since usage() read the index: only an unused pack goes
-            if conn.execute(
-                "SELECT 1 FROM chunks WHERE pack = ? LIMIT 1", (entry.pack,)
-            ).fetchone():
-                continue
-            conn.execute("DELETE FROM packs WHERE id = ?", (entry.pack,))
-            conn.execute("DELETE FROM quarantine WHERE pack = ?", (entry.pack,))
-        freed += _unlink(pack_dir / entry.name)
-        removed += 1
+        dropped = drop_if_dead(db, pack_dir, entry.pack, entry.name)
+        if dropped is not None:
+            freed += dropped
+            removed += 1
     now = time.time()
     for path in pack_dir.iterdir():
         if path.name in known:
@@ -167,8 +186,7 @@ def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
     try:
         fcntl.flock(out, fcntl.LOCK_EX)
         with db.transaction() as conn:
-            cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
-        new_pack = cursor.lastrowid
+            new_pack = add_pack(conn, name)
         fsync_dir(pack_dir)
         src = os.open(old_path, os.O_RDONLY)
         moved: list[tuple[bytes, int, int]] = []  # id, old frame offset, new frame offset
@@ -217,7 +235,6 @@ def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
             ).fetchone()[0]
             if not left:
                 conn.execute("DELETE FROM packs WHERE id = ?", (pack.pack,))
-                conn.execute("DELETE FROM quarantine WHERE pack = ?", (pack.pack,))
                 add_pack_bytes(conn, position - pack.file_bytes)
         if not left:
             _unlink(old_path)

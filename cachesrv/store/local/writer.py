@@ -15,7 +15,9 @@ A pack that fills up is fsynced and *retired*: it stays open and locked until no
 writer has uncommitted rows in it, so GC never takes it for a dead writer's leftover.
 A failed write or fsync (ENOSPC, EIO) abandons the pack: the uncommitted rows of every
 writer in it are dropped and the next put opens a new one, so an index row never
-points past what was really written.
+points past what was really written. A writer that committed pending records (their
+compression deferred to the background) rolls the pack over, so that once they are
+compressed elsewhere the pack is finished, dead and dropped, not an active pack of garbage.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import COMMIT_ROWS, Frame
+from cachesrv.store import COMMIT_ROWS, Codec, Frame
 
-from .index import LOCATION, Location, add_pack_bytes, add_totals, pack_bytes
+from .index import LOCATION, Location, add_pack, add_pack_bytes, add_totals, pack_bytes
 from .packs import PACK_LIMIT, RECORD_HEADER, RECORD_MAGICS, fsync_dir, new_pack_name
 from .pins import Pins
 
@@ -75,13 +77,15 @@ class PackAppender:
         self._written_since_check = 0
         self._checked_at = -1e9
 
-    def append(self, chunk_id: bytes, frame: Frame) -> Location:
-        """Buffer one record; returns where its bytes will be. Raises OSError (limit, disk)."""
+    def append(self, chunk_id: bytes, frame: Frame, limited: bool = True) -> Location:
+        """Buffer one record; returns where its bytes will be. Raises OSError (the hard
+        limit unless not ``limited``, a full disk)."""
         with self.lock:
             if self._fd is None or self._size >= self.pack_limit:
                 self._open_pack()
             data = frame.data
-            self._check_limit(RECORD_HEADER.size + len(data))
+            if limited:
+                self._check_limit(RECORD_HEADER.size + len(data))
             header = RECORD_HEADER.pack(
                 RECORD_MAGICS[frame.codec], chunk_id, frame.raw_size, len(data)
             )
@@ -156,8 +160,13 @@ class PackAppender:
             )
         self._written_since_check += size
 
-    def _open_pack(self) -> None:
-        if self._fd is not None:  # full: make it durable, keep it until its rows commit
+    def roll(self) -> None:
+        """Finish the current pack (durable, kept until its rows commit); the next record
+        starts another. Its lock goes with its last writer, so maintenance may then drop
+        it once nothing in it is live (pending records, once compressed elsewhere)."""
+        with self.lock:
+            if self._fd is None:
+                return
             self.sync({self.pack_id})
             assert self._fd is not None
             if self.uncommitted.get(self.pack_id):
@@ -165,6 +174,9 @@ class PackAppender:
             else:
                 os.close(self._fd)
             self._fd = None
+
+    def _open_pack(self) -> None:
+        self.roll()  # the pack is full
         name = new_pack_name()
         path = self.pack_dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -172,13 +184,12 @@ class PackAppender:
             fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": GC and fsck leave it alone
             fsync_dir(self.pack_dir)
             with self.db.transaction() as conn:
-                cursor = conn.execute("INSERT INTO packs (name) VALUES (?)", (name,))
+                pack_id = add_pack(conn, name)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        assert cursor.lastrowid is not None
-        self.pack_id, self._fd, self._size, self._synced = cursor.lastrowid, fd, 0, True
+        self.pack_id, self._fd, self._size, self._synced = pack_id, fd, 0, True
 
     def _flush(self) -> None:
         if self._buffer and self._fd is not None:
@@ -225,6 +236,8 @@ class LocalChunkWriter:
         self._appender = appender
         self._pins = pins
         self._pending: dict[bytes, Location] = {}
+        self._replacing: dict[bytes, Location] = {}  # id -> the row its new copy replaces
+        self._deferred = False  # a pending (not yet compressed) frame is among _pending
         self._seen_abandoned = appender.abandoned
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
@@ -234,13 +247,25 @@ class LocalChunkWriter:
         return wanted - self._pins.pin_and_lookup(ids, wanted)
 
     def put(self, chunk_id: bytes, frame: Frame) -> None:
+        self._add(chunk_id, frame, limited=True)
+
+    def replace(self, chunk_id: bytes, frame: Frame, old: Location) -> None:
+        """Queue a new copy of a stored chunk (its pending frame, compressed) that takes
+        the place of row ``old`` at commit, unless that row moved or went meanwhile
+        (then the copy is garbage). The old record becomes garbage. Not held to the
+        hard limit: a store full of pending chunks must still be able to shrink."""
+        self._replacing[chunk_id] = old
+        self._add(chunk_id, frame, limited=False)
+
+    def _add(self, chunk_id: bytes, frame: Frame, limited: bool) -> None:
         self._drop_abandoned()
         if chunk_id in self._pending:
             return
         try:
-            self._pending[chunk_id] = self._appender.append(chunk_id, frame)
+            self._pending[chunk_id] = self._appender.append(chunk_id, frame, limited)
         finally:
             self._drop_abandoned()
+        self._deferred = self._deferred or frame.codec == Codec.PENDING
         if len(self._pending) >= COMMIT_ROWS:
             self.commit()
 
@@ -259,7 +284,13 @@ class LocalChunkWriter:
                 self._drop_abandoned()
                 raise
             self._pending.clear()
+            self._replacing.clear()
             appender.settle(counts)
+            if self._deferred:
+                # its pending records become garbage as the background compresses them:
+                # in a finished pack, maintenance can reclaim them (an active one it skips)
+                self._deferred = False
+                appender.roll()
 
     def abort(self) -> None:
         # Their records stay in the pack as garbage, uncounted in pack_bytes until GC
@@ -268,6 +299,7 @@ class LocalChunkWriter:
             self._drop_abandoned()
             counts = self._counts()
             self._pending.clear()
+            self._replacing.clear()
             self._appender.settle(counts)
 
     def _counts(self) -> dict[int, int]:
@@ -290,6 +322,16 @@ class LocalChunkWriter:
         appended = sum(RECORD_HEADER.size + loc[2] for loc in self._pending.values())
         with self._appender.db.transaction() as conn:
             for chunk_id, location in self._pending.items():
+                old = self._replacing.get(chunk_id)
+                if old is not None:
+                    cursor = conn.execute(
+                        "UPDATE chunks SET pack = ?, offset = ?, length = ?, codec = ?, "
+                        "digest = ? WHERE id = ? AND pack = ? AND offset = ?",
+                        (*location[:3], location[4], location[5], chunk_id, *old[:2]),
+                    )
+                    if cursor.rowcount:
+                        stored += location[2] - old[2]
+                    continue
                 cursor = conn.execute(
                     f"INSERT OR IGNORE INTO chunks (id, {LOCATION}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (chunk_id, *location),

@@ -73,6 +73,7 @@ class S3ChunkStore:
     # ranged GETs in flight per restore: one at a time, a zstd restore from SeaweedFS on
     # loopback ran at 125 MB/s, waiting out each round trip
     read_ahead = 3
+    defers_compression = False  # see compress_pending
 
     def __init__(
         self, objects: ObjectStore, hard_limit: int | None = None, pin_ttl: float = PIN_TTL
@@ -454,6 +455,11 @@ class S3ChunkStore:
 
     def lease(self, name: str) -> S3Lease | None:
         return S3Lease.try_take(self.objects, f"leases/{name}")
+
+    def compress_pending(self, level: int, budget: int) -> int:
+        """Nothing is pending here (``defers_compression`` is False): deferring would PUT
+        every new byte to the bucket twice and read it back once."""
+        return 0
 
     def stats(self) -> StoreStats:
         self._fresh()
