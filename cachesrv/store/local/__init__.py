@@ -353,6 +353,8 @@ class LocalChunkStore:
             raw += location[3]
             if raw >= budget:
                 break
+        if not todo:
+            return 0
         ids, frames, olds, bad = [], [], [], []
         for chunk_id, location in todo:
             try:
@@ -382,8 +384,15 @@ class LocalChunkStore:
             with self.db.transaction() as tx:  # rows that moved meanwhile are left alone
                 for chunk_id, (pack, offset, length, raw_size, *_), reason in bad:
                     quarantine(tx, chunk_id, pack, offset, length, raw_size, reason, now)
-        names = packs.pack_names(self.db)
-        for pack in {old[0] for old in olds}:  # all compressed: a rolled pack is dead now
+        emptied = [  # no pending record left: a rolled pack is dead now
+            pack
+            for pack in {old[0] for old in olds}
+            if not conn.execute(
+                "SELECT 1 FROM chunks WHERE codec = 2 AND pack = ? LIMIT 1", (pack,)
+            ).fetchone()  # chunks_pending: no scan, no write lock while some remain
+        ]
+        names = packs.pack_names(self.db) if emptied else {}
+        for pack in emptied:
             if pack in names:
                 packs.drop_if_dead(self.db, self.pack_dir, pack, names[pack])
         return done

@@ -237,7 +237,6 @@ class LocalChunkWriter:
         self._pins = pins
         self._pending: dict[bytes, Location] = {}
         self._replacing: dict[bytes, Location] = {}  # id -> the row its new copy replaces
-        self._deferred = False  # a pending (not yet compressed) frame is among _pending
         self._seen_abandoned = appender.abandoned
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
@@ -265,7 +264,6 @@ class LocalChunkWriter:
             self._pending[chunk_id] = self._appender.append(chunk_id, frame, limited)
         finally:
             self._drop_abandoned()
-        self._deferred = self._deferred or frame.codec == Codec.PENDING
         if len(self._pending) >= COMMIT_ROWS:
             self.commit()
 
@@ -276,6 +274,7 @@ class LocalChunkWriter:
             if not self._pending:
                 return
             counts = self._counts()
+            deferred = any(loc[4] == Codec.PENDING for loc in self._pending.values())
             try:
                 appender.sync(set(counts))
                 self._insert_rows()
@@ -286,10 +285,9 @@ class LocalChunkWriter:
             self._pending.clear()
             self._replacing.clear()
             appender.settle(counts)
-            if self._deferred:
+            if deferred:
                 # its pending records become garbage as the background compresses them:
                 # in a finished pack, maintenance can reclaim them (an active one it skips)
-                self._deferred = False
                 appender.roll()
 
     def abort(self) -> None:
