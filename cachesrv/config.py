@@ -51,6 +51,9 @@ class Config:
     # zstd level the background compresses new chunks at, stored raw by the upload
     # (the local store; 0: compress on the request path at compression_level).
     background_level: int = 3
+    # zstd level of grouped frames: runs of new chunks the background compresses together
+    # where that saves 10% over compressing them apart (a tree of small files); 0: never.
+    group_level: int = 9
     # Decoded, verified spans of recent objects kept on disk for restores (0: none).
     hot_cache_bytes: int = 2 * 1024 * MiB
     # Worker processes that run restores off the event loop's process (0: threads).
@@ -256,6 +259,14 @@ SETTINGS: tuple[_Setting, ...] = (
         "zstd level for new chunks the local store keeps raw at upload and compresses in "
         "the background, while restores and uploads leave it time (3); 0: compress "
         "during the upload instead",
+    ),
+    _Setting(
+        "group_level",
+        ("CACHESRV_GROUP_LEVEL",),
+        int,
+        "zstd level for grouped frames: the background compresses runs of new chunks "
+        "together (up to 4 MiB) where that stores 10%% less than apart, as a tree of "
+        "small files does (9); 0: every chunk its own frame",
     ),
     _Setting(
         "hot_cache_bytes",

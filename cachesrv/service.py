@@ -26,7 +26,7 @@ from cachesrv.ingest import Upload
 from cachesrv.ingest.targz import extract_targz
 from cachesrv.repository import Repository
 from cachesrv.restore.job import Job
-from cachesrv.store import ChunkError, Frame, check_frame
+from cachesrv.store import ChunkError, Frame, check_frame, portable
 
 log = logging.getLogger("cachesrv")
 
@@ -208,7 +208,10 @@ class CacheService:
         store = self.repo.store
 
         def read(group: list[bytes]) -> bytes:
-            frames = store.read_frames(group)
+            frames = [  # a grouped chunk's bytes, on their own: what a peer can store
+                portable(cid, frame)
+                for cid, frame in zip(group, store.read_frames(group), strict=True)
+            ]
             for cid, frame in zip(group, frames, strict=True):
                 check_frame(cid, frame)
             return b"".join(wire.encode_record(c, f) for c, f in zip(group, frames, strict=True))

@@ -18,12 +18,13 @@ from cachesrv import malloc
 from cachesrv.lifecycle.gc import GcReport
 from cachesrv.repository import Repository
 from cachesrv.status import History
+from cachesrv.store import GROUP_RAW
 
 log = logging.getLogger("cachesrv.gc")
 
 FLUSH_INTERVAL = 5.0  # seconds between access-time flushes
 STEP_PAUSE = 0.002  # seconds between two GC increments: the event loop's turn
-COMPRESS_STEP = 2 << 20  # raw bytes compressed per hand-over (~10 ms at zstd -3)
+COMPRESS_STEP = GROUP_RAW  # raw bytes compressed per hand-over (~10 ms at zstd -3, a group)
 BUSY_PAUSE = 0.25  # seconds between two compression steps while requests do heavy work
 IDLE_POLL = 1.0  # seconds between two looks for pending chunks when there were none
 
@@ -113,8 +114,10 @@ async def compress_pending(repo: Repository) -> None:
     level = repo.config.background_level or repo.config.compression_level
 
     def step() -> int:
-        done = repo.store.compress_pending(level, COMPRESS_STEP)
-        if done < COMPRESS_STEP:  # drained: its buffers go back now, not at the next trim
+        # while uploads add to the queue, only whole steps: its last group is not cut short
+        full = repo.uploads_active > 0
+        done = repo.store.compress_pending(level, COMPRESS_STEP, repo.config.group_level, full)
+        if done < COMPRESS_STEP and not full:  # drained: its buffers go back now
             malloc.give_back()
         return done
 

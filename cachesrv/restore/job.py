@@ -46,6 +46,8 @@ from cachesrv.store import (
     check_frame,
     chunk_id,
     decode_frame,
+    decode_group,
+    decoded_groups,
 )
 
 log = logging.getLogger("cachesrv.restore")
@@ -167,6 +169,8 @@ def run(source: Source, job: Job, out: socket.socket) -> None:
             _try_send(out, FAIL, f"restore failed: {exc}".encode())
     else:
         _try_send(out, END, json.dumps(asdict(stats)).encode())
+    finally:
+        decoded_groups.clear()  # memory is one budget: a restore's groups go with it
 
 
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes | memoryview = b"") -> None:
@@ -313,9 +317,17 @@ class _ColdReader:
             except zstandard.ZstdError:
                 # one frame is damaged: decode one by one, which names it
                 decoded = {i: decode_frame(ids[i], frames[i]) for i in packed}
-        chunks = {}
+        chunks: dict[bytes, bytes | memoryview] = {}
         for i, (cid, frame) in enumerate(zip(ids, frames, strict=True)):
-            data = decoded.get(i, frame.data)
+            data: bytes | memoryview
+            if frame.codec == Codec.GROUP:  # a slice of a group decoded once for its members
+                try:
+                    group = memoryview(decode_group(frame))
+                except ChunkCorrupt as exc:
+                    raise ChunkCorrupt(f"chunk {cid.hex()}: {exc}") from exc
+                data = group[frame.inner : frame.inner + frame.raw_size]
+            else:
+                data = decoded.get(i, frame.data)
             if len(data) != frame.raw_size or chunk_id(data) != cid:
                 raise ChunkCorrupt(f"chunk {cid.hex()}: content does not match its id")
             chunks[cid] = data
@@ -327,24 +339,37 @@ class _ColdReader:
 
 def _zstd(source: Source, manifest: PieceStream, piece_bytes: int) -> Iterator[bytes]:
     """The whole object as concatenated zstd frames: stored frames as they are (verified
-    by their digest), inline metadata compressed on the fly, raw-stored chunks wrapped in
-    frames of raw blocks (no compression: zstd would not have saved anything)."""
+    by their digest), raw-stored chunks wrapped in frames of raw blocks (no compression:
+    zstd would not have saved anything). What has no frame of its own is compressed on
+    the fly, each run of it in one frame: inline metadata, and grouped chunks (a group's
+    frame holds chunks this object may not have, in another order), which are decoded
+    from their group (decoded once for its members) and checked against their ids; a run
+    is at most one batch (``piece_bytes``)."""
     compressor = zstandard.ZstdCompressor(level=1)
     batches = _zstd_batches(manifest, piece_bytes)
     for (batch, _), stored in _read_ahead(source.store, batches, _depth(source.store, piece_bytes)):
         frames = iter(stored)
         out: list[bytes | memoryview] = []
+        loose: list[bytes] = []  # the run to compress here
         for piece in batch:
             if piece.chunk_id is None:
                 assert piece.inline is not None
-                out.append(compressor.compress(piece.inline))
+                loose.append(piece.inline)
                 continue
             frame: Frame = next(frames)
+            if frame.codec == Codec.GROUP:
+                loose.append(decode_frame(piece.chunk_id, frame))
+                continue
+            if loose:
+                out.append(compressor.compress(b"".join(loose)))
+                loose = []
             if frame.codec != Codec.ZSTD:  # raw, or pending compression
                 out += raw_frame(decode_frame(piece.chunk_id, frame))
             else:
                 check_frame(piece.chunk_id, frame)
                 out.append(frame.data)
+        if loose:
+            out.append(compressor.compress(b"".join(loose)))
         yield b"".join(out)
 
 

@@ -11,8 +11,6 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-import zstandard
-
 from cachesrv.store import (
     COMMIT_ROWS,
     ChunkCorrupt,
@@ -25,6 +23,7 @@ from cachesrv.store import (
     VerifyReport,
     compress_frames,
     decode_frame,
+    member_frames,
 )
 from cachesrv.store.mark import SqliteMarkSession
 
@@ -102,7 +101,7 @@ class MemoryChunkStore:
 
     def iter_sizes(self) -> Iterator[tuple[bytes, int]]:
         with self._lock:
-            sizes = [(i, len(f.data)) for i, f in self._chunks.items()]
+            sizes = [(i, f.stored_size) for i, f in self._chunks.items()]
         return iter(sizes)
 
     # -- lifecycle -------------------------------------------------------------
@@ -120,7 +119,7 @@ class MemoryChunkStore:
                 frame = self._chunks.pop(i, None)
                 if frame is not None:
                     count += 1
-                    stored += len(frame.data)
+                    stored += frame.stored_size
         return count, stored
 
     def pinned_ids(self, at: float) -> set[bytes]:
@@ -176,36 +175,40 @@ class MemoryChunkStore:
         with self._lock:
             frames = list(self._chunks.values())
             quarantined = len(self._quarantine.keys() - self._chunks.keys())
-        stored = sum(len(f.data) for f in frames)
+        stored = sum(f.stored_size for f in frames)
         raw = sum(f.raw_size for f in frames)
         pending = sum(f.raw_size for f in frames if f.codec == Codec.PENDING)
         return StoreStats(len(frames), stored, raw, stored, quarantined, pending)
 
-    def compress_pending(self, level: int, budget: int) -> int:
+    def compress_pending(
+        self, level: int, budget: int, group_level: int = 0, full: bool = False
+    ) -> int:
         with self._lock:
             todo: list[tuple[bytes, Frame]] = []
-            raw = 0
-            for chunk_id, frame in self._chunks.items():
+            raw, reached = 0, False
+            for chunk_id, frame in self._chunks.items():  # in the order they were stored
                 if frame.codec == Codec.PENDING:
+                    if todo and raw + frame.raw_size > budget:  # a group: up to the budget
+                        reached = True
+                        break
                     todo.append((chunk_id, frame))
                     raw += frame.raw_size
-                    if raw >= budget:
-                        break
-        if not todo:
+        if not todo or (full and not (reached or raw >= budget)):
             return 0
-        compressor = zstandard.ZstdCompressor(level=level)
-        compressed = compress_frames(compressor, [i for i, _ in todo], [f for _, f in todo])
+        ids, olds = [i for i, _ in todo], [f for _, f in todo]
+        records, damaged = compress_frames(level, ids, olds, group_level)
+        sizes = [f.raw_size for f in olds]
         done = 0
         with self._lock:
-            for (chunk_id, old), new in zip(todo, compressed, strict=True):
-                if self._chunks.get(chunk_id) is not old:
-                    continue  # deleted or stored anew meanwhile
-                if new is None:  # as the local store does: quarantined, never served
-                    del self._chunks[chunk_id]
-                    self._quarantine[chunk_id] = "pending frame does not match its digest"
-                else:
-                    self._chunks[chunk_id] = new
-                    done += new.raw_size
+            for record in records:
+                for n, new in zip(record.members, member_frames(record, ids, sizes), strict=True):
+                    if self._chunks.get(ids[n]) is olds[n]:  # not deleted or stored anew
+                        self._chunks[ids[n]] = new
+                        done += new.raw_size
+            for n in damaged:  # as the local store does: quarantined, never served
+                if self._chunks.get(ids[n]) is olds[n]:
+                    del self._chunks[ids[n]]
+                    self._quarantine[ids[n]] = "pending frame does not match its digest"
         return done
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,10 @@ from cachesrv.store import (
     ChunkStore,
     Codec,
     Frame,
+    MaintenanceReport,
     check_frame,
     chunk_id,
+    decoded_groups,
     defer_chunk,
     encode_chunk,
 )
@@ -438,3 +440,135 @@ def test_a_reader_of_a_dropped_pack_reads_the_packs_after_it_right(tmp_path: Pat
         assert reader.read(cid) == data
     for store in (compressor, writer, reader):
         store.close()
+
+
+# -- grouped frames (Codec.GROUP) ----------------------------------------------------
+
+_WORDS = [os.urandom(3).hex() for _ in range(300)]  # one vocabulary: files of one tree
+
+
+def _small_file(n: int) -> tuple[bytes, bytes, Frame]:
+    """A package.json-sized piece that shares most of its words with its neighbours."""
+    rng = __import__("random").Random(n)
+    fields = ", ".join(f'"{rng.choice(_WORDS)}": "{rng.choice(_WORDS)}"' for _ in range(20))
+    data = f'{{"name": "pkg-{n}", "version": "1.{n}.0", {fields}}}'.encode()
+    return chunk_id(data), data, defer_chunk(data)
+
+
+def _grouped(store: ChunkStore, group_level: int = 9) -> int:
+    total = 0
+    while done := store.compress_pending(3, 4 << 20, group_level):
+        total += done
+    return total
+
+
+def test_small_chunks_that_gain_together_share_a_frame_and_read_back_identical(
+    deferring_store: Open,
+) -> None:
+    store = deferring_store()
+    files = [_small_file(n) for n in range(300)]
+    noise = os.urandom(5000)
+    chunks = [*files[:150], (chunk_id(noise), noise, defer_chunk(noise)), *files[150:]]
+    _store_chunks(store, chunks)
+    raw = sum(len(c[1]) for c in chunks)
+    assert _grouped(store) == raw
+    codecs = [store.read_frame(c[0]).codec for c in chunks]
+    assert codecs == [Codec.GROUP] * 150 + [Codec.RAW] + [Codec.GROUP] * 150
+    alone = sum(len(encode_chunk(zstandard.ZstdCompressor(level=3), d).data) for _, d, _ in files)
+    stats = store.stats()
+    assert stats.pending_bytes == 0 and stats.chunks == 301
+    assert stats.stored_bytes < 0.6 * alone + len(noise)  # far less than apart
+    assert sum(size for _, size in store.iter_sizes()) >= stats.stored_bytes
+    ids = [c[0] for c in chunks]
+    assert [store.read(i) for i in ids] == [c[1] for c in chunks]
+    frames = store.read_frames(ids[::-1])  # in any order, one body per group
+    assert [f.raw_size for f in frames] == [len(c[1]) for c in chunks[::-1]]
+    for cid, frame in zip(ids[::-1], frames, strict=True):
+        check_frame(cid, frame)
+    assert store.verify().problems == []
+
+
+def test_group_level_0_and_chunks_that_gain_nothing_together_keep_their_own_frames(
+    deferring_store: Open,
+) -> None:
+    store = deferring_store()
+    files = [_small_file(n) for n in range(100)]
+    _store_chunks(store, files)
+    _grouped(store, group_level=0)
+    assert {store.read_frame(c[0]).codec for c in files} == {Codec.ZSTD}
+    hexes = [os.urandom(4000).hex().encode() for _ in range(10)]  # no word in common
+    texts = [(chunk_id(d), d, defer_chunk(d)) for d in hexes]
+    _store_chunks(store, texts)
+    _grouped(store)
+    assert {store.read_frame(c[0]).codec for c in texts} == {Codec.ZSTD}
+
+
+def _group_extent(store: LocalChunkStore, cid: bytes) -> tuple[Path, int, int]:
+    pack, offset, span = store.db.conn.execute(
+        "SELECT pack, offset, span FROM chunks WHERE id = ?", (cid,)
+    ).fetchone()
+    name = store.db.conn.execute("SELECT name FROM packs WHERE id = ?", (pack,)).fetchone()[0]
+    return store.pack_dir / name, offset, span
+
+
+def test_a_damaged_grouped_frame_fails_every_member_and_fsck_quarantines_them(
+    tmp_path: Path,
+) -> None:
+    store = LocalChunkStore(tmp_path, pin_ttl=PIN_TTL)
+    files = [_small_file(n) for n in range(200)]
+    _store_chunks(store, files)
+    _grouped(store)
+    path, offset, span = _group_extent(store, files[0][0])
+    members = {c[0] for c in files if _group_extent(store, c[0])[1:] == (offset, span)}
+    assert len(members) > 100
+    decoded_groups.clear()  # a copy decoded before the damage would still be right
+    with open(path, "r+b") as f:
+        f.seek(offset + span // 3)
+        byte = f.read(1)
+        f.seek(offset + span // 3)
+        f.write(bytes([byte[0] ^ 0x40]))
+    for cid in members:
+        with pytest.raises(ChunkCorrupt):
+            store.read(cid)
+        with pytest.raises(ChunkCorrupt):
+            check_frame(cid, store.read_frame(cid))
+    report = store.verify(repair=True)
+    assert report.corrupt == members
+    assert store.contains(members) == set() and store.quarantined(members) == members
+    for cid, data, _ in files:
+        if cid not in members:
+            assert store.read(cid) == data
+    assert store.verify().problems == []
+    store.close()
+
+
+def test_compaction_regroups_the_live_members_of_a_partly_dead_group(tmp_path: Path) -> None:
+    compressor = LocalChunkStore(tmp_path, pin_ttl=PIN_TTL)
+    files = [_small_file(n) for n in range(400)]
+    _store_chunks(compressor, files)
+    _grouped(compressor)
+    compressor.close()  # its pack is finished: compaction leaves an active one alone
+    store = LocalChunkStore(tmp_path, pin_ttl=PIN_TTL)
+    dead = {c[0] for c in files[::2]}
+    assert store.delete(dead) == 200
+    before = store.stats()
+    report = _drain(store.maintenance(None, 0.9))
+    assert report.compacted >= 1
+    assert store.stats().pending_bytes > 0  # the live members, raw, for the background
+    _grouped(store)
+    after = store.stats()
+    assert after.pending_bytes == 0 and after.chunks == 200
+    assert after.disk_bytes < before.disk_bytes
+    assert {store.read_frame(c[0]).codec for c in files[1::2]} == {Codec.GROUP}
+    for cid, data, _ in files[1::2]:
+        assert store.read(cid) == data
+    assert store.verify().problems == []
+    store.close()
+
+
+def _drain(steps: Generator[None, None, MaintenanceReport]) -> MaintenanceReport:
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value

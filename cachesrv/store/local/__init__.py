@@ -27,8 +27,6 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
-import zstandard
-
 from cachesrv.store import (
     ChunkCorrupt,
     ChunkMissing,
@@ -39,6 +37,7 @@ from cachesrv.store import (
     VerifyReport,
     compress_frames,
     decode_frame,
+    member_frames,
 )
 from cachesrv.store.mark import SqliteMarkSession
 
@@ -49,6 +48,7 @@ from .index import (
     Location,
     add_totals,
     batched,
+    extent,
     lookup,
     open_index,
     quarantine,
@@ -80,7 +80,7 @@ __all__ = [
 
 
 def _frame(data: bytes, location: Location) -> Frame:
-    return Frame(data, location[3], Codec(location[4]), location[5])
+    return Frame(data, location[3], Codec(location[4]), location[5], location[6] or 0, location[2])
 
 
 class FileLease:
@@ -106,7 +106,7 @@ class FileLease:
             self._fd = None
 
 
-PENDING_ROWS = 4096  # pending chunks looked at per compress_pending call, at most
+PENDING_ROWS = 16384  # pending chunks looked at per compress_pending call, at most
 
 
 class LocalChunkStore:
@@ -194,7 +194,8 @@ class LocalChunkStore:
     def read_frame(self, chunk_id: bytes) -> Frame:
         for attempt in range(3):
             location = self._locate(chunk_id)
-            pack, offset, length = location[:3]
+            pack = location[0]
+            offset, length = extent(location)
             try:
                 fd = self._read_fd(pack)
             except FileNotFoundError:
@@ -218,13 +219,20 @@ class LocalChunkStore:
             ):
                 located[chunk_id] = tuple(location)  # type: ignore[assignment]
         frames = []
+        groups: dict[tuple[int, int], bytes] = {}  # a group's body, read once for its members
         for chunk_id in ids:
             location = located.get(chunk_id)
             try:
                 if location is None:
                     raise FileNotFoundError  # not indexed (any more): the slow path says why
-                pack, offset, length = location[:3]
-                frames.append(_frame(os.pread(self._read_fd(pack), length, offset), location))
+                pack = location[0]
+                offset, length = extent(location)
+                data = groups.get((pack, offset))
+                if data is None:
+                    data = os.pread(self._read_fd(pack), length, offset)
+                    if location[7] is not None:
+                        groups[pack, offset] = data
+                frames.append(_frame(data, location))
             except FileNotFoundError:
                 frames.append(self.read_frame(chunk_id))
         return frames
@@ -335,7 +343,9 @@ class LocalChunkStore:
             pending,
         )
 
-    def compress_pending(self, level: int, budget: int) -> int:
+    def compress_pending(
+        self, level: int, budget: int, group_level: int = 0, full: bool = False
+    ) -> int:
         """The compressed copies go to this process's pack, one commit per call. The raw
         records they replace are garbage: a pack left with nothing live is dropped here
         (writers roll a pack they put pending records in), the rest is compaction's. A
@@ -343,17 +353,19 @@ class LocalChunkStore:
         quarantined as fsck --repair would (a re-upload stores it again)."""
         conn = self.db.conn
         todo: list[tuple[bytes, Location]] = []
-        raw = 0
+        raw, reached = 0, False
         for chunk_id, *location in conn.execute(
             # in the order they were written: the compressed copies keep an object's order
             f"SELECT id, {LOCATION} FROM chunks WHERE codec = 2 ORDER BY pack, offset LIMIT ?",
             (PENDING_ROWS,),
         ):
+            if todo and raw + location[3] > budget:  # a group holds up to the budget
+                reached = True
+                break
             todo.append((chunk_id, tuple(location)))  # type: ignore[arg-type]
             raw += location[3]
-            if raw >= budget:
-                break
-        if not todo:
+        reached = reached or raw >= budget or len(todo) == PENDING_ROWS
+        if not todo or (full and not reached):
             return 0
         ids, frames, olds, bad = [], [], [], []
         for chunk_id, location in todo:
@@ -365,16 +377,27 @@ class LocalChunkStore:
             ids.append(chunk_id)
             frames.append(_frame(data, location))
             olds.append(location)
-        compressed = compress_frames(zstandard.ZstdCompressor(level=level), ids, frames)
+        records, damaged = compress_frames(level, ids, frames, group_level)
+        for n in damaged:
+            bad.append((ids[n], olds[n], "pending record does not match its digest"))
+        sizes = [f.raw_size for f in frames]
         writer = self.writer()
         done = 0
         try:
-            for chunk_id, old, new in zip(ids, olds, compressed, strict=True):
-                if new is None:
-                    bad.append((chunk_id, old, "pending record does not match its digest"))
+            for record in records:
+                if record.frame.codec == Codec.GROUP:
+                    news = member_frames(record, ids, sizes)
+                    writer.replace_group(
+                        record.frame,
+                        [
+                            (ids[n], new, olds[n])
+                            for n, new in zip(record.members, news, strict=True)
+                        ],
+                    )
                 else:
-                    writer.replace(chunk_id, new, old)
-                    done += new.raw_size
+                    (n,) = record.members
+                    writer.replace(ids[n], record.frame, olds[n])
+                done += sum(sizes[n] for n in record.members)
             writer.commit()
         except BaseException:
             writer.abort()

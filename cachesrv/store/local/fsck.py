@@ -17,11 +17,20 @@ import time
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import ChunkError, Codec, Frame, VerifyReport, check_frame, decode_frame
+from cachesrv.store import (
+    ChunkError,
+    Codec,
+    Frame,
+    GroupMember,
+    VerifyReport,
+    check_frame,
+    decode_frame,
+    group_parts,
+)
 
 from . import packs
 from .index import LOCATION, quarantine
-from .packs import RECORD_HEADER, RECORD_MAGICS
+from .packs import GROUP_RECORD_ID, RECORD_HEADER, RECORD_MAGICS
 
 Bad = tuple[bytes, int, int, int, int, str]  # id, pack, offset, length, raw size, reason
 
@@ -42,9 +51,12 @@ def _check_chunks(db: Database, pack_dir: Path, report: VerifyReport) -> list[Ba
     fds: dict[int, int] = {}
     bad = []
     try:
-        for chunk_id, pack, offset, length, raw_size, codec, digest in db.conn.execute(
-            f"SELECT id, {LOCATION} FROM chunks"
+        # the last group read (its members follow it): pack, offset, body, member table
+        body: tuple[int, int, bytes, set[GroupMember]] | None = None
+        for chunk_id, pack, offset, length, raw_size, codec, digest, inner, span in db.conn.execute(
+            f"SELECT id, {LOCATION} FROM chunks ORDER BY pack, offset"
         ):
+            stored_length = length if span is None else span
             report.chunks_checked += 1
             if pack not in sizes:
                 path = pack_dir / names.get(pack, "?")
@@ -57,18 +69,28 @@ def _check_chunks(db: Database, pack_dir: Path, report: VerifyReport) -> list[Ba
             reason = None
             if size is None:
                 reason = f"its pack {names.get(pack, pack)} is missing"
-            elif offset + length > size:
+            elif offset + stored_length > size:
                 reason = f"it lies past the end of pack {names[pack]}"
             else:
                 header = os.pread(fds[pack], RECORD_HEADER.size, offset - RECORD_HEADER.size)
-                frame = os.pread(fds[pack], length, offset)
+                if body is not None and body[:2] == (pack, offset):
+                    frame = body[2]
+                else:
+                    frame = os.pread(fds[pack], stored_length, offset)
+                    body = None
                 try:
                     magic, named, _, _ = RECORD_HEADER.unpack(header)
-                    if named != chunk_id:
+                    grouped = codec == Codec.GROUP
+                    if named != (GROUP_RECORD_ID if grouped else chunk_id):
                         raise ChunkError("its record header names another chunk")
                     if magic != RECORD_MAGICS[Codec(codec)]:
                         raise ChunkError("its record header says another codec")
-                    stored = Frame(frame, raw_size, Codec(codec), digest)
+                    if grouped:
+                        if body is None:
+                            body = (pack, offset, frame, set(group_parts(frame)[1]))
+                        if GroupMember(chunk_id, raw_size, inner) not in body[3]:
+                            raise ChunkError("its grouped frame's table does not list it there")
+                    stored = Frame(frame, raw_size, Codec(codec), digest, inner or 0)
                     if digest is not None:
                         check_frame(chunk_id, stored)  # what zstd restores rely on
                     decode_frame(chunk_id, stored)  # and what the bytes really are
@@ -94,7 +116,9 @@ def _quarantine(db: Database, bad: list[Bad], report: VerifyReport) -> None:
 def _check_packs(db: Database, pack_dir: Path, report: VerifyReport, repair: bool) -> None:
     conn = db.conn
     ends = dict(
-        conn.execute("SELECT pack, max(offset + length) FROM chunks GROUP BY pack").fetchall()
+        conn.execute(
+            "SELECT pack, max(offset + coalesce(span, length)) FROM chunks GROUP BY pack"
+        ).fetchall()
     )
     indexed = {(pack, offset) for pack, offset in conn.execute("SELECT pack, offset FROM chunks")}
     known = packs.pack_names(db)

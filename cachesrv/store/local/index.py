@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     length INTEGER NOT NULL,
     raw_size INTEGER NOT NULL,
     codec INTEGER NOT NULL DEFAULT 0,  -- cachesrv.store.Codec
-    digest BLOB  -- frame digest of the stored bytes; NULL for chunks stored before digests
+    digest BLOB,  -- frame digest of the stored bytes; NULL for chunks stored before digests
+    inner INTEGER,  -- grouped chunks (codec 3): offset in the decoded group; else NULL
+    span INTEGER  -- grouped chunks: bytes of the group body at offset (length: their share)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,
@@ -47,9 +49,19 @@ CREATE INDEX IF NOT EXISTS quarantine_by_id ON quarantine (id);
 CREATE INDEX IF NOT EXISTS chunks_pending ON chunks (pack, offset) WHERE codec = 2;  -- PENDING
 """
 
-# pack, offset of the stored bytes, their length, raw size, codec, frame digest
-Location = tuple[int, int, int, int, int, bytes | None]
-LOCATION = "pack, offset, length, raw_size, codec, digest"
+# pack, offset of the stored bytes, their length (a grouped chunk: its share of the
+# group's), raw size, codec, frame digest, offset in the decoded group and the group
+# body's length (None unless grouped)
+Location = tuple[int, int, int, int, int, bytes | None, int | None, int | None]
+LOCATION = "pack, offset, length, raw_size, codec, digest, inner, span"
+
+
+def extent(location: Location) -> tuple[int, int]:
+    """Where a chunk's stored bytes are read: (offset, length) in its pack."""
+    span = location[7]
+    return location[1], location[2] if span is None else span
+
+
 LOOKUP_BATCH = 500
 
 
@@ -64,6 +76,9 @@ def open_index(root: Path, pack_dir: Path) -> Database:
             conn.execute("ALTER TABLE chunks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
         if "digest" not in columns:
             conn.execute("ALTER TABLE chunks ADD COLUMN digest BLOB")
+        if "inner" not in columns:  # made before grouped frames: none is grouped
+            conn.execute("ALTER TABLE chunks ADD COLUMN inner INTEGER")
+            conn.execute("ALTER TABLE chunks ADD COLUMN span INTEGER")
         if "expires" not in {row[1] for row in conn.execute("PRAGMA table_info(pins)")}:
             conn.execute("ALTER TABLE pins ADD COLUMN expires REAL")
         # Stores made before pack_bytes was counted: measure once (a stat per pack).

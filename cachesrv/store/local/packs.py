@@ -32,16 +32,32 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cachesrv.db import Database
-from cachesrv.store import Codec
+from cachesrv.store import (
+    ChunkCorrupt,
+    Codec,
+    Frame,
+    check_frame,
+    decode_frame,
+    frame_digest,
+    group_parts,
+)
 
-from .index import add_pack, add_pack_bytes, quarantine
+from .index import add_pack, add_pack_bytes, add_totals, quarantine
 
 MAGIC = b"CSC1"  # a record holding a zstd frame
 MAGIC_RAW = b"CSR1"  # a record holding the raw chunk
 MAGIC_PENDING = b"CSP1"  # the raw chunk, its compression deferred
-RECORD_MAGICS = {Codec.ZSTD: MAGIC, Codec.RAW: MAGIC_RAW, Codec.PENDING: MAGIC_PENDING}
+MAGIC_GROUP = b"CSG1"  # a grouped frame: several chunks (cachesrv.store.group_body)
+RECORD_MAGICS = {
+    Codec.ZSTD: MAGIC,
+    Codec.RAW: MAGIC_RAW,
+    Codec.PENDING: MAGIC_PENDING,
+    Codec.GROUP: MAGIC_GROUP,
+}
+GROUP_RECORD_ID = bytes(32)  # a grouped record's id field: its members are in its table
 CODEC_OF_MAGIC = {magic: codec for codec, magic in RECORD_MAGICS.items()}
 RECORD_HEADER = struct.Struct("<4s32sII")
 PACK_LIMIT = 1 << 30  # start a new pack past 1 GiB
@@ -174,12 +190,18 @@ def recount_pack_bytes(db: Database, pack_dir: Path) -> int:
 
 def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
     """Move the live records of ``pack`` to a new pack, in increments (yields bytes
-    copied so far). Ends with the old pack unlinked and its bytes reclaimed."""
+    copied so far). Ends with the old pack unlinked and its bytes reclaimed. A grouped
+    record some of whose members are gone is not copied whole: its live members become
+    pending records (raw), for the background to compress and group again."""
     old_path = pack_dir / pack.name
     rows = db.conn.execute(
-        "SELECT id, offset, length, raw_size, codec FROM chunks WHERE pack = ? ORDER BY offset",
+        "SELECT id, offset, length, raw_size, codec, digest, inner, span FROM chunks "
+        "WHERE pack = ? ORDER BY offset, inner",
         (pack.pack,),
     ).fetchall()
+    records: dict[int, list[tuple]] = {}  # frame offset -> its rows (a group's: several)
+    for row in rows:
+        records.setdefault(row[1], []).append(row)
     name = new_pack_name()
     new_path = pack_dir / name
     out = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -189,28 +211,17 @@ def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
             new_pack = add_pack(conn, name)
         fsync_dir(pack_dir)
         src = os.open(old_path, os.O_RDONLY)
-        moved: list[tuple[bytes, int, int]] = []  # id, old frame offset, new frame offset
+        moved: list[_Moved] = []
         bad: list[tuple[bytes, int, int, int]] = []
         position = copied = since_yield = 0
         try:
-            for chunk_id, offset, length, raw_size, codec in rows:
-                record = os.pread(src, RECORD_HEADER.size + length, offset - RECORD_HEADER.size)
-                magic, rid, raw, flen = (
-                    RECORD_HEADER.unpack_from(record)
-                    if len(record) >= RECORD_HEADER.size
-                    else (b"", b"", 0, 0)
-                )
-                expected = (RECORD_MAGICS[Codec(codec)], chunk_id, raw_size, length)
-                if (magic, rid, raw, flen) != expected or len(
-                    record
-                ) != RECORD_HEADER.size + length:
-                    bad.append((chunk_id, offset, length, raw_size))
-                    continue
-                _write_all(out, record)
-                moved.append((chunk_id, offset, position + RECORD_HEADER.size))
-                position += len(record)
-                copied += len(record)
-                since_yield += len(record)
+            for offset, members in records.items():
+                for data, new_rows in _copies(src, offset, members, bad):
+                    _write_all(out, data)
+                    moved += [m._replace(offset=m.offset + position) for m in new_rows]
+                    position += len(data)
+                    copied += len(data)
+                    since_yield += len(data)
                 if since_yield >= COPY_STEP:
                     since_yield = 0
                     yield copied
@@ -218,12 +229,13 @@ def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
             os.close(src)
         os.fsync(out)
         with db.transaction() as conn:
-            for chunk_id, old_offset, new_offset in moved:
-                conn.execute(
-                    "UPDATE chunks SET pack = ?, offset = ? "
-                    "WHERE id = ? AND pack = ? AND offset = ?",
-                    (new_pack, new_offset, chunk_id, pack.pack, old_offset),
-                )
+            for m in moved:
+                if conn.execute(
+                    "UPDATE chunks SET pack = ?, offset = ?, length = ?, codec = ?, digest = ?, "
+                    "inner = ?, span = ? WHERE id = ? AND pack = ? AND offset = ?",
+                    (new_pack, *m[1:7], m.chunk_id, pack.pack, m.old_offset),
+                ).rowcount:
+                    add_totals(conn, 0, m.length - m.old_length, 0)
             now = time.time()
             for chunk_id, offset, length, raw_size in bad:
                 # not what the index says is there: never served, never copied
@@ -242,6 +254,69 @@ def compact(db: Database, pack_dir: Path, pack: PackUsage) -> Iterator[int]:
     finally:
         os.close(out)  # drops the lock: the new pack is an ordinary, finished pack
     yield copied
+
+
+class _Moved(NamedTuple):
+    """A row's new place (offset relative to the copy's start until written)."""
+
+    chunk_id: bytes
+    offset: int
+    length: int
+    codec: int
+    digest: bytes | None
+    inner: int | None
+    span: int | None
+    old_offset: int
+    old_length: int
+
+
+def _copies(
+    src: int, offset: int, rows: list[tuple], bad: list[tuple[bytes, int, int, int]]
+) -> Iterator[tuple[bytes, list[_Moved]]]:
+    """The records that carry the live ``rows`` of one stored record at ``offset`` into a
+    new pack, each with the rows' new places; rows whose record is not what the index
+    says go to ``bad``."""
+    chunk_id, _, length, raw_size, codec, digest, _, span = rows[0]
+    stored = length if span is None else span
+    record = os.pread(src, RECORD_HEADER.size + stored, offset - RECORD_HEADER.size)
+    header = (
+        RECORD_HEADER.unpack_from(record) if len(record) >= RECORD_HEADER.size else (b"", b"", 0, 0)
+    )
+    grouped = codec == Codec.GROUP
+    expected = (RECORD_MAGICS[Codec(codec)], GROUP_RECORD_ID if grouped else chunk_id)
+    if header[:2] != expected or header[3] != stored or len(record) != RECORD_HEADER.size + stored:
+        bad.extend((r[0], offset, r[2], r[3]) for r in rows)
+        return
+    if not grouped or len(rows) == len(group_parts(record[RECORD_HEADER.size :])[1]):
+        yield (
+            record,
+            [  # copied whole
+                _Moved(r[0], RECORD_HEADER.size, r[2], r[4], r[5], r[6], r[7], offset, r[2])
+                for r in rows
+            ],
+        )
+        return
+    body = Frame(record[RECORD_HEADER.size :], 0, Codec.GROUP, digest)
+    for member_id, _, old_length, member_raw, _, _, inner, _ in rows:
+        try:
+            check_frame(member_id, body)
+            data = decode_frame(member_id, body._replace(raw_size=member_raw, inner=inner))
+        except ChunkCorrupt:
+            bad.append((member_id, offset, old_length, member_raw))
+            continue
+        header_bytes = RECORD_HEADER.pack(MAGIC_PENDING, member_id, len(data), len(data))
+        new = _Moved(
+            member_id,
+            RECORD_HEADER.size,
+            len(data),
+            int(Codec.PENDING),
+            frame_digest(data),
+            None,
+            None,
+            offset,
+            old_length,
+        )
+        yield header_bytes + data, [new]
 
 
 @dataclass(frozen=True)

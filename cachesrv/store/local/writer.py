@@ -34,7 +34,14 @@ from cachesrv.db import Database
 from cachesrv.store import COMMIT_ROWS, Codec, Frame
 
 from .index import LOCATION, Location, add_pack, add_pack_bytes, add_totals, pack_bytes
-from .packs import PACK_LIMIT, RECORD_HEADER, RECORD_MAGICS, fsync_dir, new_pack_name
+from .packs import (
+    GROUP_RECORD_ID,
+    PACK_LIMIT,
+    RECORD_HEADER,
+    RECORD_MAGICS,
+    fsync_dir,
+    new_pack_name,
+)
 from .pins import Pins
 
 # The usage the hard limit is checked against is re-read (other processes write too)
@@ -77,9 +84,12 @@ class PackAppender:
         self._written_since_check = 0
         self._checked_at = -1e9
 
-    def append(self, chunk_id: bytes, frame: Frame, limited: bool = True) -> Location:
-        """Buffer one record; returns where its bytes will be. Raises OSError (the hard
-        limit unless not ``limited``, a full disk)."""
+    def append(
+        self, chunk_id: bytes, frame: Frame, limited: bool = True, rows: int = 1
+    ) -> Location:
+        """Buffer one record (of ``rows`` index rows: a grouped frame's members); returns
+        where its bytes will be. Raises OSError (the hard limit unless not ``limited``,
+        a full disk)."""
         with self.lock:
             if self._fd is None or self._size >= self.pack_limit:
                 self._open_pack()
@@ -101,8 +111,10 @@ class PackAppender:
                 frame.raw_size,
                 int(frame.codec),
                 frame.digest,
+                None,
+                None,
             )
-            self.uncommitted[self.pack_id] = self.uncommitted.get(self.pack_id, 0) + 1
+            self.uncommitted[self.pack_id] = self.uncommitted.get(self.pack_id, 0) + rows
             if self._buffered >= 1 << 20 or len(self._buffer) >= 512:
                 self._flush()
             return location
@@ -256,6 +268,32 @@ class LocalChunkWriter:
         self._replacing[chunk_id] = old
         self._add(chunk_id, frame, limited=False)
 
+    def replace_group(self, body: Frame, members: list[tuple[bytes, Frame, Location]]) -> None:
+        """:meth:`replace` for the chunks of one grouped frame (``body``): one record,
+        a row per member (``member_frames`` gives their frames), each taking the place
+        of its old row as replace does."""
+        self._drop_abandoned()
+        try:
+            base = self._appender.append(GROUP_RECORD_ID, body, limited=False, rows=len(members))
+        finally:
+            self._drop_abandoned()
+        pack, offset = base[:2]
+        for chunk_id, frame, old in members:
+            assert chunk_id not in self._pending, "a chunk twice in one writer's groups"
+            self._replacing[chunk_id] = old
+            self._pending[chunk_id] = (
+                pack,
+                offset,
+                frame.share,
+                frame.raw_size,
+                int(Codec.GROUP),
+                body.digest,
+                frame.inner,
+                len(body.data),
+            )
+        if len(self._pending) >= COMMIT_ROWS:
+            self.commit()
+
     def _add(self, chunk_id: bytes, frame: Frame, limited: bool) -> None:
         self._drop_abandoned()
         if chunk_id in self._pending:
@@ -324,14 +362,15 @@ class LocalChunkWriter:
                 if old is not None:
                     cursor = conn.execute(
                         "UPDATE chunks SET pack = ?, offset = ?, length = ?, codec = ?, "
-                        "digest = ? WHERE id = ? AND pack = ? AND offset = ?",
-                        (*location[:3], location[4], location[5], chunk_id, *old[:2]),
+                        "digest = ?, inner = ?, span = ? WHERE id = ? AND pack = ? AND offset = ?",
+                        (*location[:3], *location[4:], chunk_id, *old[:2]),
                     )
                     if cursor.rowcount:
                         stored += location[2] - old[2]
                     continue
                 cursor = conn.execute(
-                    f"INSERT OR IGNORE INTO chunks (id, {LOCATION}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR IGNORE INTO chunks (id, {LOCATION}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (chunk_id, *location),
                 )
                 if cursor.rowcount:

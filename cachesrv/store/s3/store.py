@@ -456,7 +456,9 @@ class S3ChunkStore:
     def lease(self, name: str) -> S3Lease | None:
         return S3Lease.try_take(self.objects, f"leases/{name}")
 
-    def compress_pending(self, level: int, budget: int) -> int:
+    def compress_pending(
+        self, level: int, budget: int, group_level: int = 0, full: bool = False
+    ) -> int:
         """Nothing is pending here (``defers_compression`` is False): deferring would PUT
         every new byte to the bucket twice and read it back once."""
         return 0
