@@ -17,6 +17,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import zstandard
 from conftest import Server, StartServer, curl
 
 from cachesrv.store import Codec
@@ -170,3 +171,23 @@ def test_a_damaged_grouped_frame_is_never_served_and_fsck_finds_it(
     _upload(server, "v1.tar", tar, tmp_path)  # a re-upload stores the lost chunks anew
     _settled(server)
     _restores_match(server, "v1.tar", tar)
+
+
+def test_a_hot_version_restores_compressed_from_its_zstd_spans(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """The warm-up keeps each span's zstd form: a --compressed restore of a tree of
+    grouped chunks is a hot read per span, not a decode and a re-encode per piece."""
+    v1, _ = _versions()
+    tar = _tree(v1)
+    server = start_server(args=["--gc-interval", "0"])
+    _upload(server, "v1.tar", tar, tmp_path)
+    _settled(server)  # the warm-up included
+    before = _stats(server)["since_start"]["hot_span_hits"]  # type: ignore[index]
+    body = curl("-f", "-H", "Accept-Encoding: zstd", f"{server.url}/v1.tar").stdout
+    spans = -(-len(tar) // (1 << 20))
+    assert _stats(server)["since_start"]["hot_span_hits"] == before + spans  # type: ignore[index]
+    assert len(body) < len(tar) / 3
+    frames = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
+    assert frames.read() == tar  # a frame per span, concatenated
+    assert curl("-f", "--compressed", f"{server.url}/v1.tar").stdout == tar

@@ -44,6 +44,7 @@ log = logging.getLogger("cachesrv.hot")
 
 SPAN = 1 << 20  # bytes of an object per span: one pread, one digest, one send
 SEGMENT_BYTES = 64 << 20  # a process starts a new segment past this
+_FAULT_AROUND = 64 << 10  # Linux maps this much around a page fault (fault_around_bytes)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -135,8 +136,10 @@ class HotCache:
         mapping = self._maps.get(span.segment)
         if mapping is None:
             return
-        start = span.offset - span.offset % mmap.PAGESIZE
-        end = min(span.offset + span.length, len(mapping))
+        # a fault maps the cached pages around it too (the kernel's fault-around, 64 KiB
+        # aligned): those of the neighbouring spans, which this restore may never read
+        start = span.offset - span.offset % _FAULT_AROUND
+        end = min(-(-(span.offset + span.length) // _FAULT_AROUND) * _FAULT_AROUND, len(mapping))
         try:
             mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
         except (OSError, ValueError):
