@@ -90,7 +90,10 @@ class Frame(NamedTuple):
 # (id, raw size, offset in the decoded frame) per member, so a record is self-describing.
 
 GROUP_RAW = 4 << 20  # raw bytes of the chunks compressed together into one frame, at most
-GROUP_GAIN = 0.10  # grouping must save this fraction of the chunks' frames stored alone
+# Grouping must save this fraction of the chunks' frames stored alone, tried at the
+# background level. npm's runs gain 11-38% there (at a 10% line some passed or not as the
+# steps fell); 40% of the Go cache's bytes pass at 8%, 31% at 10%.
+GROUP_GAIN = 0.08
 GROUP_MEMBER = struct.Struct("<32sII")
 _COUNT = struct.Struct("<I")
 
