@@ -158,7 +158,7 @@ class _DecodedGroups:
             self._bytes = 0
 
 
-decoded_groups = _DecodedGroups(3 * GROUP_RAW)
+decoded_groups = _DecodedGroups(2 * GROUP_RAW)
 
 
 _local = threading.local()  # zstd (de)compressor objects must not be shared across threads

@@ -106,7 +106,7 @@ class FileLease:
             self._fd = None
 
 
-PENDING_ROWS = 16384  # pending chunks looked at per compress_pending call, at most
+PENDING_ROWS = 4096  # pending chunks looked at per compress_pending call, at most
 
 
 class LocalChunkStore:
