@@ -295,6 +295,7 @@ def compress_frames(
     raws: list[bytes | bytearray | memoryview] = [frames[n].data for n in good]
     batch = compressor.multi_compress_to_buffer(raws, threads=1)
     alone = [choose_codec(raws[k], batch[k].tobytes()) for k in range(len(good))]
+    del batch  # its buffer is sized for the worst case (the run's raw size): not kept
     runs: list[list[int]] = []  # places in good[]: consecutive chunks tried together
     run: list[int] | None = None
     run_raw = 0
