@@ -27,7 +27,7 @@ test: lint
 # The full benchmark (builds a real Go build cache corpus once, minutes; see bench/README.md).
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m bench.run --corpus go --json bench/results/go.json
+	$(BIN)/python -m bench.run --corpus go --small-files npm --json bench/results/go.json
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick --json bench/results/quick.json

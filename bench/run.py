@@ -102,6 +102,7 @@ NEXT_GETS = 3
 CEILING, CACHESRV, PEER, CORPUS = "ceiling", "cachesrv", "peer", "corpus"
 CACHESRV_S3 = "cachesrv_s3"  # cachesrv with --store s3:// on SeaweedFS (--store s3)
 NEEDS_PEER, NEEDS_LOAD, NEEDS_ZSTD_BODY, NEEDS_S3 = "peer", "load", "zstd_body", "s3"
+NEEDS_SMALL = "small_files"  # --small-files: a corpus of many small files, same run
 S3_PREFIX = "s3_"  # an S3 figure's name: this + the local store's figure's name
 
 
@@ -258,6 +259,21 @@ FIGURES: list[Figure] = [
     _fig("peer_stored_MB", "MB", _PEER + "bytes of the files in its directory after v1 and "
          "v2 (it keeps the last upload, uncompressed).", "zstd3_v1_v2_MB",
          higher_is_better=False, row="stored bytes, v1 + v2", column=PEER, needs=NEEDS_PEER),
+    # ---- a corpus of small files (--small-files), in the same run
+    _fig("small_zstd3_v1_v2_MB", "MB", "--small-files corpus: zstd -3 of its v1.tar plus "
+         "of its v2.tar, each compressed whole.", row="small files: zstd -3 of both",
+         column=CORPUS, needs=NEEDS_SMALL),
+    _fig("small_stored_after_v2_MB", "MB",
+         "--small-files corpus (npm: a node_modules tree, or maven): stored_bytes after its "
+         "v1 and v2 were uploaded (multipart) to a fresh store, once background work is "
+         "done; ratio = stored / (zstd3(v1) + zstd3(v2)).", "small_zstd3_v1_v2_MB", 0.60,
+         higher_is_better=False, row="small files: stored v1 + v2", needs=NEEDS_SMALL),
+    _fig("small_restore_next3_MBps", "MB/s",
+         "--small-files corpus: GET of its v2 (plain), the median of the 3 GETs after the "
+         "first; ratio to restore_next3_MBps, the main corpus's GET in the same run (a "
+         "tree of small files must restore as fast as a big-file cache).",
+         "restore_next3_MBps", 0.70, row="small files: GET v2, of the main corpus's",
+         needs=NEEDS_SMALL),
 ]
 # The same figures for cachesrv on an object store, beside the local store's (--store s3).
 _S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh prefix of SeaweedFS on loopback "
@@ -618,6 +634,7 @@ class Options:
     load_duration: float | None = None
     quick: bool = False
     s3: bool = False  # also cachesrv with --store s3:// on SeaweedFS (the s3_ figures)
+    small_files: corpus_mod.Corpus | None = None  # --small-files: the small_ figures
 
 
 @dataclass
@@ -831,6 +848,30 @@ def run_server_multipart(c: corpus_mod.Corpus, opts: Options, s: Samples, log_di
         return max(peaks)
 
 
+def run_small_files(sc: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
+                    verify: bool) -> None:
+    """The --small-files corpus on a fresh store: multipart v1 and v2, stored bytes, one
+    GET of v2 then the median of the next 3 (its restore beside the main corpus's)."""
+    with fresh_dir(opts.data_root) as data, _server(opts, log_dir, data, sc.v2, None) as srv:
+        port = srv.port
+        for src in (sc.v1, sc.v2):
+            upload_multipart(port, src, opts.max_time)
+            st = settled_stats(port, opts.settle_timeout, s.notes)
+        s.add("small_stored_after_v2_MB", float(st["stored_bytes"]) / MB)  # type: ignore[arg-type]
+        times = []
+        for _ in range(1 + NEXT_GETS):
+            r = restore(port, opts.max_time)
+            if r.size_download != sc.v2_bytes:
+                raise RuntimeError(f"small files: GET returned {r.size_download} bytes")
+            times.append(mbps(sc.v2_bytes, r.time_total))
+        s.add("small_restore_next3_MBps", statistics.median(times[1:]))
+        if verify:
+            digest = sha256_file(sc.v2)
+            for compressed in (False, True):
+                s.notes[f"small_encoding_{'compressed' if compressed else 'plain'}"] = (
+                    verify_restore(port, digest, compressed, opts.max_time))
+
+
 def run_server_put(c: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: Path,
                    store: ObjectStore | None = None) -> int:
     """Fresh store: PUT v1 (cold) and v2 (warm); with ``store`` the ``s3_`` figures.
@@ -929,6 +970,12 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
     v2_sha = sha256_file(c.v2)
     if not opts.s3:
         s.skip(NEEDS_S3, "cachesrv on an object store is measured with --store s3")
+    small = opts.small_files
+    if small is None or opts.server != "cachesrv":
+        s.skip(NEEDS_SMALL, "a corpus of small files is measured with --small-files")
+    else:
+        prewarm([small.v1, small.v2])
+        s.add("small_zstd3_v1_v2_MB", (zstd3_size(small.v1) + zstd3_size(small.v2)) / MB)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(object_store(opts, log_dir)) if opts.s3 else None
         body_dir = stack.enter_context(fresh_dir(opts.data_root,
@@ -943,6 +990,9 @@ def benchmark(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
                                           zstd_body)
             log(f"{tag}: server, PUT")
             peak_b = run_server_put(c, opts, s, log_dir)
+            if opts.small_files is not None and opts.server == "cachesrv":
+                log(f"{tag}: server, small files ({opts.small_files.kind})")
+                run_small_files(opts.small_files, opts, s, log_dir, opts.verify and i == 0)
             s.add("peak_rss_MB", max(peak_a, peak_b) / MB)
             if store is not None:
                 log(f"{tag}: server on S3 (SeaweedFS), multipart + restores")
@@ -1054,6 +1104,7 @@ def _meta(c: corpus_mod.Corpus, opts: Options) -> dict[str, object]:
 _BASELINE_LABEL = {
     "link_baseline_x": "plain, link check", "sendfile_10gbit_compressed_x": "sendfile",
     "zstd3_v1_MB": "zstd -3", "zstd3_v1_v2_MB": "zstd -3", "load_peer_requests": "peer",
+    "small_zstd3_v1_v2_MB": "zstd -3", "restore_next3_MBps": "main corpus",
     "load_peer_get_p99_ms": "peer", "load_ceiling_requests": "client check",
     "load_ceiling_get_p99_ms": "client check", "load_ceiling_errors": "client check",
     "load_ceiling_503": "client check",
@@ -1188,6 +1239,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     ap.add_argument("--data-root", type=Path, help="where fresh stores are made (default TMPDIR)")
     ap.add_argument("--log-dir", type=Path, help="where server logs go (default a temp dir)")
+    ap.add_argument("--small-files", choices=["npm", "maven"], default=None,
+                    help="also measure a corpus of many small files in the same run: its "
+                    "stored bytes, and its restore against the main corpus's (make bench: "
+                    "npm)")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the byte-exact check of GET (plain and --compressed)")
     return ap.parse_args(argv)
@@ -1226,6 +1281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_duration=args.load_duration,
         quick=args.quick,
         s3=args.store == "s3",
+        small_files=corpus_mod.build(args.small_files) if args.small_files else None,
     )
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     c = corpus_mod.build(kind, size_mb)

@@ -6,7 +6,8 @@ checks that GET returns the uploaded bytes (plain and ``--compressed``), and wri
 JSON. Every figure the harness defines must be in that JSON with a positive value, unless
 the JSON lists it in ``figures_skipped`` with a reason, and only figures that need the
 peer (go-simple-uploader: --quick never builds Go), the load benchmark (not part of
---quick) or an object store (``--store s3``) may be skipped. ``--quick --store s3`` runs
+--quick), an object store (``--store s3``) or a corpus of small files (``--small-files``:
+npm or Debian packages) may be skipped. ``--quick --store s3`` runs
 the same with cachesrv on SeaweedFS too, and then the object store's figures must all be
 there. The load benchmark gets a run of its own, tiny. Targets are not asserted: a 4 MiB
 corpus measures latency, not throughput.
@@ -79,7 +80,7 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     skipped = {s["figure"]: s for s in doc["figures_skipped"]}
     for f in run.FIGURES:
         if f.name in skipped:
-            assert f.needs in ("peer", "load", "s3"), (
+            assert f.needs in ("peer", "load", "s3", "small_files"), (
                 f"{f.name} was skipped ({skipped[f.name]['reason']}) but --quick must measure it"
             )
             assert skipped[f.name]["reason"], f"{f.name} skipped without a reason"
@@ -99,6 +100,9 @@ def test_quick_benchmark_produces_every_figure(tmp_path: Path) -> None:
     assert "GET v2, first read" in proc.stdout  # the table was printed
     assert "not measured" in proc.stdout  # ... and says what it skipped
     assert any(s["needs"] == "s3" and "--store s3" in s["reason"] for s in skipped.values())
+    assert any(
+        s["needs"] == "small_files" and "--small-files" in s["reason"] for s in skipped.values()
+    )
     assert "cachesrv on SeaweedFS" not in proc.stdout
 
 
