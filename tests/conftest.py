@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -166,6 +167,23 @@ def curl(
     return subprocess.run(
         ["curl", "-sS", *args], input=input, capture_output=True, check=check, timeout=timeout
     )
+
+
+def server_stats(server: Server) -> dict[str, object]:
+    """The server's /-/stats."""
+    return json.loads(curl("-f", f"{server.url}/-/stats").stdout)  # type: ignore[no-any-return]
+
+
+def settled(server: Server, timeout: float = 60) -> dict[str, object]:
+    """/-/stats once the background work after the uploads (compressing the new chunks,
+    warming the hot cache) is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        numbers = server_stats(server)
+        if numbers["background_pending_bytes"] == 0:
+            return numbers
+        time.sleep(0.05)
+    raise AssertionError(f"background work not done in {timeout} s")
 
 
 def status(*args: str, input: bytes | None = None) -> int:

@@ -6,17 +6,15 @@ before, during and after its compression; the raw copies do not stay on disk.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import Server, StartServer, curl
+from conftest import Server, StartServer, curl, server_stats, settled
 
 from cachesrv.ingest.session import DEFER_HEADROOM
 from cachesrv.store import Codec
@@ -33,25 +31,11 @@ def _object(size: int) -> bytes:
     return b"".join(runs)
 
 
-def _stats(server: Server) -> dict[str, object]:
-    return json.loads(curl("-f", f"{server.url}/-/stats").stdout)  # type: ignore[no-any-return]
-
-
 def _codecs(data: Path) -> dict[int, int]:
     index = sqlite3.connect(data / "chunks" / "index.sqlite")
     found = dict(index.execute("SELECT codec, count(*) FROM chunks GROUP BY codec").fetchall())
     index.close()
     return found
-
-
-def _settled(server: Server, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        numbers = _stats(server)
-        if numbers["background_pending_bytes"] == 0:
-            return numbers
-        time.sleep(0.05)
-    raise AssertionError(f"background work not done in {timeout} s")
 
 
 def _restores_match(server: Server, data: bytes) -> None:
@@ -75,12 +59,12 @@ def test_uploads_store_raw_the_background_compresses_and_restores_match_througho
     server = start_server(args=[*NO_HOT, "--ingest-workers", workers])
     data = _object(24 * MB)
     assert curl("-f", "-T", "-", f"{server.url}/obj.bin", input=data).returncode == 0
-    first = _stats(server)
+    first = server_stats(server)
     # what the upload wrote is raw or already compressed: never more than the upload
     assert int(first["compression_pending_bytes"]) <= len(data)  # type: ignore[call-overload]
     for _ in range(3):  # while the background works (restores slow it down, never stop it)
         _restores_match(server, data)
-    done = _settled(server)
+    done = settled(server)
     assert done["compression_pending_bytes"] == 0
     raw = int(done["chunk_raw_bytes"])  # type: ignore[call-overload]
     assert int(done["stored_bytes"]) < 0.8 * raw  # type: ignore[call-overload]
@@ -96,7 +80,7 @@ def test_background_level_0_compresses_during_the_upload(start_server: StartServ
     server = start_server(args=[*NO_HOT, "--background-level", "0"])
     data = _object(8 * MB)
     assert curl("-f", "-T", "-", f"{server.url}/obj.bin", input=data).returncode == 0
-    numbers = _stats(server)  # at once: nothing was left for later
+    numbers = server_stats(server)  # at once: nothing was left for later
     assert numbers["compression_pending_bytes"] == 0
     assert int(numbers["stored_bytes"]) < 0.8 * len(data)  # type: ignore[call-overload]
     server.stop()
@@ -114,7 +98,7 @@ def test_a_kill_mid_compression_loses_nothing_and_a_restart_finishes_it(
     assert _fsck(server.data).returncode == 0
     server = start_server(args=NO_HOT, data=server.data)
     _restores_match(server, data)
-    assert _settled(server)["compression_pending_bytes"] == 0
+    assert settled(server)["compression_pending_bytes"] == 0
     _restores_match(server, data)
     server.stop()
     assert Codec.PENDING not in _codecs(server.data)
@@ -123,7 +107,7 @@ def test_a_kill_mid_compression_loses_nothing_and_a_restart_finishes_it(
 
 def _written(server: Server) -> tuple[int, int]:
     """New raw bytes uploads brought, and bytes they wrote for them, since start."""
-    counts = _stats(server)["since_start"]
+    counts = server_stats(server)["since_start"]
     return counts["upload_new_bytes"], counts["upload_stored_bytes"]  # type: ignore[index]
 
 
@@ -138,7 +122,7 @@ def test_a_store_near_its_hard_limit_compresses_during_the_upload(
     assert curl("-f", "-T", "-", f"{server.url}/a.bin", input=_object(8 * MB)).returncode == 0
     new, written = _written(server)
     assert new > 7 * MB and written == new  # room enough: stored raw, for later
-    assert int(_settled(server)["stored_bytes"]) > 4 * MB  # type: ignore[call-overload]
+    assert int(settled(server)["stored_bytes"]) > 4 * MB  # type: ignore[call-overload]
     second = _object(8 * MB)  # the store is now within 1 GiB of its limit
     assert curl("-f", "-T", "-", f"{server.url}/b.bin", input=second).returncode == 0
     more_new, more_written = _written(server)

@@ -8,17 +8,15 @@ byte-identical, a damaged group never served and found by fsck.
 from __future__ import annotations
 
 import io
-import json
 import random
 import sqlite3
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import zstandard
-from conftest import Server, StartServer, curl
+from conftest import Server, StartServer, curl, server_stats, settled
 
 from cachesrv.store import Codec
 
@@ -61,20 +59,6 @@ def _versions() -> tuple[dict[str, bytes], dict[str, bytes]]:
     return v1, v2
 
 
-def _stats(server: Server) -> dict[str, object]:
-    return json.loads(curl("-f", f"{server.url}/-/stats").stdout)  # type: ignore[no-any-return]
-
-
-def _settled(server: Server, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        numbers = _stats(server)
-        if numbers["background_pending_bytes"] == 0:
-            return numbers
-        time.sleep(0.05)
-    raise AssertionError(f"background work not done in {timeout} s")
-
-
 def _upload(server: Server, path: str, tar: bytes, tmp: Path) -> None:
     file = tmp / path
     file.write_bytes(tar)
@@ -113,9 +97,9 @@ def test_small_files_share_frames_store_less_and_restore_identical(
     for level in ("9", "0"):
         server = start_server(args=[*NO_HOT, "--group-level", level])
         _upload(server, "v1.tar", tars["v1.tar"], tmp_path)
-        new_v1 = _stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
+        new_v1 = server_stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
         _upload(server, "v2.tar", tars["v2.tar"], tmp_path)
-        numbers = _settled(server)
+        numbers = settled(server)
         stored[level] = int(numbers["stored_bytes"])  # type: ignore[call-overload]
         # dedup survives: v2 brought only the files that changed
         new_v2 = numbers["since_start"]["upload_new_bytes"] - new_v1  # type: ignore[index]
@@ -144,7 +128,7 @@ def test_a_damaged_grouped_frame_is_never_served_and_fsck_finds_it(
     tar = _tree(v1)
     server = start_server(args=NO_HOT)
     _upload(server, "v1.tar", tar, tmp_path)
-    _settled(server)
+    settled(server)
     server.stop()
     rows = _grouped_rows(server.data)
     _, pack, offset, span = rows[0]
@@ -169,7 +153,7 @@ def test_a_damaged_grouped_frame_is_never_served_and_fsck_finds_it(
     assert _fsck(server.data, "--repair").returncode != 0  # reported, then quarantined
     server = start_server(args=NO_HOT, data=server.data)
     _upload(server, "v1.tar", tar, tmp_path)  # a re-upload stores the lost chunks anew
-    _settled(server)
+    settled(server)
     _restores_match(server, "v1.tar", tar)
 
 
@@ -182,11 +166,11 @@ def test_a_hot_version_restores_compressed_from_its_zstd_spans(
     tar = _tree(v1)
     server = start_server(args=["--gc-interval", "0"])
     _upload(server, "v1.tar", tar, tmp_path)
-    _settled(server)  # the warm-up included
-    before = _stats(server)["since_start"]["hot_span_hits"]  # type: ignore[index]
+    settled(server)  # the warm-up included
+    before = server_stats(server)["since_start"]["hot_span_hits"]  # type: ignore[index]
     body = curl("-f", "-H", "Accept-Encoding: zstd", f"{server.url}/v1.tar").stdout
     spans = -(-len(tar) // (1 << 20))
-    assert _stats(server)["since_start"]["hot_span_hits"] == before + spans  # type: ignore[index]
+    assert server_stats(server)["since_start"]["hot_span_hits"] == before + spans  # type: ignore[index]
     assert len(body) < len(tar) / 3
     frames = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
     assert frames.read() == tar  # a frame per span, concatenated

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import Server, StartServer, curl
+from conftest import Server, StartServer, curl, settled
+from conftest import server_stats as stats
 
 NO_HOT = ["--hot-cache-bytes", "0"]
 WORKERS = pytest.mark.parametrize("workers", ["0", "1"], ids=["threads", "process"])
@@ -65,21 +65,6 @@ def codecs(data_dir: Path) -> set[int]:
     found = {row[0] for row in index.execute("SELECT DISTINCT codec FROM chunks")}
     index.close()
     return found
-
-
-def stats(server: Server) -> dict[str, object]:
-    return json.loads(curl(f"{server.url}/-/stats").stdout)  # type: ignore[no-any-return]
-
-
-def settled(server: Server) -> dict[str, object]:
-    """/-/stats once the background work after the uploads (compressing the new chunks,
-    warming the hot cache) is done."""
-    for _ in range(600):
-        numbers = stats(server)
-        if numbers["background_pending_bytes"] == 0:
-            return numbers
-        time.sleep(0.05)
-    raise AssertionError("background work did not finish in 30 s")
 
 
 def upload_then_damage(start_server: StartServer, data: bytes, nth: int, workers: str) -> Server:
