@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,4 +128,38 @@ def test_a_store_near_its_hard_limit_compresses_during_the_upload(
     assert curl("-f", "-T", "-", f"{server.url}/b.bin", input=second).returncode == 0
     more_new, more_written = _written(server)
     assert more_written - written < 0.8 * (more_new - new)  # compressed as it came
+    assert curl("-f", f"{server.url}/b.bin").stdout == second
+
+
+def test_compression_waits_while_a_restore_streams(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A restore's cores and memory come first: with less than BUSY_BACKLOG pending, the
+    background takes no step while one streams (nor while an upload runs), and catches
+    up once it ends."""
+    server = start_server(args=NO_HOT)
+    first = _object(24 * MB)
+    assert curl("-f", "-T", "-", f"{server.url}/a.bin", input=first).returncode == 0
+    settled(server)
+    out = tmp_path / "a.out"
+    slow = subprocess.Popen(  # ~12 s at 2 MB/s
+        ["curl", "-sSf", "--limit-rate", "2000000", "-o", str(out), f"{server.url}/a.bin"]
+    )
+    try:
+        while not (out.exists() and out.stat().st_size > 0):  # the restore is streaming
+            assert slow.poll() is None
+            time.sleep(0.01)
+        second = _object(4 * MB)
+        assert curl("-f", "-T", "-", f"{server.url}/b.bin", input=second).returncode == 0
+        waiting = []
+        # while the server still has more to send than socket buffers hold (seconds)
+        while slow.poll() is None and out.stat().st_size < len(first) - 8 * MB:
+            waiting.append(server_stats(server)["compression_pending_bytes"])
+            time.sleep(0.05)
+        assert len(waiting) > 20, "the restore ended too soon to tell: make it slower"
+        assert len(set(waiting)) == 1 and int(waiting[0]) > 0  # type: ignore[call-overload]
+    finally:
+        assert slow.wait(timeout=60) == 0
+    assert out.read_bytes() == first
+    assert settled(server)["compression_pending_bytes"] == 0
     assert curl("-f", f"{server.url}/b.bin").stdout == second

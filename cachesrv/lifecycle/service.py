@@ -15,6 +15,7 @@ import logging
 import trio
 
 from cachesrv import malloc
+from cachesrv.ingest.session import DEFER_HEADROOM
 from cachesrv.lifecycle.gc import GcReport
 from cachesrv.repository import Repository
 from cachesrv.status import History
@@ -27,6 +28,12 @@ STEP_PAUSE = 0.002  # seconds between two GC increments: the event loop's turn
 COMPRESS_STEP = GROUP_RAW  # raw bytes compressed per hand-over (~10 ms at zstd -3, a group)
 BUSY_PAUSE = 0.25  # seconds between two compression steps while requests do heavy work
 IDLE_POLL = 1.0  # seconds between two looks for pending chunks when there were none
+# While uploads or restores run, compression waits unless this many raw bytes are
+# pending: a level-9 step holds ~15 MB and a core beside them (bench.many_files: an
+# upload of 100,800 files, and the restore right after it). Past it, it goes on at the
+# busy pace, so it never starves; uploads store raw only with as much room left (see
+# cachesrv.ingest.session.DEFER_HEADROOM).
+BUSY_BACKLOG = DEFER_HEADROOM
 
 
 async def run(
@@ -114,6 +121,8 @@ async def compress_pending(repo: Repository) -> None:
     level = repo.config.background_level or repo.config.compression_level
 
     def step() -> int:
+        if repo.busy and repo.store.stats().pending_bytes < BUSY_BACKLOG:
+            return 0  # requests' memory and cores first: this waits (see BUSY_BACKLOG)
         # while uploads add to the queue, only whole steps: its last group is not cut short
         full = repo.uploads_active > 0
         done = repo.store.compress_pending(level, COMPRESS_STEP, repo.config.group_level, full)
