@@ -85,14 +85,14 @@ def _check_chunks(db: Database, pack_dir: Path, report: VerifyReport) -> list[Ba
                         raise ChunkError("its record header names another chunk")
                     if magic != RECORD_MAGICS[Codec(codec)]:
                         raise ChunkError("its record header says another codec")
+                    stored = Frame(frame, raw_size, Codec(codec), digest, inner or 0)
+                    if digest is not None and body is None:  # a group's: with its first member
+                        check_frame(chunk_id, stored)  # what zstd restores rely on
                     if grouped:
                         if body is None:
                             body = (pack, offset, frame, set(group_parts(frame)[1]))
                         if GroupMember(chunk_id, raw_size, inner) not in body[3]:
                             raise ChunkError("its grouped frame's table does not list it there")
-                    stored = Frame(frame, raw_size, Codec(codec), digest, inner or 0)
-                    if digest is not None:
-                        check_frame(chunk_id, stored)  # what zstd restores rely on
                     decode_frame(chunk_id, stored)  # and what the bytes really are
                 except ChunkError as exc:
                     reason = str(exc)
