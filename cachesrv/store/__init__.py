@@ -22,9 +22,9 @@ import collections
 import enum
 import struct
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import blake3
 import zstandard
@@ -253,19 +253,47 @@ class Compressed(NamedTuple):
     frame: Frame
 
 
-def member_frames(record: Compressed, ids: Sequence[bytes], sizes: Sequence[int]) -> list[Frame]:
-    """How each chunk of a stored record reads back (a grouped record: a slice each)."""
-    frame = record.frame
+def member_frames(frame: Frame) -> list[Frame]:
+    """How each chunk of a stored record reads back: a grouped frame's members, in the
+    order of its table, each with its share of the body's bytes (by raw size); any other
+    frame, itself."""
     if frame.codec != Codec.GROUP:
         return [frame]
-    frames, inner, counted = [], 0, 0
-    for k, n in enumerate(record.members):
-        last = k == len(record.members) - 1
-        share = len(frame.data) - counted if last else len(frame.data) * sizes[n] // frame.raw_size
-        frames.append(Frame(frame.data, sizes[n], Codec.GROUP, frame.digest, inner, share))
-        inner += sizes[n]
+    _, members = group_parts(frame.data)
+    frames, counted = [], 0
+    for k, member in enumerate(members):
+        last = k == len(members) - 1
+        share = (
+            len(frame.data) - counted
+            if last
+            else len(frame.data) * member.raw_size // frame.raw_size
+        )
+        frames.append(
+            Frame(frame.data, member.raw_size, Codec.GROUP, frame.digest, member.inner, share)
+        )
         counted += share
     return frames
+
+
+T = TypeVar("T")
+
+
+def pending_step(
+    pending: Iterable[T], raw_size: Callable[[T], int], budget: int
+) -> tuple[list[T], bool]:
+    """The pending chunks one :meth:`ChunkStore.compress_pending` call takes, in the order
+    they were written: up to ``budget`` raw bytes (the first whatever its size, so that a
+    group is never larger), and whether the budget was reached (more is pending than one
+    step: with ``full``, a step is only taken then)."""
+    taken: list[T] = []
+    raw = 0
+    for item in pending:
+        size = raw_size(item)
+        if taken and raw + size > budget:
+            return taken, True
+        taken.append(item)
+        raw += size
+    return taken, raw >= budget
 
 
 def compress_frames(

@@ -24,6 +24,7 @@ from cachesrv.store import (
     compress_frames,
     decode_frame,
     member_frames,
+    pending_step,
 )
 from cachesrv.store.mark import SqliteMarkSession
 
@@ -183,25 +184,17 @@ class MemoryChunkStore:
     def compress_pending(
         self, level: int, budget: int, group_level: int = 0, full: bool = False
     ) -> int:
-        with self._lock:
-            todo: list[tuple[bytes, Frame]] = []
-            raw, reached = 0, False
-            for chunk_id, frame in self._chunks.items():  # in the order they were stored
-                if frame.codec == Codec.PENDING:
-                    if todo and raw + frame.raw_size > budget:  # a group: up to the budget
-                        reached = True
-                        break
-                    todo.append((chunk_id, frame))
-                    raw += frame.raw_size
-        if not todo or (full and not (reached or raw >= budget)):
+        with self._lock:  # in the order they were stored
+            pending = ((i, f) for i, f in self._chunks.items() if f.codec == Codec.PENDING)
+            todo, reached = pending_step(pending, lambda item: item[1].raw_size, budget)
+        if not todo or (full and not reached):
             return 0
         ids, olds = [i for i, _ in todo], [f for _, f in todo]
         records, damaged = compress_frames(level, ids, olds, group_level)
-        sizes = [f.raw_size for f in olds]
         done = 0
         with self._lock:
             for record in records:
-                for n, new in zip(record.members, member_frames(record, ids, sizes), strict=True):
+                for n, new in zip(record.members, member_frames(record.frame), strict=True):
                     if self._chunks.get(ids[n]) is olds[n]:  # not deleted or stored anew
                         self._chunks[ids[n]] = new
                         done += new.raw_size

@@ -38,6 +38,7 @@ from cachesrv.store import (
     compress_frames,
     decode_frame,
     member_frames,
+    pending_step,
 )
 from cachesrv.store.mark import SqliteMarkSession
 
@@ -352,20 +353,16 @@ class LocalChunkStore:
         pending record that does not match its digest, or whose pack is gone, is
         quarantined as fsck --repair would (a re-upload stores it again)."""
         conn = self.db.conn
-        todo: list[tuple[bytes, Location]] = []
-        raw, reached = 0, False
-        for chunk_id, *location in conn.execute(
-            # in the order they were written: the compressed copies keep an object's order
-            f"SELECT id, {LOCATION} FROM chunks WHERE codec = 2 ORDER BY pack, offset LIMIT ?",
-            (PENDING_ROWS,),
-        ):
-            if todo and raw + location[3] > budget:  # a group holds up to the budget
-                reached = True
-                break
-            todo.append((chunk_id, tuple(location)))  # type: ignore[arg-type]
-            raw += location[3]
-        reached = reached or raw >= budget or len(todo) == PENDING_ROWS
-        if not todo or (full and not reached):
+        rows: Iterator[tuple[bytes, Location]] = (
+            (chunk_id, tuple(location))  # type: ignore[misc]
+            for chunk_id, *location in conn.execute(
+                # in write order: the compressed copies keep an object's order
+                f"SELECT id, {LOCATION} FROM chunks WHERE codec = 2 ORDER BY pack, offset LIMIT ?",
+                (PENDING_ROWS,),
+            )
+        )
+        todo, reached = pending_step(rows, lambda row: row[1][3], budget)
+        if not todo or (full and not (reached or len(todo) == PENDING_ROWS)):
             return 0
         ids, frames, olds, bad = [], [], [], []
         for chunk_id, location in todo:
@@ -380,13 +377,12 @@ class LocalChunkStore:
         records, damaged = compress_frames(level, ids, frames, group_level)
         for n in damaged:
             bad.append((ids[n], olds[n], "pending record does not match its digest"))
-        sizes = [f.raw_size for f in frames]
         writer = self.writer()
         done = 0
         try:
             for record in records:
                 if record.frame.codec == Codec.GROUP:
-                    news = member_frames(record, ids, sizes)
+                    news = member_frames(record.frame)
                     writer.replace_group(
                         record.frame,
                         [
@@ -397,7 +393,7 @@ class LocalChunkStore:
                 else:
                     (n,) = record.members
                     writer.replace(ids[n], record.frame, olds[n])
-                done += sum(sizes[n] for n in record.members)
+                done += sum(frames[n].raw_size for n in record.members)
             writer.commit()
         except BaseException:
             writer.abort()
