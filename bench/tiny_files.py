@@ -39,7 +39,7 @@ import zstandard
 from bench import corpus as corpus_mod
 from cachesrv.chunking import Splitter
 from cachesrv.ingest.session import INLINE_LIMIT
-from cachesrv.store import GROUP_RAW, chunk_id, compress_frames, defer_chunk
+from cachesrv.store import GROUP_RAW, chunk_id, compress_frames, defer_chunk, pending_step
 
 SMALL = 64 * 1024
 GROUP = 1 << 20
@@ -97,25 +97,15 @@ def grouped(chunks: list[bytes], level: int) -> int:
 
 
 def shipped(chunks: list[bytes]) -> int:
-    """The background's own choice, a 4 MiB step at a time as it runs."""
-    total = 0
-    for step in _steps(chunks, GROUP_RAW):
+    """The background's own choice, a step at a time as it runs (``pending_step``)."""
+    total, rest = 0, chunks
+    while rest:
+        step, _ = pending_step(rest, len, GROUP_RAW)
+        rest = rest[len(step) :]
         ids = [chunk_id(d) for d in step]
         records, _ = compress_frames(3, ids, [defer_chunk(d) for d in step], 9)
         total += sum(len(r.frame.data) for r in records)
     return total
-
-
-def _steps(chunks: list[bytes], budget: int) -> list[list[bytes]]:
-    steps: list[list[bytes]] = []
-    raw = budget
-    for data in chunks:
-        if raw + len(data) > budget:
-            steps.append([])
-            raw = 0
-        steps[-1].append(data)
-        raw += len(data)
-    return steps
 
 
 def trained(chunks: list[bytes], v1_small: list[bytes], level: int) -> int:
