@@ -40,11 +40,13 @@ def corrupt_chunk(data_dir: Path, nth: int) -> None:
     _flip(data_dir / "chunks" / "packs" / name, offset + length // 2)
 
 
-def corrupt_hot_spans(data_dir: Path) -> int:
-    """Flip a byte in every span of the hot cache; returns how many."""
+def corrupt_hot_spans(data_dir: Path, only: int | None = None) -> int:
+    """Flip a byte in every span of the hot cache (``only``: every span of that index);
+    returns how many."""
     index = sqlite3.connect(data_dir / "hot" / "index.sqlite")
     rows = index.execute(
         "SELECT g.name, s.offset, s.length FROM spans s JOIN segments g ON g.id = s.segment"
+        + ("" if only is None else f" WHERE s.idx = {only:d}")
     ).fetchall()
     index.close()
     for name, offset, length in rows:
@@ -153,6 +155,48 @@ def test_a_damaged_hot_span_is_never_served_the_store_serves_instead(
     assert numbers["hot_span_hits"] >= 1  # type: ignore[index]  # spans re-added by the first GET
     assert numbers["hot_span_misses"] >= 5  # type: ignore[index]
     assert "does not match its digest" in server.log_text()
+
+
+def test_a_span_damaged_mid_object_is_served_from_the_store_from_there_on(
+    start_server: StartServer,
+) -> None:
+    # a restore that is all hot is sent by the server process itself (not a job): the
+    # span that fails its digest is dropped, and the rest comes from a job, verified
+    server = start_server()
+    data = compressible(5_000_000)
+    assert curl("-f", "-T", "-", f"{server.url}/mid.bin", input=data).returncode == 0
+    settled(server)
+    before = stats(server)["since_start"]
+    assert corrupt_hot_spans(server.data, only=2) == 2  # the plain span, and its zstd form
+    assert curl("-f", f"{server.url}/mid.bin").stdout == data
+    after = stats(server)["since_start"]
+    # spans 0 and 1 sent here, 3 and 4 hot in the job, 2 decoded from the chunk store
+    assert after["hot_span_hits"] - before["hot_span_hits"] == 4  # type: ignore[index, operator]
+    assert after["hot_span_misses"] - before["hot_span_misses"] == 1  # type: ignore[index, operator]
+    assert "does not match its digest" in server.log_text()
+    assert (
+        curl("-f", "-r", "1500000-3499999", f"{server.url}/mid.bin").stdout
+        == (data[1500000:3500000])
+    )
+    assert curl("-f", f"{server.url}/mid.bin").stdout == data
+
+
+def test_hot_spans_out_of_the_page_cache_are_read_off_the_event_loop_and_whole(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    data = compressible(5_000_000)
+    assert curl("-f", "-T", "-", f"{server.url}/cold.bin", input=data).returncode == 0
+    settled(server)
+    os.sync()  # clean pages can be dropped: the segments then need the disk (RWF_NOWAIT fails)
+    for segment in (server.data / "hot" / "segments").iterdir():
+        fd = os.open(segment, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    before = stats(server)["since_start"]
+    assert curl("-f", f"{server.url}/cold.bin").stdout == data
+    after = stats(server)["since_start"]
+    assert after["hot_span_hits"] - before["hot_span_hits"] == 5  # type: ignore[index, operator]
 
 
 def test_undamaged_objects_still_serve(server: Server) -> None:

@@ -28,6 +28,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+B = TypeVar("B", bytes, bytes | bytearray)  # what a pinned body yields
 
 
 class ManifestPins:
@@ -43,7 +46,7 @@ class ManifestPins:
         self._decoded: dict[bytes, set[bytes]] = {}  # their chunk ids, once GC asked
         self._lock = threading.Lock()
 
-    async def hold(self, manifest_id: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def hold(self, manifest_id: bytes, body: AsyncIterator[B]) -> AsyncIterator[B]:
         """``body``, with the manifest pinned until it is exhausted or closed."""
         with self._lock:
             self._held[manifest_id] += 1

@@ -27,6 +27,7 @@ count in ``disk_bytes`` and ``hot_bytes``, not in the store's stored bytes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -123,12 +124,51 @@ class HotCache:
             data = self._view(span)
         except (OSError, ValueError):
             data = memoryview(b"")  # segment dropped meanwhile, or shorter: a miss
-        if len(data) == span.length and frame_digest(data) == span.digest:
-            return data
-        if data:
+        return data if self._checked(digest, index, span, data, len(data)) else None
+
+    def read_copy(
+        self, digest: bytes, index: int, span: HotSpan, wait: bool = True
+    ) -> bytearray | None:
+        """:meth:`read` into a buffer of its own, for a process that sends the bytes on
+        (its send copies a view anyway) and must not map pages it would have to count.
+        With ``wait=False`` it reads only what the page cache holds, and raises
+        :class:`BlockingIOError` if any of the span would come from the disk: an event
+        loop never waits for one."""
+        data = bytearray(span.length)
+        view, got = memoryview(data), 0
+        try:
+            fd = self._read_fd(span.segment)
+            while got < span.length:
+                n = os.preadv(fd, [view[got:]], span.offset + got, 0 if wait else os.RWF_NOWAIT)
+                if n == 0:
+                    break  # recorded but never written whole (a crash)
+                got += n
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if not wait and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise BlockingIOError(exc.errno, "no RWF_NOWAIT here") from exc
+            got = 0  # segment dropped meanwhile: a miss
+        finally:
+            view.release()
+        return data if self._checked(digest, index, span, data, got) else None
+
+    def _checked(
+        self,
+        digest: bytes,
+        index: int,
+        span: HotSpan,
+        data: bytes | bytearray | memoryview,
+        got: int,
+    ) -> bool:
+        """Whether ``got`` bytes of ``data`` are the whole span and match its digest; if
+        not, the span is forgotten (the restore reads the store)."""
+        if got == span.length and frame_digest(data) == span.digest:
+            return True
+        if got:
             log.warning("hot span %s/%d does not match its digest; dropped", digest.hex(), index)
         self._forget(digest, index, span)
-        return None
+        return False
 
     def release(self, span: HotSpan) -> None:
         """Unmap a served span's pages from this process (they stay in the page cache):
