@@ -157,15 +157,21 @@ def test_a_damaged_hot_span_is_never_served_the_store_serves_instead(
     assert "does not match its digest" in server.log_text()
 
 
+def hot_object(start_server: StartServer, name: str) -> tuple[Server, bytes]:
+    """A server holding a 5-span object ``name``, all hot once the warm-up is done."""
+    server = start_server()
+    data = compressible(5_000_000)
+    assert curl("-f", "-T", "-", f"{server.url}/{name}", input=data).returncode == 0
+    settled(server)
+    return server, data
+
+
 def test_a_span_damaged_mid_object_is_served_from_the_store_from_there_on(
     start_server: StartServer,
 ) -> None:
     # a restore that is all hot is sent by the server process itself (not a job): the
     # span that fails its digest is dropped, and the rest comes from a job, verified
-    server = start_server()
-    data = compressible(5_000_000)
-    assert curl("-f", "-T", "-", f"{server.url}/mid.bin", input=data).returncode == 0
-    settled(server)
+    server, data = hot_object(start_server, "mid.bin")
     before = stats(server)["since_start"]
     assert corrupt_hot_spans(server.data, only=2) == 2  # the plain span, and its zstd form
     assert curl("-f", f"{server.url}/mid.bin").stdout == data
@@ -184,10 +190,7 @@ def test_a_span_damaged_mid_object_is_served_from_the_store_from_there_on(
 def test_hot_spans_out_of_the_page_cache_are_read_off_the_event_loop_and_whole(
     start_server: StartServer,
 ) -> None:
-    server = start_server()
-    data = compressible(5_000_000)
-    assert curl("-f", "-T", "-", f"{server.url}/cold.bin", input=data).returncode == 0
-    settled(server)
+    server, data = hot_object(start_server, "cold.bin")
     os.sync()  # clean pages can be dropped: the segments then need the disk (RWF_NOWAIT fails)
     for segment in (server.data / "hot" / "segments").iterdir():
         fd = os.open(segment, os.O_RDONLY)
