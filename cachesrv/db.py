@@ -75,7 +75,10 @@ class Database:
                 raise OSError(errno.ENOSPC, f"{self.path.name}: {exc}") from exc
             if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 # another process held the lock past busy_timeout: the HTTP layer's 503
-                raise OSError(errno.EBUSY, f"{self.path.name} is locked: {exc}") from exc
+                # the extended name tells a lock held too long (SQLITE_BUSY) from a stale
+                # read snapshot on this connection (SQLITE_BUSY_SNAPSHOT: waiting cannot help)
+                name = getattr(exc, "sqlite_errorname", "")
+                raise OSError(errno.EBUSY, f"{self.path.name} is locked: {exc} ({name})") from exc
             raise
 
     def close(self) -> None:
