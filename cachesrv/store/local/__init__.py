@@ -353,14 +353,18 @@ class LocalChunkStore:
         pending record that does not match its digest, or whose pack is gone, is
         quarantined as fsck --repair would (a re-upload stores it again)."""
         conn = self.db.conn
-        rows: Iterator[tuple[bytes, Location]] = (
+        # Read whole (at most PENDING_ROWS rows): a cursor that pending_step leaves unread
+        # keeps its read snapshot open on this thread's connection, and the commit below
+        # then fails at once with SQLITE_BUSY_SNAPSHOT whenever another connection has
+        # written since (a push's pins did, and the background and pushes got 503s).
+        rows: list[tuple[bytes, Location]] = [
             (chunk_id, tuple(location))  # type: ignore[misc]
             for chunk_id, *location in conn.execute(
                 # in write order: the compressed copies keep an object's order
                 f"SELECT id, {LOCATION} FROM chunks WHERE codec = 2 ORDER BY pack, offset LIMIT ?",
                 (PENDING_ROWS,),
-            )
-        )
+            ).fetchall()
+        ]
         todo, reached = pending_step(rows, lambda row: row[1][3], budget)
         if not todo or (full and not (reached or len(todo) == PENDING_ROWS)):
             return 0
