@@ -245,7 +245,7 @@ class CacheService:
             self.repo.access.touch("entry", ref.name)
         return ref
 
-    def open_body(self, job: Job) -> AsyncIterator[bytes | bytearray]:
+    def open_body(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview]:
         """The restore job's bytes, the manifest pinned (GC keeps its chunks, in whatever
         process the job runs) until the body is exhausted or closed. Nothing is decoded
         here: a version collected since it was looked up fails the job (a clean 500)."""

@@ -95,7 +95,7 @@ async def _stream(
     send: Any,
     status: int,
     headers: Headers,
-    body: AsyncIterator[bytes | bytearray],
+    body: AsyncIterator[bytes | bytearray | memoryview],
     ref: Ref,
 ) -> None:
     # The restore job runs ahead of the client by its socket's buffer (cachesrv.restore).

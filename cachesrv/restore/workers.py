@@ -160,7 +160,7 @@ class RestorePool:
             finally:
                 self.warm_pending_bytes -= job.size
 
-    async def stream(self, job: Job) -> AsyncIterator[bytes | bytearray]:
+    async def stream(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview]:
         """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
         cannot be served, ``OSError(ETIMEDOUT)`` if its store does not answer (before the
         first piece: nothing was sent yet)."""
@@ -192,7 +192,7 @@ class RestorePool:
 
     async def _stream_hot(
         self, job: Job, spans: dict[int, HotSpan]
-    ) -> AsyncIterator[bytes | bytearray]:
+    ) -> AsyncIterator[bytes | bytearray | memoryview]:
         """A restore whose spans are all hot, sent by this process without a worker.
 
         A worker's bytes would cross a socket to reach this process, which sends every
@@ -224,8 +224,9 @@ class RestorePool:
             if a == 0 and b == len(data) and len(data) <= job.piece:
                 yield data  # the common case: hypercorn's copy is the only one
             else:
+                view = memoryview(data)  # slices of it: hypercorn's copy is still the only one
                 for at in range(a, b, job.piece):
-                    yield data[at : min(b, at + job.piece)]
+                    yield view[at : min(b, at + job.piece)]
             position = lo + span.length
 
     async def _stream_job(self, job: Job) -> AsyncIterator[bytes]:
