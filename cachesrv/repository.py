@@ -157,7 +157,7 @@ class Repository:
         return self.restores.active > 0 or self.uploads_active > 0
 
     def upload(self) -> Upload:
-        """An upload in an idle worker process, else in a thread of this process."""
+        """An upload in a worker process with room for it, else in a thread of this process."""
         remote = self.ingest.upload()
         if remote is not None:
             return remote

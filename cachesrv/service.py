@@ -65,8 +65,8 @@ class CacheService:
 
     @asynccontextmanager
     async def upload(self) -> AsyncIterator[Upload]:
-        """An upload (in a worker process if one is idle) that is aborted, its worker
-        freed, if the block fails."""
+        """An upload (in a worker process if one has room) that is aborted, its worker
+        told, if the block fails."""
         upload = self.repo.upload()
         self.repo.uploads_active += 1
         try:
@@ -309,7 +309,7 @@ class CacheService:
         stats = await trio.to_thread.run_sync(lambda: status.status(self.repo, objects))
         pool = self.repo.ingest
         stats["workers"] = {
-            "ingest": {"size": pool.size, "idle": pool.idle},
+            "ingest": {"size": pool.size, "idle": pool.idle, "uploads": pool.running},
             "restore": {"size": self.repo.restores.size},
         }
         return stats

@@ -16,24 +16,32 @@ from cachesrv.manifest import Manifest, Piece
 KINDS = [frames.BEGIN, frames.DATA, frames.END, frames.ABORT, frames.RESULT, frames.ERROR]
 
 
-def _decode_all(decoder: frames.FrameDecoder) -> list[tuple[bytes, bytes]]:
+def _decode_all(decoder: frames.FrameDecoder) -> list[tuple[bytes, int, bytes]]:
     out = []
     while (received := decoder.next_frame()) is not None:
-        kind, payload = received
-        out.append((kind, bytes(payload)))
+        kind, upload, payload = received
+        out.append((kind, upload, bytes(payload)))
     return out
 
 
 @given(
-    st.lists(st.tuples(st.sampled_from(KINDS), st.binary(max_size=3000)), max_size=8),
+    st.lists(
+        st.tuples(
+            st.sampled_from(KINDS),
+            st.integers(min_value=0, max_value=2**32 - 1),
+            st.binary(max_size=3000),
+        ),
+        max_size=8,
+    ),
     st.lists(st.integers(min_value=1, max_value=4000), max_size=20),
 )
 def test_frames_come_out_whole_and_in_order_however_the_stream_is_cut(
-    sent: list[tuple[bytes, bytes]], cuts: list[int]
+    sent: list[tuple[bytes, int, bytes]], cuts: list[int]
 ) -> None:
-    stream = b"".join(frames.frame(kind, payload) for kind, payload in sent)
+    """Uploads' frames interleave on one socket: each keeps its upload's number."""
+    stream = b"".join(frames.frame(kind, payload, upload) for kind, upload, payload in sent)
     decoder = frames.FrameDecoder()
-    received: list[tuple[bytes, bytes]] = []
+    received: list[tuple[bytes, int, bytes]] = []
     pos = 0
     for cut in [*cuts, len(stream)]:
         decoder.feed(stream[pos : pos + cut])
@@ -52,7 +60,7 @@ def test_a_partial_frame_waits_for_the_rest() -> None:
     assert decoder.next_frame() is None
     assert decoder.buffered == 50
     decoder.feed(data[50:])
-    assert decoder.next_frame() == (frames.DATA, memoryview(b"x" * 100))
+    assert decoder.next_frame() == (frames.DATA, 0, memoryview(b"x" * 100))
     assert decoder.next_frame() is None
 
 
@@ -60,14 +68,15 @@ def test_a_payload_that_arrived_in_one_piece_is_not_copied() -> None:
     data = frames.frame(frames.DATA, b"y" * 1000) + frames.frame(frames.END)
     decoder = frames.FrameDecoder()
     decoder.feed(data)
-    kind, payload = decoder.next_frame() or (b"", memoryview(b""))
+    kind, _, payload = decoder.next_frame() or (b"", 0, memoryview(b""))
     assert kind == frames.DATA and payload.obj is data
-    assert decoder.next_frame() == (frames.END, memoryview(b""))
+    assert decoder.next_frame() == (frames.END, 0, memoryview(b""))
 
 
 def test_scatter_gather_header_matches_a_whole_frame() -> None:
     parts = [b"abc", b"", b"defgh"]
-    assert frames.header(frames.DATA, 8) + b"".join(parts) == frames.frame(frames.DATA, b"abcdefgh")
+    whole = frames.frame(frames.DATA, b"abcdefgh", 7)
+    assert frames.header(frames.DATA, 8, 7) + b"".join(parts) == whole
 
 
 def test_result_carries_the_manifest_body_unchanged() -> None:

@@ -3,10 +3,11 @@
 Both ends use this module (the worker process with blocking sockets, the server with
 trio's), so the format is written once and tested without sockets.
 
-A frame is ``kind (1 byte) | length (u32 LE) | payload``.
+A frame is ``kind (1 byte) | upload (u32 LE) | length (u32 LE) | payload``: one
+socket carries several uploads at once, each named by the number the server gave it.
 server -> worker: :data:`BEGIN` (JSON options), :data:`DATA` (body bytes), :data:`END`,
 :data:`ABORT`. worker -> server: :data:`RESULT` (:func:`encode_result`), :data:`ERROR`
-(JSON ``message``, ``errno``), :data:`ABORTED`.
+(JSON ``message``, ``errno``), :data:`ABORTED`, each for the upload its frame names.
 """
 
 from __future__ import annotations
@@ -16,23 +17,30 @@ import json
 import struct
 from collections import deque
 from dataclasses import asdict
+from typing import NamedTuple
 
 from cachesrv.catalog import StoredManifest
 from cachesrv.ingest.session import IngestStats
 
-HEADER = struct.Struct("<cI")
+HEADER = struct.Struct("<cII")
 BEGIN, DATA, END, ABORT = b"B", b"D", b"E", b"A"
 RESULT, ERROR, ABORTED = b"R", b"X", b"K"
 _LENGTH = struct.Struct("<I")
 
 
-def header(kind: bytes, length: int) -> bytes:
+class Frame(NamedTuple):
+    kind: bytes
+    upload: int
+    payload: memoryview
+
+
+def header(kind: bytes, length: int, upload: int = 0) -> bytes:
     """The header of a frame whose payload (``length`` bytes) is sent after it."""
-    return HEADER.pack(kind, length)
+    return HEADER.pack(kind, upload, length)
 
 
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
+def frame(kind: bytes, payload: bytes = b"", upload: int = 0) -> bytes:
+    return HEADER.pack(kind, upload, len(payload)) + payload
 
 
 class FrameDecoder:
@@ -56,17 +64,17 @@ class FrameDecoder:
             self._parts.append(memoryview(data).cast("B"))
             self._size += len(data)
 
-    def next_frame(self) -> tuple[bytes, memoryview] | None:
-        """The next whole frame as (kind, payload), or None until more bytes are fed."""
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more bytes are fed."""
         if self._size < HEADER.size:
             return None
         first = self._parts[0]
         head = first if len(first) >= HEADER.size else self._join(HEADER.size)
-        kind, length = HEADER.unpack_from(head)
+        kind, upload, length = HEADER.unpack_from(head)
         if self._size < HEADER.size + length:
             return None
         self._take(HEADER.size)
-        return kind, self._take(length)
+        return Frame(kind, upload, self._take(length))
 
     def _join(self, n: int) -> bytes:
         out = bytearray()

@@ -1,4 +1,4 @@
-"""An ingest worker process: runs uploads the server forwards, one at a time.
+"""An ingest worker process: runs the uploads the server forwards, several at once.
 
 Started by :class:`cachesrv.ingest.workers.IngestPool` as
 ``python -m cachesrv.ingest.process``; see that module for why. Speaks
@@ -10,6 +10,8 @@ the server is still draining).
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import socket
@@ -19,6 +21,8 @@ from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import frames
 from cachesrv.ingest.session import IngestSession, may_defer
 from cachesrv.malloc import bound_heap, give_back
+
+log = logging.getLogger("cachesrv.ingest")
 
 RECEIVE_BYTES = 1 << 20
 # A worker that holds this much more than when it started, after an upload and a
@@ -38,6 +42,15 @@ def resident_bytes() -> int:
         return 0
 
 
+class _Open:
+    """One upload the worker is running: its session, and the write error that will be
+    its answer (ENOSPC & co: the rest of its body is read and dropped)."""
+
+    def __init__(self, session: IngestSession) -> None:
+        self.session = session
+        self.failure: OSError | None = None
+
+
 def worker_main(
     sock: socket.socket,
     data: Path | None,
@@ -50,14 +63,16 @@ def worker_main(
     store_url: str | None = None,
     store_timeout: float = 10.0,
 ) -> None:
-    """Serve uploads until the server closes the socket."""
+    """Serve uploads until the server closes the socket. Several may be open at once
+    (their frames interleave); each frame is worked on as it comes, so one core serves
+    them all: an upload's body arrives at the client's pace, and its CPU time is a
+    small part of that."""
     from cachesrv.backends import open_chunk_store
 
     store = open_chunk_store(data, store_url, store_timeout, hard_limit, pin_ttl)
     fresh = resident_bytes()
     decoder = frames.FrameDecoder()
-    session: IngestSession | None = None
-    failure: OSError | None = None
+    uploads: dict[int, _Open] = {}
     try:
         while True:
             received = decoder.next_frame()
@@ -67,10 +82,10 @@ def worker_main(
                     return
                 decoder.feed(incoming)
                 continue
-            kind, payload = received
+            kind, number, payload = received
             if kind == frames.BEGIN:
-                if session is not None:
-                    session.abort()
+                if number in uploads:
+                    uploads.pop(number).session.abort()
                 session = IngestSession(
                     store.writer(),
                     params,
@@ -79,37 +94,45 @@ def worker_main(
                     threads=threads,
                     defer=may_defer(store, defer),
                 )
-                failure = None
+                uploads[number] = _Open(session)
             elif kind == frames.DATA:
-                if session is not None and failure is None:
+                upload = uploads.get(number)
+                if upload is not None and upload.failure is None:
                     try:
-                        session.feed(payload)
+                        upload.session.feed(payload)
                     except OSError as exc:  # ENOSPC & co: keep reading, answer at the end
-                        failure = exc
+                        upload.failure = exc
             elif kind == frames.END:
-                assert session is not None
-                stats, error = session.stats, None
-                try:
-                    if failure is not None:
-                        raise failure
-                    stored = session.finish()
-                except OSError as exc:
-                    error = frames.frame(frames.ERROR, frames.encode_error(exc))
-                session = None  # its buffers go before the heap is trimmed and measured
-                give_back()
-                if error is not None:
-                    sock.sendall(error)
-                else:
-                    grown = resident_bytes() > fresh + RECYCLE_GROWTH
-                    result = frames.encode_result(stats, stored, grown)
-                    sock.sendall(frames.frame(frames.RESULT, result))
+                sock.sendall(_finish(number, uploads.pop(number, None), uploads, fresh))
             elif kind == frames.ABORT:
-                if session is not None:
-                    session.abort()
-                session = None
-                sock.sendall(frames.frame(frames.ABORTED))
+                if number in uploads:
+                    uploads.pop(number).session.abort()
+                sock.sendall(frames.frame(frames.ABORTED, upload=number))
     finally:
         store.close()
+
+
+def _finish(number: int, ending: _Open | None, others: dict[int, _Open], fresh: int) -> bytes:
+    """The answer to upload ``number``'s END: its manifest, or why it failed."""
+    try:
+        if ending is None:
+            raise OSError(errno.EPROTO, f"no upload {number} in this worker")
+        if ending.failure is not None:
+            raise ending.failure
+        stored = ending.session.finish()
+    except OSError as exc:
+        return frames.frame(frames.ERROR, frames.encode_error(exc), number)
+    except Exception as exc:  # a chunk vanished (ChunkMissing), a bug: the upload fails
+        log.exception("upload %d failed", number)
+        failed = OSError(errno.EIO, f"{type(exc).__name__}: {exc}")
+        return frames.frame(frames.ERROR, frames.encode_error(failed), number)
+    stats = ending.session.stats
+    del ending  # its buffers go before the heap is trimmed and measured
+    grown = False
+    if not others:  # what other uploads hold says nothing of fragmentation
+        give_back()
+        grown = resident_bytes() > fresh + RECYCLE_GROWTH
+    return frames.frame(frames.RESULT, frames.encode_result(stats, stored, grown), number)
 
 
 def _main() -> None:

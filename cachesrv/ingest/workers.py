@@ -7,7 +7,10 @@ bytes are forwarded over a Unix socket (:mod:`cachesrv.ingest.frames`) to a
 long-lived worker process (:mod:`cachesrv.ingest.process`) that runs
 :class:`cachesrv.ingest.session.IngestSession` on its own store handle (its own
 pack file; the SQLite index is shared, as between replicas) and answers with the
-encoded manifest. The event loop only forwards bytes.
+encoded manifest. The event loop only forwards bytes. A worker runs several uploads
+at once (:data:`CAPACITY`), their frames interleaved on its socket: under a mix of
+many small uploads, one worker takes them all off the event loop's process, where a
+thread per upload would convoy with the event loop.
 
 The processes live in a nursery the server owns (:meth:`IngestPool.run`): one
 supervising task per worker starts it, waits for it, and starts another when it
@@ -17,6 +20,7 @@ cancelled, each supervisor closes its worker's socket and reaps the process.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import sys
@@ -37,6 +41,14 @@ SOCKET_BUFFER = 4 << 20
 SEND_BATCH = 256 << 10  # forward body bytes in batches: fewer syscalls, the worker keeps up
 RECEIVE_BYTES = 1 << 20
 EXIT_WAIT = 10  # seconds a worker gets to exit after its socket closed, then SIGKILL
+SEND_TIMEOUT = 60  # seconds a frame may wait for the worker to read it: then it is broken
+ABORT_WAIT = 10  # seconds an aborted upload waits for the worker to say it let go
+# Uploads one worker runs at once. An upload's body comes at its client's pace and its
+# CPU time is a small part of that, so one process serves many; each holds at most its
+# session's buffers (a compression batch, COMPRESS_BATCH). Past this many, uploads run in
+# threads of the server, as with no worker.
+CAPACITY = 8
+ANSWERS = (frames.RESULT, frames.ERROR, frames.ABORTED)
 
 
 class WorkerFailed(Exception):
@@ -77,58 +89,157 @@ class WorkerSettings:
         ]
 
 
-class Worker:
-    """One worker process, as its supervisor and the upload holding it see it."""
+class _Answer:
+    """Where the worker's answer to one upload's END or ABORT is left for it."""
 
-    def __init__(self, process: trio.Process, sock: trio.socket.SocketType) -> None:
+    def __init__(self) -> None:
+        self.arrived = trio.Event()
+        self.kind = b""
+        self.payload = b""
+        self.failure: WorkerFailed | None = None
+
+    def deliver(self, kind: bytes, payload: bytes) -> None:
+        self.kind, self.payload = kind, payload
+        self.arrived.set()
+
+    def fail(self, failure: WorkerFailed) -> None:
+        if not self.arrived.is_set():
+            self.failure = failure
+            self.arrived.set()
+
+    async def wait(self) -> tuple[bytes, bytes]:
+        await self.arrived.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self.kind, self.payload
+
+
+class Worker:
+    """One worker process, as its supervisor and the uploads it runs see it.
+
+    Several uploads share its socket: each frame goes out whole under a lock, and one
+    task of the supervisor's (:meth:`read_answers`) hands each answer to its upload."""
+
+    def __init__(self, process: trio.Process, sock: trio.socket.SocketType, capacity: int) -> None:
         self.process = process
         self.sock = sock
-        self.broken = False  # mid-frame or dead: its stream cannot be trusted again
-        self.gone = False  # its supervisor let it go: never idle again
-        self.grown = False  # it said it holds too much memory: replace it when released
-        self._decoder = frames.FrameDecoder()
+        self.capacity = capacity  # uploads at once
+        self.uploads: dict[int, _Answer] = {}  # open here: number -> where its answer goes
+        self.broken = False  # a frame half sent, or an answer unreadable: retire it
+        self.gone = False  # its supervisor let it go: never takes an upload again
+        self.grown = False  # it said it holds too much memory: replace it once empty
+        self._numbers = itertools.count(1)
+        self._send_lock = trio.Lock()
         self._retire = trio.CancelScope()  # cancelled: the supervisor replaces it
+
+    @property
+    def open(self) -> bool:
+        """Whether it takes another upload now."""
+        usable = not (self.broken or self.gone or self.grown)
+        return usable and len(self.uploads) < self.capacity
+
+    def begin(self) -> int:
+        number = next(self._numbers)
+        self.uploads[number] = _Answer()
+        return number
+
+    def end(self, number: int) -> None:
+        """The upload ``number`` is over here; a worker that grew goes once empty."""
+        self.uploads.pop(number, None)
+        if self.broken or (self.grown and not self.uploads):
+            self.retire()
 
     def retire(self) -> None:
         self._retire.cancel()
 
-    async def send(self, kind: bytes, parts: list[bytes] | tuple[bytes, ...] = ()) -> None:
-        """One frame, written with scatter-gather: the body pieces are never joined."""
-        views = [memoryview(frames.header(kind, sum(map(len, parts))))]
+    async def send(
+        self, kind: bytes, number: int, parts: list[bytes] | tuple[bytes, ...] = ()
+    ) -> None:
+        """One frame, written whole with scatter-gather (the body pieces are never
+        joined). A frame cut short would garble every upload after it, so the send is
+        shielded from the upload's cancellation; one the worker does not take within
+        :data:`SEND_TIMEOUT` breaks the worker."""
+        if self.broken or self.gone:
+            raise WorkerFailed("the ingest worker was lost mid-upload")
+        views = [memoryview(frames.header(kind, sum(map(len, parts)), number))]
         views += (memoryview(p) for p in parts)
-        while views:
-            sent = await self.sock.sendmsg(views[:64])
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
+        async with self._send_lock:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + SEND_TIMEOUT
+                try:
+                    while views:
+                        sent = await self.sock.sendmsg(views[:64])
+                        while sent:
+                            if sent >= len(views[0]):
+                                sent -= len(views.pop(0))
+                            else:
+                                views[0] = views[0][sent:]
+                                sent = 0
+                except (OSError, trio.ClosedResourceError) as exc:
+                    self._break(f"the ingest worker's socket failed: {exc}")
+                    raise WorkerFailed(str(exc)) from exc
+            if views:
+                self._break("the ingest worker stopped reading")
+                raise WorkerFailed("the ingest worker stopped reading")
 
-    async def receive(self) -> tuple[bytes, memoryview]:
-        while (received := self._decoder.next_frame()) is None:
-            data = await self.sock.recv(RECEIVE_BYTES)
-            if not data:
-                raise WorkerFailed("ingest worker closed its socket")
-            self._decoder.feed(data)
-        return received
+    async def answer(self, number: int) -> tuple[bytes, bytes]:
+        return await self.uploads[number].wait()
+
+    async def read_answers(self) -> None:
+        """Hand each frame the worker sends to the upload it names, until its socket
+        closes or a frame makes no sense (then every open upload fails)."""
+        decoder = frames.FrameDecoder()
+        try:
+            while True:
+                data = await self.sock.recv(RECEIVE_BYTES)
+                if not data:
+                    raise WorkerFailed("ingest worker closed its socket")
+                decoder.feed(data)
+                while (received := decoder.next_frame()) is not None:
+                    kind, number, payload = received
+                    if kind not in ANSWERS:
+                        raise WorkerFailed(f"unexpected frame {kind!r} from an ingest worker")
+                    answer = self.uploads.get(number)
+                    if answer is not None:  # else its upload was cancelled meanwhile
+                        answer.deliver(kind, bytes(payload))
+        except (OSError, trio.ClosedResourceError, WorkerFailed) as exc:
+            self._break(str(exc))
+
+    def _break(self, why: str) -> None:
+        if not self.broken:
+            self.broken = True
+            if self.uploads:
+                log.error("ingest worker lost with %d uploads open: %s", len(self.uploads), why)
+        self.fail_all()
+        self.retire()
+
+    def fail_all(self) -> None:
+        for answer in self.uploads.values():
+            answer.fail(WorkerFailed("the ingest worker was lost mid-upload"))
 
 
 class IngestPool:
-    """Worker processes, one upload at a time each; :meth:`run` must be running (in the
-    server's nursery) for any to be idle. Uploads never queue behind busy workers."""
+    """Worker processes, each running up to ``capacity`` uploads at once; :meth:`run`
+    must be running (in the server's nursery) for any to take one. Uploads never queue
+    behind busy workers: with none open, the caller runs the upload itself."""
 
-    def __init__(self, settings: WorkerSettings, size: int) -> None:
+    def __init__(self, settings: WorkerSettings, size: int, capacity: int = CAPACITY) -> None:
         self.settings = settings
         self.size = size
-        self._idle: list[Worker] = []
+        self.capacity = capacity
+        self._workers: list[Worker] = []
         self.restarted_broken = 0  # replaced: died or broke protocol
         self.restarted_recycled = 0  # replaced: said it had grown (ingest.process)
 
     @property
     def idle(self) -> int:
-        """Workers ready for an upload now."""
-        return len(self._idle)
+        """Workers running no upload now."""
+        return sum(1 for w in self._workers if w.open and not w.uploads)
+
+    @property
+    def running(self) -> int:
+        """Uploads the workers are running now."""
+        return sum(len(w.uploads) for w in self._workers)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, keep them running until cancelled, then stop them."""
@@ -156,18 +267,21 @@ class IngestPool:
             finally:
                 theirs.close()
             ours.setblocking(False)
-            worker = Worker(process, trio.socket.from_stdlib_socket(ours))
-            self._idle.append(worker)
+            worker = Worker(process, trio.socket.from_stdlib_socket(ours), self.capacity)
+            self._workers.append(worker)
             if not started:
                 started = True
                 task_status.started()
             try:
                 with worker._retire:
-                    await process.wait()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(worker.read_answers)
+                        await process.wait()
+                        nursery.cancel_scope.cancel()
             finally:
                 worker.gone = True
-                if worker in self._idle:
-                    self._idle.remove(worker)
+                self._workers.remove(worker)
+                worker.fail_all()
                 with trio.CancelScope(shield=True):
                     await self._stop(worker)
             if worker._retire.cancelled_caught:
@@ -193,32 +307,22 @@ class IngestPool:
             process.kill()
             await process.wait()
 
-    def try_acquire(self) -> Worker | None:
-        """An idle worker, or None."""
-        return self._idle.pop() if self._idle else None
-
-    def release(self, worker: Worker) -> None:
-        """Back to idle, or to its supervisor for a replacement."""
-        if worker.gone:
-            return  # it exited meanwhile: its supervisor starts another
-        if worker.broken or worker.grown:  # grown: see cachesrv.ingest.process.RECYCLE_GROWTH
-            worker.retire()  # its supervisor starts a fresh one now
-        else:
-            self._idle.append(worker)
-
     def upload(self, tar_aware: bool = True) -> WorkerUpload | None:
-        """An upload in an idle worker, or None if every worker is busy."""
-        worker = self.try_acquire()
-        return WorkerUpload(self, worker, tar_aware) if worker is not None else None
+        """An upload in the least busy open worker, or None if none is open."""
+        open_ = [w for w in self._workers if w.open]
+        if not open_:
+            return None
+        worker = min(open_, key=lambda w: len(w.uploads))
+        return WorkerUpload(worker, worker.begin(), tar_aware)
 
 
 class WorkerUpload:
     """An :class:`cachesrv.ingest.upload.Upload` whose work is done in a worker process."""
 
-    def __init__(self, pool: IngestPool, worker: Worker, tar_aware: bool = True) -> None:
-        self.pool = pool
-        self.tar_aware = tar_aware
+    def __init__(self, worker: Worker, number: int, tar_aware: bool = True) -> None:
         self.worker: Worker | None = worker
+        self.number = number
+        self.tar_aware = tar_aware
         self._begun = False
         self.stats = IngestStats()
         self._pending: list[bytes] = []
@@ -229,8 +333,7 @@ class WorkerUpload:
             raise WorkerFailed("this upload is already finished")
         if not self._begun:
             self._begun = True
-            self.worker.broken = True  # until the exchange completes
-            await self.worker.send(frames.BEGIN, [frames.encode_begin(self.tar_aware)])
+            await self.worker.send(frames.BEGIN, self.number, [frames.encode_begin(self.tar_aware)])
         return self.worker
 
     async def write(self, data: bytes) -> None:
@@ -243,17 +346,17 @@ class WorkerUpload:
         worker = await self._begin()
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         if batch:
-            await worker.send(frames.DATA, batch)
+            await worker.send(frames.DATA, self.number, batch)
 
     async def finish(self) -> StoredManifest:
         worker = await self._begin()
         try:
             await self._flush()
-            await worker.send(frames.END)
-            kind, payload = await worker.receive()
-            worker.broken = False
+            await worker.send(frames.END, self.number)
+            kind, payload = await worker.answer(self.number)
             if kind == frames.RESULT:
-                self.stats, stored, worker.grown = frames.decode_result(payload)
+                self.stats, stored, grown = frames.decode_result(payload)
+                worker.grown = worker.grown or grown
         finally:
             self._release()
         if kind == frames.ERROR:
@@ -268,17 +371,20 @@ class WorkerUpload:
             return
         worker = self.worker
         try:
-            if self._begun:
-                with trio.move_on_after(10):
-                    await worker.send(frames.ABORT)
-                    kind, _ = await worker.receive()
-                    worker.broken = kind != frames.ABORTED
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, WorkerFailed):
-            worker.broken = True
+            if self._begun and not worker.broken:
+                with trio.move_on_after(ABORT_WAIT) as waited:
+                    await worker.send(frames.ABORT, self.number)
+                    kind, _ = await worker.answer(self.number)
+                    if kind != frames.ABORTED:
+                        worker._break(f"answered {kind!r} to an abort")
+                if waited.cancelled_caught:
+                    worker._break("did not answer an abort in time")
+        except WorkerFailed:
+            pass  # the worker is gone, and the upload with it
         finally:
             self._release()
 
     def _release(self) -> None:
         if self.worker is not None:
-            self.pool.release(self.worker)
+            self.worker.end(self.number)
             self.worker = None
