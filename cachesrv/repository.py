@@ -14,8 +14,9 @@ from cachesrv.activity import Activity
 from cachesrv.backends import check_store, open_catalog, open_chunk_store, store_args
 from cachesrv.catalog import CatalogBackend
 from cachesrv.config import Config
-from cachesrv.ingest import IngestSession, IngestStats, ThreadUpload, Upload
+from cachesrv.ingest import IngestSession, IngestStats
 from cachesrv.ingest.session import may_defer
+from cachesrv.ingest.upload import ThreadUpload, Upload
 from cachesrv.ingest.workers import IngestPool, WorkerSettings
 from cachesrv.lifecycle import ManifestPins
 from cachesrv.lifecycle.access import AccessLog

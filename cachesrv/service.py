@@ -22,8 +22,8 @@ import trio
 from cachesrv import pushed, status, wire
 from cachesrv.catalog import Ref, StoredManifest, entry_is_kept
 from cachesrv.http import accesslog
-from cachesrv.ingest import Upload
 from cachesrv.ingest.targz import extract_targz
+from cachesrv.ingest.upload import Upload
 from cachesrv.repository import Repository
 from cachesrv.restore.job import Job
 from cachesrv.store import ChunkError, Frame, check_frame, portable
