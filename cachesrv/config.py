@@ -62,6 +62,8 @@ class Config:
     ingest_batch_bytes: int = 1 * MiB
     # Worker processes that take uploads off the event loop's process (0: threads only).
     ingest_workers: int = 1
+    # Seconds an ingest worker may run no upload before it exits (0: never).
+    ingest_idle_exit: float = 10.0
     log_level: str = "info"
     log_format: str = "text"  # "json": every log line (the access log too) as a JSON object
     # seconds between two points of the status page's history (kept in the catalog)
@@ -289,6 +291,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "worker processes for uploads (0: in-process threads; with --store the default "
         "is 0: uploads wait on the object store's PUTs, and a worker process costs a "
         "replica ~35 MB)",
+    ),
+    _Setting(
+        "ingest_idle_exit",
+        ("CACHESRV_INGEST_IDLE_EXIT",),
+        parse_duration,
+        "an ingest worker that runs no upload for this long exits, and gives its ~26 MB "
+        "to restores; the next upload starts one (10s); 0: never",
     ),
     _Setting("log_level", ("CACHESRV_LOG_LEVEL",), str, "debug, info, warning or error"),
     _Setting(

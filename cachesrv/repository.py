@@ -140,6 +140,7 @@ class Repository:
                 store_timeout=config.store_timeout,
             ),
             config.ingest_workers,
+            idle_exit=config.ingest_idle_exit,
         )
         return cls(config, store, catalog, hot, restores, ingest)
 

@@ -309,7 +309,12 @@ class CacheService:
         stats = await trio.to_thread.run_sync(lambda: status.status(self.repo, objects))
         pool = self.repo.ingest
         stats["workers"] = {
-            "ingest": {"size": pool.size, "idle": pool.idle, "uploads": pool.running},
+            "ingest": {
+                "size": pool.size,
+                "processes": pool.processes,
+                "idle": pool.idle,
+                "uploads": pool.running,
+            },
             "restore": {"size": self.repo.restores.size},
         }
         return stats

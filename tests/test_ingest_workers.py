@@ -1,5 +1,6 @@
 """Ingest worker processes under several uploads at once: one worker runs them all,
-interleaved, and a worker lost mid-upload fails those uploads and nothing else."""
+interleaved, and a worker lost mid-upload fails those uploads and nothing else; an idle
+worker exits and the next upload starts one."""
 
 from __future__ import annotations
 
@@ -91,12 +92,12 @@ def test_one_worker_runs_several_uploads_at_once_and_each_is_stored_whole(server
     with open_uploads(server, bodies) as uploads:
         pool = wait_for_pool(server, lambda p: p["uploads"] == OPEN_UPLOADS)
         # all four are in the one worker process, none in a thread of the server
-        assert pool == {"size": 1, "idle": 0, "uploads": OPEN_UPLOADS}, pool
+        assert pool == {"size": 1, "processes": 1, "idle": 0, "uploads": OPEN_UPLOADS}, pool
         assert send_rest(uploads, bodies) == dict.fromkeys(bodies, 0)
     for name, body in bodies.items():
         assert curl("-f", f"{server.url}/{name}").stdout == body
     pool = wait_for_pool(server, lambda p: p["uploads"] == 0)
-    assert pool == {"size": 1, "idle": 1, "uploads": 0}, pool
+    assert pool == {"size": 1, "processes": 1, "idle": 1, "uploads": 0}, pool
 
 
 def test_a_worker_killed_mid_upload_fails_its_uploads_and_loses_nothing(server: Server) -> None:
@@ -116,7 +117,7 @@ def test_a_worker_killed_mid_upload_fails_its_uploads_and_loses_nothing(server: 
         assert curl("-f", f"{server.url}/{name}").stdout == body
     # a new worker took the dead one's place, and takes uploads
     pool = wait_for_pool(server, lambda p: p["idle"] == 1)
-    assert pool == {"size": 1, "idle": 1, "uploads": 0}, pool
+    assert pool == {"size": 1, "processes": 1, "idle": 1, "uploads": 0}, pool
     assert ingest_worker_pids(server) != [worker]
     metrics = curl(f"{server.url}/-/metrics").stdout.decode()
     assert 'cachesrv_ingest_worker_restarts_total{reason="broken"} 1.0' in metrics
@@ -124,3 +125,29 @@ def test_a_worker_killed_mid_upload_fails_its_uploads_and_loses_nothing(server: 
     assert curl("-f", "-T", "-", f"{server.url}/after.bin", input=after).returncode == 0
     assert curl("-f", f"{server.url}/after.bin").stdout == after
     assert "ingest worker lost with 4 uploads open" in server.log.read_text()
+
+
+def test_an_idle_worker_exits_and_the_next_upload_starts_one(start_server: StartServer) -> None:
+    server = start_server(args=["--ingest-workers", "1", "--ingest-idle-exit", "1"])
+    first = os.urandom(1_000_000)
+    assert curl("-f", "-T", "-", f"{server.url}/first.bin", input=first).returncode == 0
+    (worker,) = ingest_worker_pids(server)
+    # a second without an upload: the process is gone, and counted as an idle exit
+    psutil.Process(worker).wait(timeout=30)
+    pool = wait_for_pool(server, lambda p: p["processes"] == 0)
+    assert pool == {"size": 1, "processes": 0, "idle": 1, "uploads": 0}, pool
+    assert ingest_worker_pids(server) == []
+    metrics = curl(f"{server.url}/-/metrics").stdout.decode()
+    assert "cachesrv_ingest_worker_idle_exits_total 1.0" in metrics
+    assert 'cachesrv_ingest_worker_restarts_total{reason="broken"} 0.0' in metrics
+    # the next upload starts a worker and runs in it, not in a thread of the server
+    bodies = _bodies("after-idle")
+    with open_uploads(server, bodies) as uploads:
+        pool = wait_for_pool(server, lambda p: p["uploads"] == OPEN_UPLOADS)
+        assert pool == {"size": 1, "processes": 1, "idle": 0, "uploads": OPEN_UPLOADS}, pool
+        assert len(ingest_worker_pids(server)) == 1
+        assert send_rest(uploads, bodies) == dict.fromkeys(bodies, 0)
+    for name, body in {"first.bin": first, **bodies}.items():
+        assert curl("-f", f"{server.url}/{name}").stdout == body
+    assert "ingest worker lost" not in server.log.read_text()
+    assert "ingest worker exited" not in server.log.read_text()

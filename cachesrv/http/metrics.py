@@ -99,6 +99,12 @@ class _StoreCollector(Collector):
         restarts.add_metric(["broken"], repo.ingest.restarted_broken)
         restarts.add_metric(["recycled"], repo.ingest.restarted_recycled)
         yield restarts
+        yield CounterMetricFamily(
+            "cachesrv_ingest_worker_idle_exits",
+            "Ingest worker processes that exited after --ingest-idle-exit seconds without "
+            "an upload (the next upload starts one)",
+            value=repo.ingest.idle_exits,
+        )
 
 
 # Routes by their template, never the raw path: one series per route, whatever the names.

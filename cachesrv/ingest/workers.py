@@ -16,7 +16,11 @@ The processes live in a nursery the server owns (:meth:`IngestPool.run`): one
 supervising task per worker starts it, waits for it, and starts another when it
 exits or is retired (broken mid-upload, or grown too big); when the pool is
 cancelled, each supervisor closes its worker's socket and reaps the process.
-"""
+
+A worker with no upload for ``idle_exit`` seconds exits: a cache is saved once a day
+and restored on every run, so most of the time no upload runs and its ~26 MB are the
+restores'. The next upload starts one again: its socket pair is made beforehand, so the
+upload's first bytes wait in the socket's buffer while the process starts (~0.2 s)."""
 
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ RECEIVE_BYTES = 1 << 20
 EXIT_WAIT = 10  # seconds a worker gets to exit after its socket closed, then SIGKILL
 SEND_TIMEOUT = 60  # seconds a frame may wait for the worker to read it: then it is broken
 ABORT_WAIT = 10  # seconds an aborted upload waits for the worker to say it let go
+# Seconds a worker may run no upload before it exits (0: never); php-fpm's ondemand mode
+# lets its workers go after the same 10 s.
+IDLE_EXIT = 10.0
 # Uploads one worker runs at once. An upload's body comes at its client's pace and its
 # CPU time is a small part of that, so one process serves many; each holds at most its
 # session's buffers (a compression batch, COMPRESS_BATCH). Past this many, uploads run in
@@ -120,14 +127,17 @@ class Worker:
     Several uploads share its socket: each frame goes out whole under a lock, and one
     task of the supervisor's (:meth:`read_answers`) hands each answer to its upload."""
 
-    def __init__(self, process: trio.Process, sock: trio.socket.SocketType, capacity: int) -> None:
-        self.process = process
+    def __init__(self, sock: trio.socket.SocketType, capacity: int) -> None:
+        self.process: trio.Process | None = None  # None: not started until an upload comes
         self.sock = sock
         self.capacity = capacity  # uploads at once
         self.uploads: dict[int, _Answer] = {}  # open here: number -> where its answer goes
         self.broken = False  # a frame half sent, or an answer unreadable: retire it
         self.gone = False  # its supervisor let it go: never takes an upload again
         self.grown = False  # it said it holds too much memory: replace it once empty
+        self.expired = False  # it ran no upload for the pool's idle_exit: it exits
+        self.wanted = trio.Event()  # set by the first upload given to it
+        self.idle_since = trio.current_time()
         self._numbers = itertools.count(1)
         self._send_lock = trio.Lock()
         self._retire = trio.CancelScope()  # cancelled: the supervisor replaces it
@@ -135,19 +145,32 @@ class Worker:
     @property
     def open(self) -> bool:
         """Whether it takes another upload now."""
-        usable = not (self.broken or self.gone or self.grown)
+        usable = not (self.broken or self.gone or self.grown or self.expired)
         return usable and len(self.uploads) < self.capacity
 
     def begin(self) -> int:
         number = next(self._numbers)
         self.uploads[number] = _Answer()
+        self.wanted.set()
         return number
 
     def end(self, number: int) -> None:
         """The upload ``number`` is over here; a worker that grew goes once empty."""
         self.uploads.pop(number, None)
+        if not self.uploads:
+            self.idle_since = trio.current_time()
         if self.broken or (self.grown and not self.uploads):
             self.retire()
+
+    async def expire(self, after: float) -> None:
+        """Retire the worker once it has run no upload for ``after`` seconds."""
+        while True:
+            deadline = self.idle_since + after
+            if not self.uploads and trio.current_time() >= deadline:
+                self.expired = True
+                self.retire()
+                return
+            await trio.sleep_until(max(deadline, trio.current_time() + after / 10))
 
     def retire(self) -> None:
         self._retire.cancel()
@@ -223,13 +246,26 @@ class IngestPool:
     must be running (in the server's nursery) for any to take one. Uploads never queue
     behind busy workers: with none open, the caller runs the upload itself."""
 
-    def __init__(self, settings: WorkerSettings, size: int, capacity: int = CAPACITY) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        size: int,
+        capacity: int = CAPACITY,
+        idle_exit: float = IDLE_EXIT,
+    ) -> None:
         self.settings = settings
         self.size = size
         self.capacity = capacity
+        self.idle_exit = idle_exit  # seconds without an upload before a worker exits; 0: never
         self._workers: list[Worker] = []
         self.restarted_broken = 0  # replaced: died or broke protocol
         self.restarted_recycled = 0  # replaced: said it had grown (ingest.process)
+        self.idle_exits = 0  # exited after idle_exit seconds without an upload
+
+    @property
+    def processes(self) -> int:
+        """Worker processes running now (the others start when an upload comes)."""
+        return sum(1 for w in self._workers if w.process is not None)
 
     @property
     def idle(self) -> int:
@@ -252,38 +288,52 @@ class IngestPool:
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         started = False
+        lazy = False  # the first starts with the server: the first upload does not wait
         while True:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             for sock in (ours, theirs):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            try:
-                process = await trio.lowlevel.open_process(
-                    self.settings.command(theirs.fileno()), pass_fds=(theirs.fileno(),)
-                )
-            except BaseException:
-                ours.close()
-                raise
-            finally:
-                theirs.close()
             ours.setblocking(False)
-            worker = Worker(process, trio.socket.from_stdlib_socket(ours), self.capacity)
+            worker = Worker(trio.socket.from_stdlib_socket(ours), self.capacity)
             self._workers.append(worker)
             if not started:
                 started = True
                 task_status.started()
             try:
                 with worker._retire:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(worker.read_answers)
-                        await process.wait()
-                        nursery.cancel_scope.cancel()
+                    if lazy:  # uploads may be given to it now; their bytes wait in the socket
+                        await worker.wanted.wait()
+                    try:
+                        worker.process = await trio.lowlevel.open_process(
+                            self.settings.command(theirs.fileno()), pass_fds=(theirs.fileno(),)
+                        )
+                    except OSError as exc:  # no process (EMFILE, ENOMEM): fail its uploads, retry
+                        log.error("could not start an ingest worker: %s", exc)
+                        worker._break(f"could not start: {exc}")
+                    else:
+                        theirs.close()
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(worker.read_answers)
+                            if self.idle_exit > 0:
+                                nursery.start_soon(worker.expire, self.idle_exit)
+                            await worker.process.wait()
+                            nursery.cancel_scope.cancel()
             finally:
+                theirs.close()
                 worker.gone = True
                 self._workers.remove(worker)
                 worker.fail_all()
                 with trio.CancelScope(shield=True):
                     await self._stop(worker)
+            lazy = worker.expired
+            if worker.expired:
+                self.idle_exits += 1
+                continue  # the next one starts with the next upload
+            if worker.process is None:  # it could not start (logged): try again soon
+                self.restarted_broken += 1
+                await trio.sleep(0.5)
+                continue
             if worker._retire.cancelled_caught:
                 if worker.broken:
                     self.restarted_broken += 1
@@ -291,7 +341,9 @@ class IngestPool:
                     self.restarted_recycled += 1
                 continue  # replaced on purpose: the next one starts now
             self.restarted_broken += 1
-            log.error("ingest worker exited with %s; starting another", process.returncode)
+            log.error(
+                "ingest worker exited with %s; starting another", worker.process.returncode
+            )
             await trio.sleep(0.5)
 
     async def _stop(self, worker: Worker) -> None:
@@ -299,6 +351,8 @@ class IngestPool:
         a broken worker is killed at once."""
         process = worker.process
         worker.sock.close()
+        if process is None:
+            return
         if worker.broken and process.returncode is None:
             process.kill()
         with trio.move_on_after(EXIT_WAIT):
