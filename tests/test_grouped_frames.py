@@ -121,6 +121,35 @@ def test_small_files_share_frames_store_less_and_restore_identical(
     assert stored["9"] < 0.8 * stored["0"]
 
 
+def test_pieces_that_do_not_shrink_alone_are_grouped_where_they_shrink_together(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Jars are deflated already: each alone is stored raw, yet two jars with entries in
+    common shrink together. Here: random files, each a near copy of the one before (a
+    byte changed every 4 KiB, so no chunk of one is a chunk of another)."""
+    rng = random.Random(11)
+    base = rng.randbytes(90_000)
+    files = {}
+    for n in range(6):
+        near = bytearray(base)
+        for at in range(n * 97, len(near), 4096):
+            near[at] ^= 0xFF
+        files[f"repo/lib{n}/lib{n}.jar"] = bytes(near)
+    tar = _tree(files)
+    stored = {}
+    for level in ("9", "0"):
+        server = start_server(args=[*NO_HOT, "--group-level", level])
+        _upload(server, "jars.tar", tar, tmp_path)
+        stored[level] = int(settled(server)["stored_bytes"])  # type: ignore[call-overload]
+        _restores_match(server, "jars.tar", tar)
+        server.stop()
+        assert (_grouped_rows(server.data) != []) == (level == "9")
+        check = _fsck(server.data)
+        assert check.returncode == 0, check.stdout + check.stderr
+    assert stored["0"] > 0.95 * sum(map(len, files.values()))  # alone: raw, every one
+    assert stored["9"] < 0.4 * stored["0"]
+
+
 def test_a_damaged_grouped_frame_is_never_served_and_fsck_finds_it(
     start_server: StartServer, tmp_path: Path
 ) -> None:
