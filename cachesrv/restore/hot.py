@@ -127,15 +127,21 @@ class HotCache:
         return data if self._checked(digest, index, span, data, len(data)) else None
 
     def read_copy(
-        self, digest: bytes, index: int, span: HotSpan, wait: bool = True
-    ) -> bytearray | None:
-        """:meth:`read` into a buffer of its own, for a process that sends the bytes on
-        (its send copies a view anyway) and must not map pages it would have to count.
-        With ``wait=False`` it reads only what the page cache holds, and raises
-        :class:`BlockingIOError` if any of the span would come from the disk: an event
-        loop never waits for one."""
-        data = bytearray(span.length)
-        view, got = memoryview(data), 0
+        self,
+        digest: bytes,
+        index: int,
+        span: HotSpan,
+        wait: bool = True,
+        into: bytearray | None = None,
+    ) -> memoryview | None:
+        """:meth:`read` into a buffer (``into``, at least the span's length, which the
+        caller reuses; else a new one), for a process that sends the bytes on (its send
+        copies a view anyway) and must not map pages it would have to count; a view of
+        the span's bytes in it. With ``wait=False`` it reads only what the page cache
+        holds, and raises :class:`BlockingIOError` if any of the span would come from the
+        disk: an event loop never waits for one."""
+        data = bytearray(span.length) if into is None else into
+        view, got = memoryview(data)[: span.length], 0
         try:
             fd = self._read_fd(span.segment)
             while got < span.length:
@@ -149,9 +155,7 @@ class HotCache:
             if not wait and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise BlockingIOError(exc.errno, "no RWF_NOWAIT here") from exc
             got = 0  # segment dropped meanwhile: a miss
-        finally:
-            view.release()
-        return data if self._checked(digest, index, span, data, got) else None
+        return view if self._checked(digest, index, span, view, got) else None
 
     def _checked(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import socket
@@ -44,6 +45,7 @@ SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its clien
 # frames per restore (the frame and h11's copy of it), and memory is one budget.
 BUSY = 4
 WARM_QUEUE = 64  # warm-ups waiting; past it new ones are dropped (a cache, not a duty)
+SPAN_BUFFERS = 8  # span buffers hot restores sent here keep for the next ones, at most
 
 
 class RestoreFailed(ChunkCorrupt):
@@ -75,6 +77,7 @@ class RestorePool:
         self.data = data
         self.store_args = store_args  # a worker opens the same store (cachesrv.backends)
         self.hot_limit = hot_limit  # --hot-cache-bytes (0: no hot cache, no warm-ups)
+        self._span_buffers: list[bytearray] = []  # reused by hot restores (_stream_hot)
         self.source = source  # this process's, for jobs run in threads here
         self.log_level = log_level
         self._workers = [_Worker() for _ in range(workers)]
@@ -202,32 +205,44 @@ class RestorePool:
         waiting (``RWF_NOWAIT``; what needs the disk is read in a thread), checked
         against its digest on the event loop (~0.17 ms per MiB) and handed to hypercorn,
         whose copy of it is the only other one. A span that fails its digest (it is
-        dropped) and everything after it is served by a job from the chunk store."""
+        dropped) and everything after it is served by a job from the chunk store.
+
+        Each restore reads its spans into one buffer, kept for the next restore after it
+        ends (up to :data:`SPAN_BUFFERS`): no MiB is allocated and zeroed per span, and
+        what hot restores hold here is the buffers in use and those kept. So a piece
+        yielded is good only until the next one is asked for (hypercorn copies it at
+        once)."""
         hot = self.source.hot
         assert hot is not None
         end = job.size if job.end < 0 else job.end
         position = job.start
-        while position < end:
-            index = position // SPAN
-            span = spans[index]
-            try:
-                data = hot.read_copy(job.digest, index, span, wait=False)
-            except BlockingIOError:  # not all in the page cache: the disk is read elsewhere
-                data = await trio.to_thread.run_sync(hot.read_copy, job.digest, index, span)
-            if data is None:  # damaged or dropped meanwhile: the store has the bytes
-                async for part in self._stream_job(dataclasses.replace(job, start=position)):
-                    yield part
-                return
-            self.stats.hot_hits += 1
-            lo = index * SPAN
-            a, b = position - lo, min(end, lo + span.length) - lo
-            if a == 0 and b == len(data) and len(data) <= job.piece:
-                yield data  # the common case: hypercorn's copy is the only one
-            else:
-                view = memoryview(data)  # slices of it: hypercorn's copy is still the only one
-                for at in range(a, b, job.piece):
-                    yield view[at : min(b, at + job.piece)]
-            position = lo + span.length
+        buffer = self._span_buffers.pop() if self._span_buffers else bytearray(SPAN)
+        try:
+            while position < end:
+                index = position // SPAN
+                span = spans[index]
+                try:
+                    data = hot.read_copy(job.digest, index, span, wait=False, into=buffer)
+                except BlockingIOError:  # not all in the page cache: the disk is read elsewhere
+                    data = await trio.to_thread.run_sync(
+                        functools.partial(hot.read_copy, job.digest, index, span, into=buffer)
+                    )
+                if data is None:  # damaged or dropped meanwhile: the store has the bytes
+                    async for part in self._stream_job(dataclasses.replace(job, start=position)):
+                        yield part
+                    return
+                self.stats.hot_hits += 1
+                lo = index * SPAN
+                a, b = position - lo, min(end, lo + span.length) - lo
+                with data:
+                    # views of the one buffer: hypercorn's copy of each is the only other
+                    for at in range(a, b, job.piece):
+                        with data[at : min(b, at + job.piece)] as piece:
+                            yield piece
+                position = lo + span.length
+        finally:
+            if len(self._span_buffers) < SPAN_BUFFERS:
+                self._span_buffers.append(buffer)
 
     async def _stream_job(self, job: Job) -> AsyncIterator[bytes]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
