@@ -80,6 +80,11 @@ class Job:
     piece: int = SPAN  # bytes per frame sent (smaller when many restores share memory)
     warm: bool = False  # only fill the hot cache (after an upload): nothing is sent
 
+    @property
+    def stop(self) -> int:
+        """Where the job's bytes end (exclusive): ``end``, or the object's size."""
+        return self.size if self.end < 0 else self.end
+
     def encode(self) -> bytes:
         fields = asdict(self)
         fields["manifest_id"], fields["digest"] = self.manifest_id.hex(), self.digest.hex()
@@ -201,7 +206,7 @@ def _try_send(sock: socket.socket, kind: bytes, payload: bytes) -> None:
 def _plain(
     source: Source, job: Job, manifest: PieceStream, stats: JobStats
 ) -> Iterator[memoryview]:
-    end = manifest.size if job.end < 0 else job.end
+    end = job.stop
     if end <= job.start:
         return
     hot = source.hot

@@ -186,7 +186,7 @@ class RestorePool:
         hot = self.source.hot
         if hot is None or job.zstd or job.warm:
             return None
-        end = job.size if job.end < 0 else job.end
+        end = job.stop
         if end <= job.start:
             return None
         known = hot.lookup(job.digest)
@@ -214,7 +214,7 @@ class RestorePool:
         once)."""
         hot = self.source.hot
         assert hot is not None
-        end = job.size if job.end < 0 else job.end
+        end = job.stop
         position = job.start
         buffer = self._span_buffers.pop() if self._span_buffers else bytearray(SPAN)
         try:
