@@ -1,4 +1,5 @@
-"""The chunk store under a full disk: a failed write or fsync leaves the index consistent.
+"""The chunk store under a full disk: a failed write or fsync leaves the index consistent;
+and its numbers while another process removes packs.
 
 The error is injected at the store's system-call boundary (``os.write`` / ``os.fsync``
 as the store calls them), the way ENOSPC or EIO arrive from a real filesystem.
@@ -121,4 +122,19 @@ def test_hard_limit_refuses_puts_before_writing(tmp_path: Path) -> None:
     _put(writer, [_chunk(51)])
     writer.commit()
     assert store.stats().chunks == 7
+    store.close()
+
+
+def test_stats_count_a_pack_removed_while_they_are_read_as_gone(tmp_path: Path) -> None:
+    """GC unlinked a pack between the listing of the pack directory and its stat: /-/stats
+    answered 500 (FileNotFoundError) in CI. A dangling name is that moment, held still."""
+    store = LocalChunkStore(tmp_path)
+    writer = store.writer()
+    _put(writer, [_chunk(i) for i in range(5)])
+    writer.commit()
+    before = store.stats().disk_bytes
+    assert before > 0
+    (store.pack_dir / "0000-gone.pack").symlink_to(tmp_path / "unlinked-meanwhile.pack")
+    assert store.stats().disk_bytes == before
+    _assert_consistent(store)
     store.close()

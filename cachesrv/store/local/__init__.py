@@ -334,7 +334,7 @@ class LocalChunkStore:
         pending = conn.execute(
             "SELECT coalesce(sum(raw_size), 0) FROM chunks WHERE codec = 2"  # chunks_pending
         ).fetchone()[0]
-        disk = sum(p.stat().st_size for p in self.pack_dir.glob("*.pack"))
+        disk = packs.pack_file_bytes(self.pack_dir)
         return StoreStats(
             totals["chunks"],
             totals["stored_bytes"],

@@ -83,7 +83,9 @@ def open_index(root: Path, pack_dir: Path) -> Database:
             conn.execute("ALTER TABLE pins ADD COLUMN expires REAL")
         # Stores made before pack_bytes was counted: measure once (a stat per pack).
         if not conn.execute("SELECT 1 FROM totals WHERE name = 'pack_bytes'").fetchone():
-            disk = sum(p.stat().st_size for p in pack_dir.glob("*.pack"))
+            from .packs import pack_file_bytes  # packs imports this module
+
+            disk = pack_file_bytes(pack_dir)
             conn.execute("INSERT OR IGNORE INTO totals VALUES ('pack_bytes', ?)", (disk,))
     return db
 

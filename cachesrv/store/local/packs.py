@@ -179,10 +179,22 @@ def remove_leftovers(db: Database, pack_dir: Path, min_age: float = MIN_AGE) -> 
     return removed, freed
 
 
+def pack_file_bytes(pack_dir: Path) -> int:
+    """Bytes of the pack files on disk now. A pack unlinked between the listing and its
+    stat (GC or compaction, in this process or another) counts as gone: it is."""
+    total = 0
+    for path in pack_dir.glob("*.pack"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def recount_pack_bytes(db: Database, pack_dir: Path) -> int:
     """Set the ``pack_bytes`` total (the hard limit's measure) to what is on disk."""
     with db.transaction() as conn:  # commits wait: none lands between stat and set
-        total = sum(p.stat().st_size for p in pack_dir.glob("*.pack"))
+        total = pack_file_bytes(pack_dir)
         conn.execute("UPDATE totals SET value = ? WHERE name = 'pack_bytes'", (total,))
     return total
 
