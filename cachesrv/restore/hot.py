@@ -126,22 +126,16 @@ class HotCache:
             data = memoryview(b"")  # segment dropped meanwhile, or shorter: a miss
         return data if self._checked(digest, index, span, data, len(data)) else None
 
-    def read_copy(
-        self,
-        digest: bytes,
-        index: int,
-        span: HotSpan,
-        wait: bool = True,
-        into: bytearray | None = None,
+    def read_into(
+        self, digest: bytes, index: int, span: HotSpan, into: bytearray, wait: bool = True
     ) -> memoryview | None:
-        """:meth:`read` into a buffer (``into``, at least the span's length, which the
-        caller reuses; else a new one), for a process that sends the bytes on (its send
-        copies a view anyway) and must not map pages it would have to count; a view of
-        the span's bytes in it. With ``wait=False`` it reads only what the page cache
-        holds, and raises :class:`BlockingIOError` if any of the span would come from the
-        disk: an event loop never waits for one."""
-        data = bytearray(span.length) if into is None else into
-        view, got = memoryview(data)[: span.length], 0
+        """:meth:`read` into the caller's buffer (at least the span's length; it reuses
+        it), for a process that sends the bytes on (its send copies a view anyway) and
+        must not map pages it would have to count; a view of the span's bytes in it.
+        With ``wait=False`` it reads only what the page cache holds, and raises
+        :class:`BlockingIOError` if any of the span would come from the disk: an event
+        loop never waits for one."""
+        view, got = memoryview(into)[: span.length], 0
         try:
             fd = self._read_fd(span.segment)
             while got < span.length:

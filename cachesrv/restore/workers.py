@@ -23,7 +23,6 @@ from __future__ import annotations
 import array
 import dataclasses
 import errno
-import functools
 import json
 import logging
 import socket
@@ -222,10 +221,10 @@ class RestorePool:
                 index = position // SPAN
                 span = spans[index]
                 try:
-                    data = hot.read_copy(job.digest, index, span, wait=False, into=buffer)
+                    data = hot.read_into(job.digest, index, span, buffer, wait=False)
                 except BlockingIOError:  # not all in the page cache: the disk is read elsewhere
                     data = await trio.to_thread.run_sync(
-                        functools.partial(hot.read_copy, job.digest, index, span, into=buffer)
+                        hot.read_into, job.digest, index, span, buffer
                     )
                 if data is None:  # damaged or dropped meanwhile: the store has the bytes
                     async for part in self._stream_job(dataclasses.replace(job, start=position)):
