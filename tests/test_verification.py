@@ -202,6 +202,27 @@ def test_hot_spans_out_of_the_page_cache_are_read_off_the_event_loop_and_whole(
     assert after["hot_span_hits"] - before["hot_span_hits"] == 5  # type: ignore[index, operator]
 
 
+def test_a_hot_cache_of_an_older_format_is_dropped_at_start_and_refilled(
+    start_server: StartServer,
+) -> None:
+    # its spans carry BLAKE3 digests (user_version 0): checked as XXH3 they would all be
+    # misses logged as damage, and their segments would hold disk nobody counts
+    server, data = hot_object(start_server, "old.bin")
+    server.stop()
+    index = sqlite3.connect(server.data / "hot" / "index.sqlite")
+    index.execute("PRAGMA user_version = 0")
+    index.close()
+    assert list((server.data / "hot" / "segments").iterdir())
+    server = start_server(data=server.data)
+    assert not list((server.data / "hot" / "segments").iterdir())
+    assert stats(server)["hot_bytes"] == 0
+    assert "dropped 1 segments of index version 0" in server.log_text()
+    assert curl("-f", f"{server.url}/old.bin").stdout == data  # decoded, and hot again
+    assert curl("-f", f"{server.url}/old.bin").stdout == data
+    assert stats(server)["since_start"]["hot_span_hits"] == 5  # type: ignore[index]
+    assert "does not match its digest" not in server.log_text()
+
+
 def test_undamaged_objects_still_serve(server: Server) -> None:
     data = os.urandom(100_000)
     curl("-f", "-T", "-", f"{server.url}/ok.bin", input=data)
