@@ -6,7 +6,8 @@ those chunks would store, as a ratio to ``zstd -3`` of the two tars each compres
 (the issue's yardstick; lower is better):
 
 - ``shipped``: what the store's background keeps (``cachesrv.store.compress_frames`` at
-  the defaults: level 3, runs of up to 4 MiB grouped at level 9 where that saves 8%);
+  the defaults: level 3, runs of up to 4 MiB grouped at level 9 where that saves 2% of
+  their raw bytes);
 - ``per-chunk lN``: every chunk its own frame at level N (level 1: the request path's,
   with background compression off);
 - ``grouped lN``: chunks under 64 KiB packed, in upload order, into shared 1 MiB frames

@@ -52,7 +52,8 @@ class Config:
     # (the local store; 0: compress on the request path at compression_level).
     background_level: int = 3
     # zstd level of grouped frames: runs of new chunks the background compresses together
-    # where that saves 8% over compressing them apart (a tree of small files); 0: never.
+    # where that saves 2% of their raw bytes over compressing them apart (a tree of small
+    # files); 0: never.
     group_level: int = 9
     # Decoded, verified spans of recent objects kept on disk for restores (0: none).
     hot_cache_bytes: int = 2 * 1024 * MiB
@@ -267,7 +268,7 @@ SETTINGS: tuple[_Setting, ...] = (
         ("CACHESRV_GROUP_LEVEL",),
         int,
         "zstd level for grouped frames: the background compresses runs of new chunks "
-        "together (up to 4 MiB) where that stores 8%% less than apart, as a tree of "
+        "together (up to 4 MiB) where that stores 2%% of their size less than apart, as a tree of "
         "small files does (9); 0: every chunk its own frame",
     ),
     _Setting(

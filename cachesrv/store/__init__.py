@@ -5,8 +5,9 @@ A chunk is kept as one zstd frame, or raw where zstd would not save
 compression was deferred off the request path: the store compresses it later
 (:meth:`ChunkStore.compress_pending`, run in the background) and it reads as raw
 until then. The background may also compress a run of chunks together into one
-*grouped* frame, where that saves :data:`GROUP_GAIN` over compressing them alone (a
-tree of small files: a 300-byte ``package.json`` alone hardly compresses); each
+*grouped* frame, where that saves :data:`GROUP_GAIN` of their raw bytes over
+compressing them alone (a tree of small files: a 300-byte ``package.json`` alone
+hardly compresses); each
 member's row then points at the group's record and at its place in the decoded
 group. Each stored frame has a *frame digest* (BLAKE3-128 of the stored
 bytes) recorded when it is written, so a ``Content-Encoding: zstd`` restore can
@@ -90,14 +91,20 @@ class Frame(NamedTuple):
 # (id, raw size, offset in the decoded frame) per member, so a record is self-describing.
 
 GROUP_RAW = 4 << 20  # raw bytes of the chunks compressed together into one frame, at most
-# Grouping must save this fraction of the chunks' frames stored alone, tried at the
-# background level. npm's runs gain 11-38% there; a maven tree's jars (deflated already)
-# gain 3-8% together, as one jar's pieces or two jars share entries. Stored against zstd
-# -3 of both tars (bench.tiny_files): maven 0.607 at 8%, 0.597 at 3%; npm 0.599 at both;
-# the Go cache 0.445 at 8%, 0.416 at 3%, but then 74% of it is grouped (40% at 8%) and
-# its cold restores lose a third: v2 reads v1's groups out of their order, and a restore
-# decoded its 135 groups 683 times (plain 190 -> 130 MB/s, --compressed 230 -> 110).
-GROUP_GAIN = 0.08
+# Grouping must save this fraction of the run's raw bytes over its chunks' frames stored
+# alone, tried at the background level. Raw bytes, because that is what a group costs: a
+# restore that needs one member decodes the whole group (and re-encodes its part for
+# Content-Encoding: zstd). npm's runs save 11-38% of their frames, maven's jars (deflated
+# already, so frames as big as raw) 2-8%, as one jar's pieces or two jars share entries;
+# Go's objects (3.9x alone) save little of their raw bytes. Stored against zstd -3 of both
+# tars, and the raw share grouped (bench.tiny_files; measured with a scratch variant):
+#   2% of raw (this):        maven 0.596 (59%), npm 0.599 (100%), Go 0.442 (34%)
+#   8% of the frames alone:  maven 0.606 (20%), npm 0.599 (100%), Go 0.445 (30%)
+#   3% of the frames alone:  maven 0.597 (51%), npm 0.599 (100%), Go 0.416 (74%)
+# The last groups most of the Go cache, and its cold restores lose a third: v2 reads v1's
+# groups out of their order, and a restore decoded its 135 groups 683 times (plain 190 ->
+# 130 MB/s, --compressed 230 -> 110).
+GROUP_GAIN = 0.02
 GROUP_MEMBER = struct.Struct("<32sII")
 _COUNT = struct.Struct("<I")
 
@@ -308,10 +315,10 @@ def compress_frames(
     damaged frames (they stay as they are, for fsck to find).
 
     With ``group_level``, runs of consecutive chunks (up to :data:`GROUP_RAW`) are also
-    tried as one frame at ``level``; a run where that saves :data:`GROUP_GAIN` of its
-    frames alone is stored as one frame at ``group_level``. Chunks zstd does not shrink
-    alone are tried too: two pieces of one jar, or two jars with an entry in common, do
-    shrink together.
+    tried as one frame at ``level``; a run where that saves :data:`GROUP_GAIN` of its raw
+    bytes over its frames alone is stored as one frame at ``group_level``. Chunks zstd
+    does not shrink alone are tried too: two pieces of one jar, or two jars with an entry
+    in common, do shrink together.
     What loses: a restore with ``Content-Encoding: zstd`` that needs only part of a group
     re-encodes that part, so a big-file cache (whose chunks gain little together) keeps
     its frames apart."""
@@ -368,12 +375,13 @@ def _group(
     alone: int,
 ) -> Frame | None:
     """The run as one grouped frame, if compressing it together (tried at the trial's
-    level) saves GROUP_GAIN of ``alone`` (its frames' bytes stored apart); else None."""
+    level) saves GROUP_GAIN of its raw bytes over ``alone`` (its frames' bytes stored
+    apart); else None."""
     if len(raws) < 2:
         return None
     total = sum(len(r) for r in raws)
     together = _compress_run(trial, raws, total)
-    if len(together) > alone * (1 - GROUP_GAIN):
+    if alone - len(together) < total * GROUP_GAIN:
         return None
     if level != trial_level:
         together = _compress_run(_group_compressor(level), raws, total)
