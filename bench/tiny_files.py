@@ -104,7 +104,8 @@ def shipped(chunks: list[bytes]) -> int:
         step, _ = pending_step(rest, len, GROUP_RAW)
         rest = rest[len(step) :]
         ids = [chunk_id(d) for d in step]
-        records, _ = compress_frames(3, ids, [defer_chunk(d) for d in step], 9)
+        frames = [defer_chunk(cid, data) for cid, data in zip(ids, step, strict=True)]
+        records, _ = compress_frames(3, ids, frames, 9)
         total += sum(len(r.frame.data) for r in records)
     return total
 

@@ -170,7 +170,7 @@ class IngestSession:
         self._queued, self._queued_bytes = {}, 0
         if self.defer:
             for cid, chunk in zip(ids, chunks, strict=True):
-                frame = defer_chunk(chunk)
+                frame = defer_chunk(cid, chunk)
                 self.store.put(cid, frame)
                 self.stats.stored_bytes += len(frame.data)
             return

@@ -343,9 +343,14 @@ def deferring_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         store.close()
 
 
+def _deferred(data: bytes) -> tuple[bytes, bytes, Frame]:
+    """A new chunk as an upload stores it when compression is deferred: id, bytes, frame."""
+    cid = chunk_id(data)
+    return cid, data, defer_chunk(cid, data)
+
+
 def _pending(n: int, size: int = 20_000) -> tuple[bytes, bytes, Frame]:
-    data = (n.to_bytes(8, "little") * (size // 8 + 1))[:size]
-    return chunk_id(data), data, defer_chunk(data)
+    return _deferred((n.to_bytes(8, "little") * (size // 8 + 1))[:size])
 
 
 def _compress_all(store: ChunkStore, budget: int = 1 << 30) -> int:
@@ -360,7 +365,7 @@ def test_pending_chunks_read_as_they_are_until_compressed_in_place(
 ) -> None:
     store = deferring_store()
     noise = os.urandom(20_000)
-    chunks = [_pending(1), _pending(2), (chunk_id(noise), noise, defer_chunk(noise))]
+    chunks = [_pending(1), _pending(2), _deferred(noise)]
     _store_chunks(store, chunks)
     raw = sum(len(c[1]) for c in chunks)
     before = store.stats()
@@ -451,8 +456,7 @@ def _small_file(n: int) -> tuple[bytes, bytes, Frame]:
     """A package.json-sized piece that shares most of its words with its neighbours."""
     rng = __import__("random").Random(n)
     fields = ", ".join(f'"{rng.choice(_WORDS)}": "{rng.choice(_WORDS)}"' for _ in range(20))
-    data = f'{{"name": "pkg-{n}", "version": "1.{n}.0", {fields}}}'.encode()
-    return chunk_id(data), data, defer_chunk(data)
+    return _deferred(f'{{"name": "pkg-{n}", "version": "1.{n}.0", {fields}}}'.encode())
 
 
 def _grouped(store: ChunkStore, group_level: int = 9) -> int:
@@ -468,7 +472,7 @@ def test_small_chunks_that_gain_together_share_a_frame_and_read_back_identical(
     store = deferring_store()
     files = [_small_file(n) for n in range(300)]
     noise = os.urandom(5000)
-    chunks = [*files[:150], (chunk_id(noise), noise, defer_chunk(noise)), *files[150:]]
+    chunks = [*files[:150], _deferred(noise), *files[150:]]
     _store_chunks(store, chunks)
     raw = sum(len(c[1]) for c in chunks)
     assert _grouped(store) == raw
@@ -498,12 +502,12 @@ def test_group_level_0_and_chunks_that_gain_nothing_together_keep_their_own_fram
     _grouped(store, group_level=0)
     assert {store.read_frame(c[0]).codec for c in files} == {Codec.ZSTD}
     hexes = [os.urandom(4000).hex().encode() for _ in range(10)]  # no word in common
-    texts = [(chunk_id(d), d, defer_chunk(d)) for d in hexes]
+    texts = [_deferred(d) for d in hexes]
     _store_chunks(store, texts)
     _grouped(store)
     assert {store.read_frame(c[0]).codec for c in texts} == {Codec.ZSTD}
     noise = [os.urandom(5000) for _ in range(10)]  # raw alone, and no better together
-    pieces = [(chunk_id(d), d, defer_chunk(d)) for d in noise]
+    pieces = [_deferred(d) for d in noise]
     _store_chunks(store, pieces)
     _grouped(store)
     assert {store.read_frame(c[0]).codec for c in pieces} == {Codec.RAW}
