@@ -22,10 +22,13 @@ log = logging.getLogger("cachesrv")
 HEAP_TRIM_INTERVAL = 1.0  # seconds
 # Bytes hypercorn asks of a connection's socket per read (its own is 64 KiB, a module
 # constant with no setting). Each read is an h11 event, an ASGI message and a trio
-# checkpoint: at 256 KiB the server spent 1.17-1.28 CPU-seconds receiving the Go v1 tar
-# (736 MB, multipart) and 1.66-1.88 on v2 (1058 MB), against 1.72-1.94 and 2.66-3.00 at
-# 64 KiB (4 alternated runs each). 1 MiB was slower (245-263 MB/s warm, 300+ at 256 KiB).
-RECV_BYTES = 256 << 10
+# checkpoint. Server CPU-seconds receiving the Go v1 tar (736 MB, multipart) / v2
+# (1058 MB), alternated runs: 64 KiB 1.72-1.94 / 2.66-3.00, 128 KiB 1.39-1.52 /
+# 1.73-2.39, 256 KiB 0.97-1.36 / 1.66-1.88. But a read allocates its size: under
+# bench.load's 24 clients the server's RSS peaked at 149.8-153.2 MB at 64 KiB,
+# 149.9-150.1 at 128 KiB and 153.1-154.7 at 256 KiB (mean of the last 6.7 s 140-145,
+# 143, 146-148), and memory is one budget of 150 MB. 1 MiB was slower still.
+RECV_BYTES = 128 << 10
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:

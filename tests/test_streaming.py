@@ -387,12 +387,12 @@ def test_16_concurrent_restores_keep_server_memory_bounded(
 
 def test_hypercorn_reads_a_connection_in_the_size_the_server_sets() -> None:
     # cachesrv.server sets hypercorn's module constant (there is no setting for it): if an
-    # upgrade stopped reading it, uploads would silently cost the server ~50% more CPU
+    # upgrade stopped reading it, uploads would silently cost the server ~25% more CPU
     import hypercorn.trio.tcp_server as tcp_server
 
     from cachesrv.config import Config
     from cachesrv.server import RECV_BYTES, hypercorn_config
 
     hypercorn_config(Config())
-    assert tcp_server.MAX_RECV == RECV_BYTES == 256 << 10
+    assert tcp_server.MAX_RECV == RECV_BYTES == 128 << 10
     assert "MAX_RECV" in tcp_server.TCPServer._read_data.__code__.co_names
