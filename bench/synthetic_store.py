@@ -31,7 +31,7 @@ def build(data: Path, objects: int, chunks_per_object: int, chunk_size: int = 64
         for _ in range(chunks_per_object):
             raw = os.urandom(chunk_size)
             cid = chunk_id(raw)
-            writer.put(cid, encode_chunk(compressor, raw))
+            writer.put(cid, encode_chunk(compressor, cid, raw))
             pieces.append(Piece(len(raw), chunk_id=cid))
         # the digest is not checked by the store: any 32 bytes do for a synthetic object
         manifest = Manifest(chunk_size * chunks_per_object, os.urandom(32), tuple(pieces))

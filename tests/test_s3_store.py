@@ -75,7 +75,8 @@ def _chunks(count: int, size: int = 175) -> list[tuple[bytes, bytes, Frame]]:
     result = []
     for _ in range(count):
         data = os.urandom(size // 2) * 2
-        result.append((chunk_id(data), data, encode_chunk(compressor, data)))
+        cid = chunk_id(data)
+        result.append((cid, data, encode_chunk(compressor, cid, data)))
     return result
 
 

@@ -26,7 +26,7 @@ def _chunk(n: int, size: int = 3000) -> tuple[bytes, bytes, bytes]:
 
 def _put(store: LocalChunkWriter, chunks: list[tuple[bytes, bytes, bytes]]) -> None:
     for cid, data, frame in chunks:
-        store.put(cid, choose_codec(data, frame))
+        store.put(cid, choose_codec(cid, data, frame))
 
 
 def _assert_consistent(store: LocalChunkStore) -> None:

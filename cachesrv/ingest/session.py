@@ -180,6 +180,6 @@ class IngestSession:
         else:
             frames = [self.compressor.compress(chunk) for chunk in chunks]
         for cid, chunk, compressed in zip(ids, chunks, frames, strict=True):
-            frame = choose_codec(chunk, compressed)
+            frame = choose_codec(cid, chunk, compressed)
             self.store.put(cid, frame)
             self.stats.stored_bytes += len(frame.data)

@@ -3,8 +3,8 @@
 DESIGN.md's read-path numbers: a restore that decompresses every byte tops out
 near 0.55 of hypercorn's send ceiling on two cores. So the bytes of recently
 written and read objects are also kept *as the client gets them*, in spans of
-:data:`SPAN` bytes at fixed offsets of the object, each with a BLAKE3-128
-digest taken when it was written. Serving a hot span is one ``pread`` and one
+:data:`SPAN` bytes at fixed offsets of the object, each with a digest taken
+when it was written. Serving a hot span is one ``pread`` and one
 digest check per MiB, with no per-chunk step: many tiny tar members restore as
 fast as a few big ones.
 

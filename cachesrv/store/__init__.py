@@ -7,12 +7,11 @@ compression was deferred off the request path: the store compresses it later
 until then. The background may also compress a run of chunks together into one
 *grouped* frame, where that saves :data:`GROUP_GAIN` of their raw bytes over
 compressing them alone (a tree of small files: a 300-byte ``package.json`` alone
-hardly compresses); each
-member's row then points at the group's record and at its place in the decoded
-group. Each stored frame has a *frame digest* (BLAKE3-128 of the stored
-bytes) recorded when it is written, so a ``Content-Encoding: zstd`` restore can
-verify a frame without decoding it; the chunk id stays the name and is what
-decoding paths and fsck check.
+hardly compresses); each member's row then points at the group's record and at its
+place in the decoded group. Each stored frame has a *frame digest* (BLAKE3-128 of the
+stored bytes; for a chunk stored raw, the prefix of its id) recorded when it is
+written, so a ``Content-Encoding: zstd`` restore can verify a frame without decoding
+it; the chunk id stays the name and is what decoding paths and fsck check.
 Backends (``local``: append-only pack files plus an SQLite index) implement
 :class:`ChunkStore`; the pipelines above never know which one is in use.
 """
@@ -234,30 +233,34 @@ def check_frame(expected_id: bytes, frame: Frame) -> None:
         raise ChunkCorrupt(f"chunk {expected_id.hex()}: stored bytes do not match their digest")
 
 
+def raw_digest(cid: bytes) -> bytes:
+    """:func:`frame_digest` of a chunk stored as it is, from its id ``cid``
+    (:func:`chunk_id` of the same bytes): BLAKE3's output is extendable, so the 16-byte
+    digest of the bytes is the prefix of their 32-byte one, and a new byte is not hashed
+    twice (the second hash was 9% of an ingest worker's time on a cold upload)."""
+    return cid[:16]
+
+
 def encode_chunk(
-    compressor: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview
+    compressor: zstandard.ZstdCompressor, cid: bytes, data: bytes | bytearray | memoryview
 ) -> Frame:
     """A new chunk as it is to be stored: compressed, or raw if zstd does not pay."""
-    return choose_codec(data, compressor.compress(data))
+    return choose_codec(cid, data, compressor.compress(data))
 
 
-def choose_codec(data: bytes | bytearray | memoryview, compressed: bytes) -> Frame:
-    """Keep ``compressed`` (zstd of ``data``) unless it saves under RAW_BELOW."""
+def choose_codec(cid: bytes, data: bytes | bytearray | memoryview, compressed: bytes) -> Frame:
+    """Keep ``compressed`` (zstd of ``data``, whose id is ``cid``) unless it saves under
+    RAW_BELOW."""
     if len(compressed) > len(data) * (1 - RAW_BELOW):
-        stored = bytes(data)
-        return Frame(stored, len(data), Codec.RAW, frame_digest(stored))
+        return Frame(bytes(data), len(data), Codec.RAW, raw_digest(cid))
     return Frame(compressed, len(data), Codec.ZSTD, frame_digest(compressed))
 
 
 def defer_chunk(cid: bytes, data: bytes | bytearray | memoryview) -> Frame:
-    """A new chunk stored as it is, to be compressed by :meth:`ChunkStore.compress_pending`.
-
-    Its frame digest is the first 16 bytes of its id, ``cid`` (:func:`chunk_id` of
-    ``data``): BLAKE3's output is extendable, so the 16-byte digest of the bytes is the
-    prefix of their 32-byte one, and an upload does not hash each new byte twice (the
-    second hash was 9% of an ingest worker's time on a cold upload)."""
+    """A new chunk (id ``cid``) stored as it is, to be compressed by
+    :meth:`ChunkStore.compress_pending`."""
     stored = bytes(data)
-    return Frame(stored, len(stored), Codec.PENDING, cid[:16])
+    return Frame(stored, len(stored), Codec.PENDING, raw_digest(cid))
 
 
 class Compressed(NamedTuple):
@@ -340,7 +343,7 @@ def compress_frames(
     compressor = zstandard.ZstdCompressor(level=level)
     raws: list[bytes | bytearray | memoryview] = [frames[n].data for n in good]
     batch = compressor.multi_compress_to_buffer(raws, threads=1)
-    alone = [choose_codec(raws[k], batch[k].tobytes()) for k in range(len(good))]
+    alone = [choose_codec(ids[n], raws[k], batch[k].tobytes()) for k, n in enumerate(good)]
     del batch  # its buffer is sized for the worst case (the run's raw size): not kept
     runs: list[list[int]] = []  # places in good[]: consecutive chunks tried together
     run: list[int] | None = None

@@ -62,14 +62,18 @@ def store(open_store: Open) -> ChunkStore:
     return open_store()
 
 
+def _encoded(data: bytes) -> tuple[bytes, bytes, Frame]:
+    """A new chunk as an upload compressing at level 1 stores it: id, bytes, frame."""
+    cid = chunk_id(data)
+    return cid, data, encode_chunk(zstandard.ZstdCompressor(level=1), cid, data)
+
+
 def _chunk(n: int, size: int = 2000) -> tuple[bytes, bytes, Frame]:
-    data = (n.to_bytes(8, "little") * (size // 8 + 1))[:size]  # compressible
-    return chunk_id(data), data, encode_chunk(zstandard.ZstdCompressor(level=1), data)
+    return _encoded((n.to_bytes(8, "little") * (size // 8 + 1))[:size])  # compressible
 
 
 def _random_chunk(size: int = 2000) -> tuple[bytes, bytes, Frame]:
-    data = os.urandom(size)  # stored raw
-    return chunk_id(data), data, encode_chunk(zstandard.ZstdCompressor(level=1), data)
+    return _encoded(os.urandom(size))  # stored raw
 
 
 def _store_chunks(store: ChunkStore, chunks: list[tuple[bytes, bytes, Frame]]) -> None:
@@ -479,7 +483,8 @@ def test_small_chunks_that_gain_together_share_a_frame_and_read_back_identical(
     codecs = [store.read_frame(c[0]).codec for c in chunks]
     # the noise, raw alone, is in its neighbours' run, which gains as a whole
     assert codecs == [Codec.GROUP] * 301
-    alone = sum(len(encode_chunk(zstandard.ZstdCompressor(level=3), d).data) for _, d, _ in files)
+    level3 = zstandard.ZstdCompressor(level=3)
+    alone = sum(len(encode_chunk(level3, c, d).data) for c, d, _ in files)
     stats = store.stats()
     assert stats.pending_bytes == 0 and stats.chunks == 301
     assert stats.stored_bytes < 0.6 * alone + len(noise)  # far less than apart
