@@ -27,7 +27,7 @@ from cachesrv.chunking import ChunkParams
 from cachesrv.ingest import IngestSession
 from cachesrv.manifest import Manifest
 from cachesrv.progress import Progress
-from cachesrv.store import Frame, StoreStats
+from cachesrv.store import Frame, StoreStats, group_chunks
 
 READ_BYTES = 1 << 20
 KiB = 1024
@@ -51,7 +51,11 @@ class SizingStore:
         return {i for i in ids if i not in self.sizes}
 
     def put(self, chunk_id: bytes, frame: Frame) -> None:
-        self.sizes.setdefault(chunk_id, (frame.raw_size, len(frame.data)))
+        self.sizes.setdefault(chunk_id, (frame.raw_size, frame.stored_size))
+
+    def put_group(self, body: Frame) -> None:
+        for chunk_id, frame in group_chunks(body):
+            self.put(chunk_id, frame)
 
     def commit(self) -> None:
         return None

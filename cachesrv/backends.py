@@ -18,7 +18,10 @@ def open_chunk_store(
     store_timeout: float,
     hard_limit: int | None = None,
     pin_ttl: float = 600.0,
+    group_level: int = 0,
 ) -> ChunkStore:
+    """``group_level``: what the object store's compaction groups live members of a
+    partly dead group at (the local store makes them pending for the background)."""
     if store is None:
         from cachesrv.store.local import LocalChunkStore
 
@@ -28,7 +31,7 @@ def open_chunk_store(
     from cachesrv.store.s3 import S3ChunkStore, open_object_store
 
     objects = open_object_store(store, store_timeout).child("chunks/")
-    return S3ChunkStore(objects, hard_limit=hard_limit, pin_ttl=pin_ttl)
+    return S3ChunkStore(objects, hard_limit=hard_limit, pin_ttl=pin_ttl, group_level=group_level)
 
 
 def open_catalog(

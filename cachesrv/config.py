@@ -51,9 +51,9 @@ class Config:
     # zstd level the background compresses new chunks at, stored raw by the upload
     # (the local store; 0: compress on the request path at compression_level).
     background_level: int = 3
-    # zstd level of grouped frames: runs of new chunks the background compresses together
-    # where that saves 2% of their raw bytes over compressing them apart (a tree of small
-    # files); 0: never.
+    # zstd level of grouped frames: runs of new chunks compressed together where that
+    # saves 2% of their raw bytes over compressing them apart (a tree of small files), by
+    # the background, or by an upload that compresses as it goes (S3); 0: never.
     group_level: int = 9
     # Decoded, verified spans of recent objects kept on disk for restores (0: none).
     hot_cache_bytes: int = 2 * 1024 * MiB
@@ -267,9 +267,10 @@ SETTINGS: tuple[_Setting, ...] = (
         "group_level",
         ("CACHESRV_GROUP_LEVEL",),
         int,
-        "zstd level for grouped frames: the background compresses runs of new chunks "
-        "together (up to 4 MiB) where that stores 2%% of their size less than apart, as a tree of "
-        "small files does (9); 0: every chunk its own frame",
+        "zstd level for grouped frames: runs of new chunks (up to 4 MiB) are compressed "
+        "together where that stores 2%% of their size less than apart, as a tree of small "
+        "files does, by the background (local store) or by the upload where it compresses "
+        "as it goes (S3 store) (9); 0: every chunk its own frame",
     ),
     _Setting(
         "hot_cache_bytes",

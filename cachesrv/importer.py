@@ -85,7 +85,10 @@ def import_tree(repo: Repository, root: Path, progress: Progress | None = None) 
             raise StoreFull(f"the store is at its hard limit before {name!r}")
         # no hot cache: an import is not a sign that these objects are read soon
         session = IngestSession(
-            repo.store.writer(), repo.config.chunking, repo.config.compression_level
+            repo.store.writer(),
+            repo.config.chunking,
+            repo.config.compression_level,
+            group_level=repo.config.group_level,
         )
         with open(path, "rb") as stream:
             while block := stream.read(READ_BYTES):

@@ -110,6 +110,7 @@ class Repository:
             config.store_timeout,
             hard_limit=config.effective_hard_limit,
             pin_ttl=config.upload_pin_ttl,
+            group_level=config.group_level,
         )
         hot_bytes = config.hot_cache_bytes if local is not None else 0
         hot = HotCache(local, hot_bytes) if local is not None and hot_bytes else None
@@ -138,6 +139,7 @@ class Repository:
                 pin_ttl=config.upload_pin_ttl,
                 store=config.store,
                 store_timeout=config.store_timeout,
+                group_level=config.group_level,
             ),
             config.ingest_workers,
             idle_exit=config.ingest_idle_exit,
@@ -151,6 +153,7 @@ class Repository:
             self.config.compression_level,
             tar_aware=tar_aware,
             defer=may_defer(self.store, self.config.background_level > 0),
+            group_level=self.config.group_level,
         )
 
     @property

@@ -16,9 +16,10 @@ import tarfile
 from pathlib import Path
 
 import zstandard
-from conftest import Server, StartServer, curl, server_stats, settled
+from conftest import SeaweedFS, Server, StartServer, curl, server_stats, settled
 
 from cachesrv.store import Codec
+from cachesrv.store.s3 import open_object_store
 
 NO_HOT = ["--hot-cache-bytes", "0", "--gc-interval", "0"]  # restores decode the store
 _WORDS = [f"w{n:03x}" for n in range(400)]
@@ -117,6 +118,37 @@ def test_small_files_share_frames_store_less_and_restore_identical(
         else:
             assert rows == []
         check = _fsck(server.data)
+        assert check.returncode == 0, check.stdout + check.stderr
+    assert stored["9"] < 0.8 * stored["0"]
+
+
+def test_on_an_object_store_uploads_group_small_files_as_they_come(
+    start_server: StartServer, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """The S3 store compresses new chunks during the upload (a deferred write would be
+    PUT twice): its uploads group them there, by the background's rule."""
+    v1, v2 = _versions()
+    tars = {"v1.tar": _tree(v1), "v2.tar": _tree(v2)}
+    stored = {}
+    for level in ("9", "0"):
+        url = seaweedfs.new_store_url()
+        server = start_server(args=[*NO_HOT, "--store", url, "--group-level", level])
+        _upload(server, "v1.tar", tars["v1.tar"], tmp_path)
+        new_v1 = server_stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
+        _upload(server, "v2.tar", tars["v2.tar"], tmp_path)
+        numbers = settled(server)
+        stored[level] = int(numbers["stored_bytes"])  # type: ignore[call-overload]
+        new_v2 = numbers["since_start"]["upload_new_bytes"] - new_v1  # type: ignore[index]
+        changed = sum(len(v2[n]) for n in v2 if v2[n] != v1[n])
+        assert changed <= new_v2 <= changed * 1.1  # dedup survives
+        for path, tar in tars.items():
+            _restores_match(server, path, tar)
+        server.stop()
+        objects = open_object_store(url, timeout=10).child("chunks/")
+        packs = list(objects.listing("packs/"))
+        assert 1 <= len(packs) <= 0.01 * len(v1)  # objects per tar member
+        command = [sys.executable, "-m", "cachesrv", "fsck", "--store", url]
+        check = subprocess.run(command, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     assert stored["9"] < 0.8 * stored["0"]
 

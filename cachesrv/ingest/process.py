@@ -62,6 +62,7 @@ def worker_main(
     pin_ttl: float = 600.0,
     store_url: str | None = None,
     store_timeout: float = 10.0,
+    group_level: int = 0,
 ) -> None:
     """Serve uploads until the server closes the socket. Several may be open at once
     (their frames interleave); each frame is worked on as it comes, so one core serves
@@ -93,6 +94,7 @@ def worker_main(
                     frames.decode_begin(payload),
                     threads=threads,
                     defer=may_defer(store, defer),
+                    group_level=group_level,
                 )
                 uploads[number] = _Open(session)
             elif kind == frames.DATA:
@@ -145,6 +147,7 @@ def _main() -> None:
     parser.add_argument("--chunk", type=int, nargs=3, required=True)
     parser.add_argument("--level", type=int, required=True)
     parser.add_argument("--defer", action="store_true", help="leave compression to the server")
+    parser.add_argument("--group-level", type=int, default=0, help="0: never group chunks")
     parser.add_argument("--hard-limit", type=int, default=0, help="bytes; 0: none")
     parser.add_argument("--pin-ttl", type=float, required=True)
     parser.add_argument("--store", default=None)
@@ -164,6 +167,7 @@ def _main() -> None:
             pin_ttl=args.pin_ttl,
             store_url=args.store,
             store_timeout=args.store_timeout,
+            group_level=args.group_level,
         )
     except ConnectionError:
         pass

@@ -20,11 +20,13 @@ from cachesrv.chunking import ChunkParams, Splitter
 from cachesrv.chunking import Piece as SplitPiece
 from cachesrv.manifest import ManifestWriter, Piece
 from cachesrv.store import (
+    GROUP_RAW,
     ChunkMissing,
     ChunkStore,
     ChunkWriter,
-    choose_codec,
+    Codec,
     chunk_id,
+    compress_chunks,
     defer_chunk,
 )
 
@@ -34,8 +36,9 @@ from cachesrv.store import (
 INLINE_LIMIT = 64 * 1024
 # New chunks are compressed together once this many raw bytes are queued: one call
 # compresses them all on several threads (zstd releases the GIL once for the batch;
-# a thread per chunk would wait for the GIL after every chunk, DESIGN.md's convoy).
-COMPRESS_BATCH = 4 << 20
+# a thread per chunk would wait for the GIL after every chunk, DESIGN.md's convoy), and
+# a batch is what grouping looks at.
+COMPRESS_BATCH = GROUP_RAW
 # Uploads store new chunks raw for the background to compress only while the store has
 # this much room below its hard limit: raw bytes fill it faster than compressed ones.
 DEFER_HEADROOM = 1 << 30
@@ -74,9 +77,14 @@ class IngestSession:
         tar_aware: bool = True,
         threads: int = 1,
         defer: bool = False,
+        group_level: int = 0,
     ) -> None:
         self.store = store
         self.defer = defer  # store new chunks pending: the store compresses them later
+        # else compressed here, and with group_level, small ones grouped where that pays
+        # (compress_chunks: the background's rule, on each batch of new chunks)
+        self.group_level = group_level
+        self.level = level
         self.splitter = Splitter(params, tar_aware=tar_aware)
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.threads = threads
@@ -174,12 +182,12 @@ class IngestSession:
                 self.store.put(cid, frame)
                 self.stats.stored_bytes += len(frame.data)
             return
-        if self.threads > 1 and len(chunks) > 1:
-            batch = self.compressor.multi_compress_to_buffer(chunks, threads=self.threads)
-            frames = [batch[i].tobytes() for i in range(len(batch))]
-        else:
-            frames = [self.compressor.compress(chunk) for chunk in chunks]
-        for cid, chunk, compressed in zip(ids, chunks, frames, strict=True):
-            frame = choose_codec(cid, chunk, compressed)
-            self.store.put(cid, frame)
+        for record in compress_chunks(
+            self.compressor, self.level, ids, chunks, self.group_level, self.threads
+        ):
+            frame = record.frame
+            if frame.codec == Codec.GROUP:
+                self.store.put_group(frame)
+            else:
+                self.store.put(ids[record.members[0]], frame)
             self.stats.stored_bytes += len(frame.data)

@@ -74,6 +74,7 @@ class WorkerSettings:
     pin_ttl: float = 600.0
     store: str | None = None  # s3://bucket/prefix (cachesrv.backends); None: under data
     store_timeout: float = 10.0
+    group_level: int = 0  # uploads not deferred group small chunks at this level (0: never)
 
     def command(self, fd: int) -> list[str]:
         return [
@@ -88,6 +89,8 @@ class WorkerSettings:
             "--level",
             str(self.level),
             *(("--defer",) if self.defer else ()),
+            "--group-level",
+            str(self.group_level),
             "--hard-limit",
             str(self.hard_limit or 0),
             "--pin-ttl",

@@ -294,6 +294,12 @@ def member_frames(frame: Frame) -> list[Frame]:
     return frames
 
 
+def group_chunks(body: Frame) -> list[tuple[bytes, Frame]]:
+    """Each chunk of a grouped frame with how it reads back (:func:`member_frames`)."""
+    _, members = group_parts(body.data)
+    return [(m.chunk_id, f) for m, f in zip(members, member_frames(body), strict=True)]
+
+
 T = TypeVar("T")
 
 
@@ -319,17 +325,8 @@ def compress_frames(
     level: int, ids: Sequence[bytes], frames: Sequence[Frame], group_level: int = 0
 ) -> tuple[list[Compressed], list[int]]:
     """Pending frames compressed at ``level`` (or raw where zstd does not pay), each
-    checked by its digest first; returns the records to store and the places of the
-    damaged frames (they stay as they are, for fsck to find).
-
-    With ``group_level``, runs of consecutive chunks (up to :data:`GROUP_RAW`) are also
-    tried as one frame at ``level``; a run where that saves :data:`GROUP_GAIN` of its raw
-    bytes over its frames alone is stored as one frame at ``group_level``. Chunks zstd
-    does not shrink alone are tried too: two pieces of one jar, or two jars with an entry
-    in common, do shrink together.
-    What loses: a restore with ``Content-Encoding: zstd`` that needs only part of a group
-    re-encodes that part, so a big-file cache (whose chunks gain little together) keeps
-    its frames apart."""
+    checked by its digest first; returns the records to store (:func:`compress_chunks`)
+    and the places of the damaged frames (they stay as they are, for fsck to find)."""
     good: list[int] = []
     damaged: list[int] = []
     for n, (cid, frame) in enumerate(zip(ids, frames, strict=True)):
@@ -338,17 +335,45 @@ def compress_frames(
             good.append(n)
         except ChunkCorrupt:
             damaged.append(n)
-    if not good:
-        return [], damaged
-    compressor = zstandard.ZstdCompressor(level=level)
-    raws: list[bytes | bytearray | memoryview] = [frames[n].data for n in good]
-    batch = compressor.multi_compress_to_buffer(raws, threads=1)
-    alone = [choose_codec(ids[n], raws[k], batch[k].tobytes()) for k, n in enumerate(good)]
+    records = compress_chunks(
+        zstandard.ZstdCompressor(level=level),
+        level,
+        [ids[n] for n in good],
+        [frames[n].data for n in good],
+        group_level,
+    )
+    return [Compressed([good[k] for k in r.members], r.frame) for r in records], damaged
+
+
+def compress_chunks(
+    compressor: zstandard.ZstdCompressor,
+    level: int,
+    ids: Sequence[bytes],
+    raws: Sequence[bytes | bytearray | memoryview],
+    group_level: int = 0,
+    threads: int = 1,
+) -> list[Compressed]:
+    """Chunks (their ids and raw bytes, in the order they were written) as the records
+    to store: each compressed alone by ``compressor`` (at zstd ``level``), or raw where
+    zstd does not pay. With ``group_level``, runs of consecutive chunks (up to
+    :data:`GROUP_RAW`) are also tried as one frame at ``level``; a run where that saves
+    :data:`GROUP_GAIN` of its raw bytes over its frames alone is stored as one frame at
+    ``group_level``. Chunks zstd does not shrink alone are tried too: two pieces of one
+    jar, or two jars with an entry in common, do shrink together. The background runs
+    this on pending chunks; an upload that compresses as it goes (an object store's,
+    where a deferred write would be PUT twice), on each batch of its new chunks.
+    What loses: a restore with ``Content-Encoding: zstd`` that needs only part of a group
+    re-encodes that part, so a big-file cache (whose chunks gain little together) keeps
+    its frames apart."""
+    if not raws:
+        return []
+    batch = compressor.multi_compress_to_buffer(list(raws), threads=threads)
+    alone = [choose_codec(ids[k], raws[k], batch[k].tobytes()) for k in range(len(raws))]
     del batch  # its buffer is sized for the worst case (the run's raw size): not kept
-    runs: list[list[int]] = []  # places in good[]: consecutive chunks tried together
+    runs: list[list[int]] = []  # places in raws[]: consecutive chunks tried together
     run: list[int] | None = None
     run_raw = 0
-    for k in range(len(good)):
+    for k in range(len(raws)):
         if not group_level:
             runs.append([k])
             continue
@@ -363,15 +388,15 @@ def compress_frames(
             compressor,
             level,
             group_level,
-            [ids[good[k]] for k in run],
+            [ids[k] for k in run],
             [raws[k] for k in run],
             sum(len(alone[k].data) for k in run),
         )
         if grouped is None:
-            records.extend(Compressed([good[k]], alone[k]) for k in run)
+            records.extend(Compressed([k], alone[k]) for k in run)
         else:
-            records.append(Compressed([good[k] for k in run], grouped))
-    return records, damaged
+            records.append(Compressed(list(run), grouped))
+    return records
 
 
 def _group(
@@ -457,6 +482,10 @@ class ChunkWriter(Protocol):
         """Queue a chunk; it becomes readable and durable at this writer's :meth:`commit`
         (which ``put`` calls itself once :data:`COMMIT_ROWS` are queued). Raises
         ``OSError(ENOSPC)`` at the store's hard limit or a full disk."""
+
+    def put_group(self, body: Frame) -> None:
+        """:meth:`put` for the chunks of one grouped frame (codec GROUP, ``data`` the
+        group body: its member table names them): one record, a row per member."""
 
     def commit(self) -> None:
         """Make every chunk put so far durable and visible, before any manifest names it."""

@@ -23,6 +23,7 @@ from cachesrv.store import (
     VerifyReport,
     compress_frames,
     decode_frame,
+    group_chunks,
     member_frames,
     pending_step,
 )
@@ -51,7 +52,7 @@ class MemoryChunkStore:
 
     def usage_bytes(self) -> int:
         with self._lock:
-            return sum(len(f.data) for f in self._chunks.values())
+            return sum(f.stored_size for f in self._chunks.values())
 
     def admits(self, size: int) -> bool:
         return self.hard_limit is None or self.usage_bytes() + size <= self.hard_limit
@@ -223,13 +224,17 @@ class MemoryChunkWriter:
         if chunk_id in self._pending:
             return
         store = self._store
-        size = len(frame.data)
+        size = frame.stored_size
         if store.hard_limit is not None and not store.admits(self._pending_bytes + size):
             raise OSError(errno.ENOSPC, f"the store is at its hard limit of {store.hard_limit}")
         self._pending[chunk_id] = frame
         self._pending_bytes += size
         if len(self._pending) >= COMMIT_ROWS:
             self.commit()
+
+    def put_group(self, body: Frame) -> None:
+        for chunk_id, frame in group_chunks(body):
+            self.put(chunk_id, frame)
 
     def commit(self) -> None:
         self._store._commit(self._pending)

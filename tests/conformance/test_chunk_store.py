@@ -24,6 +24,7 @@ from cachesrv.store import (
     MaintenanceReport,
     check_frame,
     chunk_id,
+    compress_chunks,
     decoded_groups,
     defer_chunk,
     encode_chunk,
@@ -588,3 +589,48 @@ def _drain(steps: Generator[None, None, MaintenanceReport]) -> MaintenanceReport
             next(steps)
     except StopIteration as done:
         return done.value
+
+
+def _group_of(chunks: list[tuple[bytes, bytes, Frame]]) -> Frame:
+    """The grouped frame an upload that compresses as it goes makes of ``chunks``."""
+    (record,) = compress_chunks(
+        zstandard.ZstdCompressor(level=1), 1, [c[0] for c in chunks], [c[1] for c in chunks], 9
+    )
+    assert record.frame.codec == Codec.GROUP and record.members == list(range(len(chunks)))
+    return record.frame
+
+
+def test_a_grouped_frame_put_by_a_writer_is_one_record_and_every_member_reads_back(
+    open_store: Open,
+) -> None:
+    store = open_store()
+    files = [_small_file(n) for n in range(200)]
+    body = _group_of(files)
+    loner = _chunk(7)
+    writer = store.writer()
+    assert writer.missing(c[0] for c in [*files, loner]) == {c[0] for c in [*files, loner]}
+    writer.put_group(body)
+    writer.put(loner[0], loner[2])
+    assert writer.missing(c[0] for c in files) == set()  # the writer holds them
+    assert store.contains(c[0] for c in files) == set()  # invisible until the commit
+    writer.commit()
+    # a store opened anew reads them from what was written (memory: the same store)
+    for reader in (store, store if isinstance(store, MemoryChunkStore) else open_store()):
+        ids = [c[0] for c in files]
+        assert reader.contains(ids) == set(ids)
+        assert [reader.read(i) for i in ids] == [c[1] for c in files]
+        frames = reader.read_frames(ids[::-1])  # in any order, with the loner between
+        assert {(f.codec, f.digest) for f in frames} == {(Codec.GROUP, body.digest)}
+        for cid, frame in zip(ids[::-1], frames, strict=True):
+            check_frame(cid, frame)
+        assert reader.read(loner[0]) == loner[1]
+        stats = reader.stats()
+        assert stats.chunks == 201
+        # the body is counted once, shared out among its members
+        assert stats.stored_bytes == len(body.data) + len(loner[2].data)
+        assert stats.stored_bytes < 0.6 * sum(len(c[2].data) for c in files)
+        assert reader.verify().problems == []
+    # a member deleted alone leaves the others readable
+    assert store.delete([files[0][0]]) == 1
+    assert store.read(files[1][0]) == files[1][1]
+    assert store.contains([files[0][0]]) == set()

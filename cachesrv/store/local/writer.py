@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cachesrv.db import Database
-from cachesrv.store import COMMIT_ROWS, Codec, Frame
+from cachesrv.store import COMMIT_ROWS, Codec, Frame, group_chunks
 
 from .index import LOCATION, Location, add_pack, add_pack_bytes, add_totals, pack_bytes
 from .packs import (
@@ -268,19 +268,26 @@ class LocalChunkWriter:
         self._replacing[chunk_id] = old
         self._add(chunk_id, frame, limited=False)
 
+    def put_group(self, body: Frame) -> None:
+        self._add_group(body, group_chunks(body), limited=True)
+
     def replace_group(self, body: Frame, members: list[tuple[bytes, Frame, Location]]) -> None:
         """:meth:`replace` for the chunks of one grouped frame (``body``): one record,
         a row per member (``member_frames`` gives their frames), each taking the place
         of its old row as replace does."""
+        for chunk_id, _, old in members:
+            self._replacing[chunk_id] = old
+        self._add_group(body, [(chunk_id, frame) for chunk_id, frame, _ in members], limited=False)
+
+    def _add_group(self, body: Frame, members: list[tuple[bytes, Frame]], limited: bool) -> None:
         self._drop_abandoned()
         try:
-            base = self._appender.append(GROUP_RECORD_ID, body, limited=False, rows=len(members))
+            base = self._appender.append(GROUP_RECORD_ID, body, limited=limited, rows=len(members))
         finally:
             self._drop_abandoned()
         pack, offset = base[:2]
-        for chunk_id, frame, old in members:
+        for chunk_id, frame in members:
             assert chunk_id not in self._pending, "a chunk twice in one writer's groups"
-            self._replacing[chunk_id] = old
             self._pending[chunk_id] = (
                 pack,
                 offset,

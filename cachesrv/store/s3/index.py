@@ -4,19 +4,24 @@ reads and refreshes, so that ``missing()`` and ``contains()`` need no request pe
 Each commit (and each lifecycle step) writes one immutable object
 ``index/<time>-<random>.idx`` holding records::
 
-    ADD   id, pack, offset, length, raw size, codec, frame digest   a chunk is stored there
-    DEL   id, pack, offset                                          that copy is forgotten
-    QUAR  id, pack, offset                                          that copy is corrupt
-    GONE  pack                                                      the pack object is deleted
+    ADD   id, pack, offset, length, raw size, codec, frame digest, inner, span
+                                             a chunk is stored there
+    DEL   id, pack, offset, inner            that copy is forgotten
+    QUAR  id, pack, offset, inner            that copy is corrupt
+    GONE  pack                               the pack object is deleted
 
-A DEL or QUAR names the copy it forgets, so it is a no-op against another copy of the
-same chunk (a re-upload) and an ADD of a forgotten copy that arrives late (another
-replica's older index object, listed after the DEL) stays forgotten. A replica lists
-``index/`` and reads the objects it has not seen yet; replaying in any order gives the
-same chunks, up to which of two live copies of a chunk it reads.
+(``inner`` and ``span``: a grouped chunk's place in its decoded group and the group
+body's stored bytes, see :class:`.table.Location`; 0 for any other.) A DEL or QUAR names
+the copy it forgets, so it is a no-op against another copy of the same chunk (a
+re-upload) and an ADD of a forgotten copy that arrives late (another replica's older
+index object, listed after the DEL) stays forgotten. A replica lists ``index/`` and
+reads the objects it has not seen yet; replaying in any order gives the same chunks, up
+to which of two live copies of a chunk it reads.
 
-Body: magic ``CSX1`` | pack count (u32) | per pack: name length (u16), name, size (u64) |
+Body: magic ``CSX2`` | pack count (u32) | per pack: name length (u16), name, size (u64) |
 records (:data:`RECORD`). Pack numbers in records index the object's own pack table.
+Objects written before grouped frames (``CSX1``, records :data:`RECORD_V1`: no inner,
+no span) are read as well.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from cachesrv.store import Codec
 
 from .table import ChunkTable, Location
 
-MAGIC = b"CSX1"
-RECORD = struct.Struct("<B32sIQIIB16s")  # op | id | pack | offset | length | raw | codec | digest
+MAGIC = b"CSX2"
+# op | id | pack | offset | length | raw | codec | digest | inner | span
+RECORD = struct.Struct("<B32sIQIIB16sII")
+MAGIC_V1 = b"CSX1"
+RECORD_V1 = struct.Struct("<B32sIQIIB16s")  # as RECORD, without inner and span
 NO_DIGEST = 0x80  # op flag: the frame carries no digest
 _COUNT = struct.Struct("<I")
 _NAME = struct.Struct("<H")
@@ -62,7 +70,7 @@ class IndexBatch:
     def _record(self, op: Op, chunk_id: bytes, pack: str, where: Location | None) -> None:
         number = self._numbers.setdefault(pack, len(self._numbers))
         if where is None:
-            self.records += RECORD.pack(op, chunk_id, number, 0, 0, 0, 0, b"\0" * 16)
+            self.records += RECORD.pack(op, chunk_id, number, 0, 0, 0, 0, b"\0" * 16, 0, 0)
             return
         self.records += RECORD.pack(
             op | (NO_DIGEST if where.digest is None else 0),
@@ -73,6 +81,8 @@ class IndexBatch:
             where.raw_size,
             where.codec,
             where.digest or b"\0" * 16,
+            where.inner,
+            where.span,
         )
 
     def note_pack(self, name: str, size: int) -> None:
@@ -102,7 +112,11 @@ class IndexBatch:
 
 def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Location]]]:
     """The pack table and the records of an index object (ValueError if malformed)."""
-    if body[:4] != MAGIC:
+    if body[:4] == MAGIC:
+        record = RECORD
+    elif body[:4] == MAGIC_V1:
+        record = RECORD_V1
+    else:
         raise ValueError("not an index object")
     (count,) = _COUNT.unpack_from(body, 4)
     position = 4 + _COUNT.size
@@ -115,12 +129,13 @@ def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Locat
         (size,) = _SIZE.unpack_from(body, position)
         position += _SIZE.size
         packs.append((name, size))
-    if (len(body) - position) % RECORD.size:
+    if (len(body) - position) % record.size:
         raise ValueError("index object ends inside a record")
 
     def records() -> Iterator[tuple[Op, bytes, Location]]:
-        for fields in RECORD.iter_unpack(memoryview(body)[position:]):
-            op, chunk_id, pack, offset, length, raw, codec, digest = fields
+        for fields in record.iter_unpack(memoryview(body)[position:]):
+            op, chunk_id, pack, offset, length, raw, codec, digest, *group = fields
+            inner, span = group or (0, 0)
             yield (
                 _OPS[op & ~NO_DIGEST],
                 bytes(chunk_id),
@@ -131,6 +146,8 @@ def decode(body: bytes) -> tuple[dict[str, int], Iterator[tuple[Op, bytes, Locat
                     raw,
                     _CODECS[codec],
                     None if op & NO_DIGEST else bytes(digest),
+                    inner,
+                    span,
                 ),
             )
 
@@ -153,7 +170,8 @@ class ChunkIndex:
         self.packs: dict[str, int] = {}  # pack object -> size (the hard limit's measure)
         self.quarantine: dict[bytes, Location] = {}
         self.seen: set[str] = set()  # index objects applied
-        self._forgotten: dict[str, set[int]] = {}  # pack -> offsets of forgotten copies
+        # pack -> (offset, inner) of forgotten copies (a group's members share an offset)
+        self._forgotten: dict[str, set[tuple[int, int]]] = {}
         self._gone: set[str] = set()
 
     def apply(self, packs: dict[str, int], records: Iterable[tuple[Op, bytes, Location]]) -> None:
@@ -170,7 +188,7 @@ class ChunkIndex:
                     self._forget(op, chunk_id, where)
 
     def _add(self, chunk_id: bytes, where: Location) -> None:
-        if where.pack in self._gone or where.offset in self._forgotten.get(where.pack, ()):
+        if where.pack in self._gone or _place(where)[1:] in self._forgotten.get(where.pack, ()):
             return
         current = self.chunks.get(chunk_id)
         self.quarantine.pop(chunk_id, None)
@@ -199,7 +217,7 @@ class ChunkIndex:
 
     def _forget(self, op: Op, chunk_id: bytes, where: Location) -> None:
         place = _place(where)
-        self._forgotten.setdefault(where.pack, set()).add(where.offset)
+        self._forgotten.setdefault(where.pack, set()).add(place[1:])
         current = self.chunks.get(chunk_id)
         if current is not None and _place(current) == place:
             self.chunks.forget(chunk_id)
@@ -269,5 +287,6 @@ class ChunkIndex:
         return batch
 
 
-def _place(where: Location) -> tuple[str, int]:
-    return where.pack, where.offset
+def _place(where: Location) -> tuple[str, int, int]:
+    """A copy's identity: where its record is, and its place in a grouped one."""
+    return where.pack, where.offset, where.inner

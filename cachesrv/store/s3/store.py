@@ -26,18 +26,31 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import zstandard
+
 from cachesrv.store import (
     COMMIT_ROWS,
     ChunkCorrupt,
     ChunkMissing,
     ChunkStore,
+    Codec,
     Frame,
+    GroupMember,
     MaintenanceReport,
     StoreStats,
     VerifyReport,
+    check_frame,
+    compress_chunks,
     decode_frame,
+    group_chunks,
+    group_parts,
 )
-from cachesrv.store.local.packs import CODEC_OF_MAGIC, RECORD_HEADER, RECORD_MAGICS
+from cachesrv.store.local.packs import (
+    CODEC_OF_MAGIC,
+    GROUP_RECORD_ID,
+    RECORD_HEADER,
+    RECORD_MAGICS,
+)
 from cachesrv.store.mark import SqliteMarkSession
 
 from .client import ObjectStore, PreconditionFailed
@@ -56,10 +69,20 @@ LEASE_TTL = 60.0  # a lease lapses this long after its holder last renewed it
 LATE_WINDOW = 300.0
 FULL_LISTING_EVERY = 60.0
 MERGE_AT_LEAST = 64  # index objects old enough before maintenance merges them
+# zstd level at which compaction compresses again the live members of a partly dead
+# group (maintenance has no upload's settings; zstd's own default)
+REGROUP_LEVEL = 3
 
 
 def _stamp() -> str:
     return f"{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _frame(stored: bytes, where: Location) -> Frame:
+    """The frame of the chunk at ``where``, from its record's stored bytes."""
+    if where.codec != Codec.GROUP:
+        return Frame(stored, where.raw_size, where.codec, where.digest)
+    return Frame(stored, where.raw_size, where.codec, where.digest, where.inner, where.length)
 
 
 def _record(chunk_id: bytes, frame: Frame) -> bytes:
@@ -76,9 +99,14 @@ class S3ChunkStore:
     defers_compression = False  # see compress_pending
 
     def __init__(
-        self, objects: ObjectStore, hard_limit: int | None = None, pin_ttl: float = PIN_TTL
+        self,
+        objects: ObjectStore,
+        hard_limit: int | None = None,
+        pin_ttl: float = PIN_TTL,
+        group_level: int = 0,
     ) -> None:
         self.objects = objects
+        self.group_level = group_level  # what compaction groups live members at (0: never)
         self.hard_limit = hard_limit
         self.pin_ttl = pin_ttl
         self.index = ChunkIndex()
@@ -190,18 +218,21 @@ class S3ChunkStore:
                 raise ChunkMissing(f"a pack holding these chunks is gone: {exc}") from exc
 
     def _read_frames(self, ids: Sequence[bytes]) -> list[Frame]:
-        places = self._locate(ids)
+        return self._read_at(self._locate(ids))
+
+    def _read_at(self, places: Sequence[Location]) -> list[Frame]:
+        """The frames stored at ``places``, in order (KeyError: a pack is gone)."""
         by_pack: dict[str, list[int]] = {}
         for n, where in enumerate(places):
             by_pack.setdefault(where.pack, []).append(n)
-        frames: list[Frame | None] = [None] * len(ids)
+        frames: list[Frame | None] = [None] * len(places)
         for pack, numbers in by_pack.items():
             numbers.sort(key=lambda n: places[n].offset)
             run: list[int] = []
             for n in numbers:
                 if run:
                     last = places[run[-1]]
-                    if places[n].offset - (last.offset + last.length) > COALESCE_GAP:
+                    if places[n].offset - (last.offset + last.extent) > COALESCE_GAP:
                         self._read_run(pack, run, places, frames)
                         run = []
                 run.append(n)
@@ -209,15 +240,19 @@ class S3ChunkStore:
         return [f for f in frames if f is not None]
 
     def _read_run(
-        self, pack: str, run: list[int], places: list[Location], frames: list[Frame | None]
+        self, pack: str, run: list[int], places: Sequence[Location], frames: list[Frame | None]
     ) -> None:
         start = min(places[n].offset for n in run)
-        end = max(places[n].offset + places[n].length for n in run)
+        end = max(places[n].offset + places[n].extent for n in run)
         data = self.objects.get_range(f"packs/{pack}", start, end)
+        bodies: dict[int, bytes] = {}  # a group's members share one copy of its body
         for n in run:
             where = places[n]
-            stored = data[where.offset - start : where.offset - start + where.length]
-            frames[n] = Frame(stored, where.raw_size, where.codec, where.digest)
+            stored = bodies.get(where.offset)
+            if stored is None:
+                stored = data[where.offset - start : where.offset - start + where.extent]
+                bodies[where.offset] = stored
+            frames[n] = _frame(stored, where)
 
     def contains(self, ids: Iterable[bytes]) -> set[bytes]:
         ids = set(ids)
@@ -381,24 +416,68 @@ class S3ChunkStore:
         return len(old)
 
     def _compact(self, pack: str, records: list[tuple[bytes, Location]]) -> None:
-        frames = self.read_frames([chunk_id for chunk_id, _ in records])
+        """Copy the live records of ``pack`` into a new pack. A grouped record some of
+        whose members are dead is not copied whole: its live members (decoded, each
+        checked against its id) are compressed again, grouped where that still pays; a
+        member that fails its check is quarantined, never copied."""
+        frames = self._read_at([where for _, where in records])  # these copies, not others
         name = f"{_stamp()}.pack"
         body = bytearray()
         batch = IndexBatch()
-        moved = []
+        moved: list[tuple[bytes, Location, Location]] = []
+        by_record: dict[int, list[tuple[bytes, Location, Frame]]] = {}
         for (chunk_id, old), frame in zip(records, frames, strict=True):
-            offset = len(body) + RECORD_HEADER.size
-            body += _record(chunk_id, frame)
-            moved.append(
-                (
-                    chunk_id,
-                    old,
-                    Location(name, offset, old.length, old.raw_size, old.codec, old.digest),
+            by_record.setdefault(old.offset, []).append((chunk_id, old, frame))
+        for members in by_record.values():
+            _, first, frame = members[0]
+            if first.codec != Codec.GROUP or len(members) == len(group_parts(frame.data)[1]):
+                offset = len(body) + RECORD_HEADER.size
+                body += _record(
+                    GROUP_RECORD_ID if first.codec == Codec.GROUP else members[0][0], frame
                 )
+                moved += [(i, old, old._replace(pack=name, offset=offset)) for i, old, _ in members]
+                continue
+            live: list[tuple[bytes, Location, bytes]] = []
+            for chunk_id, old, member in members:
+                try:
+                    live.append((chunk_id, old, decode_frame(chunk_id, member)))
+                except ChunkCorrupt:
+                    batch.forget(Op.QUAR, chunk_id, old)
+            records_again = compress_chunks(
+                zstandard.ZstdCompressor(level=REGROUP_LEVEL),
+                REGROUP_LEVEL,
+                [i for i, _, _ in live],
+                [data for _, _, data in live],
+                self.group_level,
             )
+            for record in records_again:
+                new = record.frame
+                offset = len(body) + RECORD_HEADER.size
+                if new.codec == Codec.GROUP:
+                    body += _record(GROUP_RECORD_ID, new)
+                    for (chunk_id, frame), n in zip(group_chunks(new), record.members, strict=True):
+                        where = Location(
+                            name,
+                            offset,
+                            frame.share,
+                            frame.raw_size,
+                            Codec.GROUP,
+                            new.digest,
+                            frame.inner,
+                            len(new.data),
+                        )
+                        moved.append((chunk_id, live[n][1], where))
+                else:
+                    (n,) = record.members
+                    chunk_id, old, _ = live[n]
+                    body += _record(chunk_id, new)
+                    where = Location(
+                        name, offset, len(new.data), new.raw_size, new.codec, new.digest
+                    )
+                    moved.append((chunk_id, old, where))
         self.objects.put(f"packs/{name}", bytes(body), create=True)
-        for chunk_id, _, new in moved:
-            batch.add(chunk_id, new, len(body))
+        for chunk_id, _, new_place in moved:
+            batch.add(chunk_id, new_place, len(body))
         for chunk_id, old, _ in moved:
             batch.forget(Op.DEL, chunk_id, old)
         self._write_index(batch)
@@ -419,28 +498,40 @@ class S3ChunkStore:
             except KeyError:
                 report.problems.append(f"pack {pack}: indexed but not in the bucket")
                 continue
+            checked: tuple[int, set[GroupMember]] | None = None  # the last group's
             for chunk_id, where in records:
                 report.chunks_checked += 1
+                grouped = where.codec == Codec.GROUP
                 start = where.offset - RECORD_HEADER.size
                 header = body[start : where.offset]
-                stored = body[where.offset : where.offset + where.length]
+                stored = body[where.offset : where.offset + where.extent]
                 problem = None
-                if len(header) != RECORD_HEADER.size or len(stored) != where.length:
+                if len(header) != RECORD_HEADER.size or len(stored) != where.extent:
                     problem = "record cut short"
                 else:
                     magic, named, raw, length = RECORD_HEADER.unpack(header)
-                    if (CODEC_OF_MAGIC.get(magic), named, raw, length) != (
+                    if (CODEC_OF_MAGIC.get(magic), named, length) != (
                         where.codec,
-                        chunk_id,
-                        where.raw_size,
-                        where.length,
-                    ):
+                        GROUP_RECORD_ID if grouped else chunk_id,
+                        where.extent,
+                    ) or (not grouped and raw != where.raw_size):
                         problem = "record header does not match the index"
-                if problem is None:
-                    try:
-                        decode_frame(chunk_id, Frame(stored, where.raw_size, where.codec))
-                    except ChunkCorrupt as exc:
-                        problem = str(exc)
+                try:
+                    frame = _frame(stored, where)
+                    if problem is None and (
+                        not grouped or checked is None or checked[0] != where.offset
+                    ):
+                        check_frame(chunk_id, frame)  # what zstd restores rely on (a group: once)
+                        if grouped:
+                            checked = (where.offset, set(group_parts(stored)[1]))
+                    if problem is None and grouped:
+                        assert checked is not None
+                        if GroupMember(chunk_id, where.raw_size, where.inner) not in checked[1]:
+                            problem = "its grouped frame's table does not list it there"
+                    if problem is None:
+                        decode_frame(chunk_id, frame)  # and what the bytes really are
+                except ChunkCorrupt as exc:
+                    problem = str(exc)
                 if problem is not None:
                     report.problems.append(f"chunk {chunk_id.hex()} in {pack}: {problem}")
                     report.corrupt.add(chunk_id)
@@ -508,17 +599,42 @@ class S3ChunkWriter:
     def put(self, chunk_id: bytes, frame: Frame) -> None:
         if chunk_id in self._pending:
             return
+        offset = self._append(chunk_id, frame)
+        self._pending[chunk_id] = Location(
+            self._name, offset, len(frame.data), frame.raw_size, frame.codec, frame.digest
+        )
+        self._flush_if_full()
+
+    def put_group(self, body: Frame) -> None:
+        members = group_chunks(body)
+        assert not any(i in self._pending for i, _ in members), "a chunk twice in one writer"
+        offset = self._append(GROUP_RECORD_ID, body)
+        for chunk_id, frame in members:
+            self._pending[chunk_id] = Location(
+                self._name,
+                offset,
+                frame.share,
+                frame.raw_size,
+                Codec.GROUP,
+                body.digest,
+                frame.inner,
+                len(body.data),
+            )
+        self._flush_if_full()
+
+    def _append(self, record_id: bytes, frame: Frame) -> int:
+        """Buffer one record into the current pack; returns its stored bytes' offset."""
         store = self._store
-        record = _record(chunk_id, frame)
+        record = _record(record_id, frame)
         if store.hard_limit is not None:
             pending = sum(self._packs.values()) + len(self._buffer)
             if not store.admits(pending + len(record)):
                 raise OSError(errno.ENOSPC, f"the store is at its hard limit of {store.hard_limit}")
         offset = len(self._buffer) + RECORD_HEADER.size
         self._buffer += record
-        self._pending[chunk_id] = Location(
-            self._name, offset, len(frame.data), frame.raw_size, frame.codec, frame.digest
-        )
+        return offset
+
+    def _flush_if_full(self) -> None:
         if len(self._buffer) >= PACK_TARGET:
             self._upload()
         if len(self._pending) >= COMMIT_ROWS:

@@ -28,9 +28,10 @@ from cachesrv.store import Codec
 MERGE_AT = 8192  # overlay entries (~300 bytes each) before a merge
 MERGE_MAX = 65536
 _ID = 32
-# pack number | offset | length | raw size | codec (| _NO_DIGEST) | digest; the pack
-# number first, so that a pack's rows are found by searching the column for it
-ROW = struct.Struct("<IQIIB16s")
+# pack number | offset | length | raw size | codec (| _NO_DIGEST) | digest | inner |
+# span; the pack number first, so that a pack's rows are found by searching the column
+# for it
+ROW = struct.Struct("<IQIIB16sII")
 _NO_DIGEST = 0x80
 _NONE = b"\0" * 16
 
@@ -44,6 +45,15 @@ class Location(NamedTuple):
     raw_size: int
     codec: Codec
     digest: bytes | None
+    # a grouped chunk (codec GROUP): its offset in the decoded group, and the bytes of
+    # the group's body at ``offset`` (``length`` is the chunk's share of them)
+    inner: int = 0
+    span: int = 0
+
+    @property
+    def extent(self) -> int:
+        """The stored bytes a read of this chunk fetches from ``offset``."""
+        return self.span if self.codec == Codec.GROUP else self.length
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,9 @@ class _Columns:
         return row, False
 
     def where(self, row: int, names: list[str]) -> Location:
-        pack, offset, length, raw, flags, digest = ROW.unpack_from(self.rows, row * ROW.size)
+        pack, offset, length, raw, flags, digest, inner, span = ROW.unpack_from(
+            self.rows, row * ROW.size
+        )
         return Location(
             names[pack],
             offset,
@@ -80,6 +92,8 @@ class _Columns:
             raw,
             Codec(flags & ~_NO_DIGEST),
             None if flags & _NO_DIGEST else digest,
+            inner,
+            span,
         )
 
     def id(self, row: int) -> bytes:
@@ -96,7 +110,7 @@ class _Columns:
 
     def lengths(self) -> Iterator[tuple[int, int]]:
         """(pack number, stored length) of each row, in order."""
-        return ((p, n) for p, _, n, _, _, _ in ROW.iter_unpack(self.rows))
+        return ((p, n) for p, _, n, *_ in ROW.iter_unpack(self.rows))
 
 
 class ChunkTable:
@@ -197,6 +211,8 @@ class ChunkTable:
                         where.raw_size,
                         where.codec | (_NO_DIGEST if where.digest is None else 0),
                         where.digest or _NONE,
+                        where.inner,
+                        where.span,
                     )
                 )
         ids.append(old.ids[cursor * _ID :])
