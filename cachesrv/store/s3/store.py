@@ -18,12 +18,14 @@ before that leaves only unindexed packs, removed by maintenance after :data:`MIN
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import secrets
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import zstandard
@@ -572,6 +574,8 @@ class S3ChunkWriter:
         self._packs: dict[str, int] = {}  # uploaded, not indexed yet: name -> size
         self._name = f"{_stamp()}.pack"
         self._buffer = bytearray()
+        # the pack being PUT while the next one fills (one at a time): name, size, PUT
+        self._in_flight: tuple[str, int, Future[str]] | None = None
         # ids this writer pinned since _pinned_at: not pinned again until half the pin's
         # life is over; forgotten sooner once PINNED_MAX are held (an id asked again then
         # is pinned twice, 32 bytes in the bucket, instead of a set that grows with the
@@ -627,7 +631,8 @@ class S3ChunkWriter:
         store = self._store
         record = _record(record_id, frame)
         if store.hard_limit is not None:
-            pending = sum(self._packs.values()) + len(self._buffer)
+            flying = self._in_flight[1] if self._in_flight else 0
+            pending = sum(self._packs.values()) + flying + len(self._buffer)
             if not store.admits(pending + len(record)):
                 raise OSError(errno.ENOSPC, f"the store is at its hard limit of {store.hard_limit}")
         offset = len(self._buffer) + RECORD_HEADER.size
@@ -641,18 +646,32 @@ class S3ChunkWriter:
             self.commit()
 
     def _upload(self) -> None:
+        """PUT the pack filled so far in a thread, while the upload goes on filling the
+        next (the previous PUT waited for first): a PUT's round trips overlap the
+        upload's hashing and compression instead of adding to them."""
         if not self._buffer:
             return
+        self._landed()
+        body = bytes(self._buffer)
         # acknowledged by the object store only once durable; boto3 retries throttling
-        self._store.objects.put(f"packs/{self._name}", bytes(self._buffer), create=True)
-        self._packs[self._name] = len(self._buffer)
+        put = _pack_puts().submit(self._store.objects.put, f"packs/{self._name}", body, create=True)
+        self._in_flight = (self._name, len(body), put)
         self._name = f"{_stamp()}.pack"
         self._buffer = bytearray()
+
+    def _landed(self) -> None:
+        """Wait for the pack in flight, if any (its error is the upload's)."""
+        if self._in_flight is not None:
+            name, size, put = self._in_flight
+            self._in_flight = None
+            put.result()
+            self._packs[name] = size
 
     def commit(self) -> None:
         if not self._pending:
             return
         self._upload()
+        self._landed()
         batch = IndexBatch()
         for chunk_id, where in self._pending.items():
             batch.add(chunk_id, where, self._packs[where.pack])
@@ -661,6 +680,10 @@ class S3ChunkWriter:
         self._packs.clear()
 
     def abort(self) -> None:
+        try:
+            self._landed()
+        except Exception:  # noqa: BLE001 - nothing of it is visible; GC removes a leftover
+            pass
         uploaded = [f"packs/{name}" for name in self._packs]
         self._pending.clear()
         self._packs.clear()
@@ -668,6 +691,13 @@ class S3ChunkWriter:
         self._name = f"{_stamp()}.pack"
         if uploaded:
             self._store.objects.delete_many(uploaded)
+
+
+@functools.cache
+def _pack_puts() -> ThreadPoolExecutor:
+    """The threads that PUT writers' packs (one in flight per writer); boto3's client
+    is thread-safe, and a PUT waits on the network with the GIL released."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="cachesrv-pack-put")
 
 
 class S3Lease:
