@@ -339,9 +339,12 @@ class _ColdReader:
             data: bytes | memoryview
             if frame.codec == Codec.GROUP:  # a slice of a group decoded once for its members
                 try:
-                    group = memoryview(decode_group(frame))
+                    group = decode_group(frame)
                 except ChunkCorrupt as exc:
                     raise ChunkCorrupt(f"chunk {cid.hex()}: {exc}") from exc
+                # a copy, not a view: a view would keep its decoded group (4 MiB) alive
+                # until the span is joined, a group per member once decoded_groups has
+                # let it go (a span of an npm tree over 3 groups held 50-70 MB so)
                 data = group[frame.inner : frame.inner + frame.raw_size]
             else:
                 data = decoded.get(i, frame.data)
