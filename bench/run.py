@@ -274,6 +274,11 @@ FIGURES: list[Figure] = [
          "tree of small files must restore as fast as a big-file cache).",
          "restore_next3_MBps", 0.70, row="small files: GET v2, of the main corpus's",
          needs=NEEDS_SMALL),
+    _fig("small_peak_rss_MB", "MB",
+         "--small-files corpus: peak RSS of the server's process tree over its uploads "
+         "(with the background work after them: compression, grouping, the hot cache's "
+         "warm-up) and its GETs.", None, 150, higher_is_better=False,
+         row="small files: peak RSS", needs=NEEDS_SMALL),
 ]
 # The same figures for cachesrv on an object store, beside the local store's (--store s3).
 _S3 = ("cachesrv with --store s3://BUCKET/cache on a fresh prefix of SeaweedFS on loopback "
@@ -865,6 +870,7 @@ def run_small_files(sc: corpus_mod.Corpus, opts: Options, s: Samples, log_dir: P
                 raise RuntimeError(f"small files: GET returned {r.size_download} bytes")
             times.append(mbps(sc.v2_bytes, r.time_total))
         s.add("small_restore_next3_MBps", statistics.median(times[1:]))
+        s.add("small_peak_rss_MB", srv.peak_rss() / MB)
         if verify:
             digest = sha256_file(sc.v2)
             for compressed in (False, True):
