@@ -89,25 +89,32 @@ def _restores_match(server: Server, path: str, tar: bytes) -> None:
     assert curl("-f", "-r", f"{middle}-{middle + 99_999}", url).stdout == tar[middle:][:100_000]
 
 
+def _save_both_and_restore(
+    server: Server, v1: dict[str, bytes], v2: dict[str, bytes], tmp: Path
+) -> int:
+    """Upload both versions, check that v2 brought only what changed (dedup survives
+    grouping) and that both restore identical; returns the stored bytes."""
+    tars = {"v1.tar": _tree(v1), "v2.tar": _tree(v2)}
+    _upload(server, "v1.tar", tars["v1.tar"], tmp)
+    new_v1 = server_stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
+    _upload(server, "v2.tar", tars["v2.tar"], tmp)
+    numbers = settled(server)
+    new_v2 = numbers["since_start"]["upload_new_bytes"] - new_v1  # type: ignore[index]
+    changed = sum(len(v2[n]) for n in v2 if v2[n] != v1[n])
+    assert changed <= new_v2 <= changed * 1.1
+    for path, tar in tars.items():
+        _restores_match(server, path, tar)
+    return int(numbers["stored_bytes"])  # type: ignore[call-overload]
+
+
 def test_small_files_share_frames_store_less_and_restore_identical(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     v1, v2 = _versions()
-    tars = {"v1.tar": _tree(v1), "v2.tar": _tree(v2)}
     stored = {}
     for level in ("9", "0"):
         server = start_server(args=[*NO_HOT, "--group-level", level])
-        _upload(server, "v1.tar", tars["v1.tar"], tmp_path)
-        new_v1 = server_stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
-        _upload(server, "v2.tar", tars["v2.tar"], tmp_path)
-        numbers = settled(server)
-        stored[level] = int(numbers["stored_bytes"])  # type: ignore[call-overload]
-        # dedup survives: v2 brought only the files that changed
-        new_v2 = numbers["since_start"]["upload_new_bytes"] - new_v1  # type: ignore[index]
-        changed = sum(len(v2[n]) for n in v2 if v2[n] != v1[n])
-        assert changed <= new_v2 <= changed * 1.1
-        for path, tar in tars.items():
-            _restores_match(server, path, tar)
+        stored[level] = _save_both_and_restore(server, v1, v2, tmp_path)
         server.stop()
         rows = _grouped_rows(server.data)
         if level == "9":
@@ -128,21 +135,11 @@ def test_on_an_object_store_uploads_group_small_files_as_they_come(
     """The S3 store compresses new chunks during the upload (a deferred write would be
     PUT twice): its uploads group them there, by the background's rule."""
     v1, v2 = _versions()
-    tars = {"v1.tar": _tree(v1), "v2.tar": _tree(v2)}
     stored = {}
     for level in ("9", "0"):
         url = seaweedfs.new_store_url()
         server = start_server(args=[*NO_HOT, "--store", url, "--group-level", level])
-        _upload(server, "v1.tar", tars["v1.tar"], tmp_path)
-        new_v1 = server_stats(server)["since_start"]["upload_new_bytes"]  # type: ignore[index]
-        _upload(server, "v2.tar", tars["v2.tar"], tmp_path)
-        numbers = settled(server)
-        stored[level] = int(numbers["stored_bytes"])  # type: ignore[call-overload]
-        new_v2 = numbers["since_start"]["upload_new_bytes"] - new_v1  # type: ignore[index]
-        changed = sum(len(v2[n]) for n in v2 if v2[n] != v1[n])
-        assert changed <= new_v2 <= changed * 1.1  # dedup survives
-        for path, tar in tars.items():
-            _restores_match(server, path, tar)
+        stored[level] = _save_both_and_restore(server, v1, v2, tmp_path)
         server.stop()
         objects = open_object_store(url, timeout=10).child("chunks/")
         packs = list(objects.listing("packs/"))
