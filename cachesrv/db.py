@@ -1,6 +1,8 @@
 """SQLite access shared by the local chunk index and the catalog.
 
-One connection per thread (sqlite3 objects must not cross threads), WAL so
+One connection per thread (sqlite3 objects must not cross threads), closed when
+its thread ends (trio's worker threads come and go: each left its connection, three
+file descriptors and up to a page cache, open until the database closed), WAL so
 readers never wait for the writer, ``synchronous=FULL`` because a commit here
 is what makes an upload durable: it is done once per upload, not per chunk.
 A full disk in a write transaction is raised as ``OSError(ENOSPC)``, the way a
@@ -13,6 +15,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +36,7 @@ class Database:
         self.busy_timeout = busy_timeout
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: set[sqlite3.Connection] = set()  # open, in live threads (or not yet closed)
         self._lock = threading.Lock()
         self.conn.executescript(schema)  # idempotent (IF NOT EXISTS), runs its own commit
 
@@ -52,9 +55,18 @@ class Database:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             self._local.conn = conn
+            # the thread's locals go when it ends, and the holder with them: its
+            # connection is closed then (from that thread, as it exits)
+            self._local.holder = holder = _Holder()
+            weakref.finalize(holder, self._release, conn)
             with self._lock:
-                self._all.append(conn)
+                self._all.add(conn)
         return conn
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            self._all.discard(conn)
+        conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -87,3 +99,13 @@ class Database:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._all)
+
+
+class _Holder:
+    """A thread's token for its connection (``weakref.finalize`` needs an object that
+    can be referenced weakly, and a connection in a thread-local cannot be watched)."""

@@ -1,5 +1,6 @@
 """The chunk store under a full disk: a failed write or fsync leaves the index consistent;
-and its numbers while another process removes packs.
+its numbers while another process removes packs; and the SQLite connections of threads
+that end.
 
 The error is injected at the store's system-call boundary (``os.write`` / ``os.fsync``
 as the store calls them), the way ENOSPC or EIO arrive from a real filesystem.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from cachesrv.db import Database
 from cachesrv.store import choose_codec, chunk_id
 from cachesrv.store import local as local_store
 from cachesrv.store.local import LocalChunkStore, LocalChunkWriter
@@ -138,3 +141,23 @@ def test_stats_count_a_pack_removed_while_they_are_read_as_gone(tmp_path: Path) 
     assert store.stats().disk_bytes == before
     _assert_consistent(store)
     store.close()
+
+
+def test_a_threads_sqlite_connection_is_closed_when_the_thread_ends(tmp_path: Path) -> None:
+    """trio's worker threads come and go; each used to leave its connection (three
+    descriptors and a page cache) open until the database was closed."""
+    db = Database(tmp_path / "t.sqlite", "CREATE TABLE IF NOT EXISTS t (x)")
+    assert db.open_connections == 1  # this thread's
+
+    def use() -> None:
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+
+    for _ in range(20):
+        thread = threading.Thread(target=use)
+        thread.start()
+        thread.join()
+    assert db.open_connections == 1
+    assert db.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20
+    db.close()
+    assert db.open_connections == 0
