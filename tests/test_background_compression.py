@@ -6,6 +6,7 @@ before, during and after its compression; the raw copies do not stay on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Server, StartServer, curl, server_stats, settled
 
@@ -75,6 +77,42 @@ def test_uploads_store_raw_the_background_compresses_and_restores_match_througho
     server.stop()
     assert Codec.PENDING not in _codecs(server.data)
     assert _fsck(server.data).returncode == 0
+
+
+def _held_dropped_packs(server: Server) -> list[str]:
+    """Descriptors the server's processes hold on pack files that were unlinked."""
+    held = []
+    root = psutil.Process(server.proc.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        fds = Path(f"/proc/{proc.pid}/fd")
+        with contextlib.suppress(OSError):
+            for fd in fds.iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.endswith(".pack (deleted)"):
+                        held.append(target)
+    return held
+
+
+def test_the_raw_packs_compression_drops_go_from_disk_not_at_the_next_collection(
+    start_server: StartServer,
+) -> None:
+    """Each upload's raw records are dropped with their pack once compressed; a read
+    handle on that pack (the background's, a restore worker's) kept its disk and a
+    descriptor until the next collection, here never (--gc-interval 0)."""
+    server = start_server(args=NO_HOT)
+    objects = [_object(4 * MB) for _ in range(3)]
+    for n, data in enumerate(objects):
+        url = f"{server.url}/obj{n}.bin"
+        assert curl("-f", "-T", "-", url, input=data).returncode == 0
+        assert curl("-f", url).stdout == data  # read while pending: the worker opens the pack
+    settled(server)
+    deadline = time.monotonic() + 30  # two release rounds (RELEASE_INTERVAL) and margin
+    while (held := _held_dropped_packs(server)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert held == []
+    for n, data in enumerate(objects):
+        assert curl("-f", f"{server.url}/obj{n}.bin").stdout == data
 
 
 def test_background_level_0_compresses_during_the_upload(start_server: StartServer) -> None:

@@ -19,7 +19,7 @@ from cachesrv.ingest.session import DEFER_HEADROOM
 from cachesrv.lifecycle.gc import GcReport
 from cachesrv.repository import Repository
 from cachesrv.status import History
-from cachesrv.store import GROUP_RAW
+from cachesrv.store import GROUP_RAW, RELEASE_INTERVAL
 
 log = logging.getLogger("cachesrv.gc")
 
@@ -55,9 +55,10 @@ async def _schedule(
     task_status.started()
     next_gc = trio.current_time() + interval if interval > 0 else float("inf")
     history, next_sample = History(), trio.current_time()
+    next_release = trio.current_time() + RELEASE_INTERVAL
     try:
         while True:
-            wake = min(next_gc, next_sample)
+            wake = min(next_gc, next_sample, next_release)
             await trio.sleep(min(FLUSH_INTERVAL, max(wake - trio.current_time(), 0)))
             try:  # a catalog out of reach for a while must not stop the server
                 await trio.to_thread.run_sync(repo.access.flush, repo.catalog)
@@ -76,8 +77,11 @@ async def _schedule(
                 except Exception:
                     log.exception("garbage collection failed; the next one retries")
                 next_gc = trio.current_time() + interval
-                # handles on storage compaction removed (here or in another process)
-                repo.store.release_unused()
+            if trio.current_time() >= next_release:
+                # handles on storage that compaction or compression removed (here or in
+                # another process)
+                await trio.to_thread.run_sync(repo.store.release_unused)
+                next_release = trio.current_time() + RELEASE_INTERVAL
     finally:
         with trio.CancelScope(shield=True):
             try:  # the last read times; a catalog out of reach loses them, not the exit

@@ -10,24 +10,44 @@ import argparse
 import logging
 import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cachesrv.db import Database
 from cachesrv.restore.job import Job, Source, run
+from cachesrv.store import RELEASE_INTERVAL
+
+log = logging.getLogger(__name__)
 
 JOB_THREADS = 32  # concurrent jobs per worker process (more wait for a thread)
 
 
 def worker_main(control: socket.socket, source: Source) -> None:
     """Take jobs until the server closes the control socket."""
-    with ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="restore") as threads:
-        while True:
-            message, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
-            if not message:
-                return
-            out = socket.socket(fileno=fds[0])
-            threads.submit(serve_job, source, Job.decode(message), out)
+    stop = threading.Event()
+    threading.Thread(
+        target=_release_unused, args=(source, stop), name="release", daemon=True
+    ).start()
+    try:
+        with ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="restore") as threads:
+            while True:
+                message, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+                if not message:
+                    return
+                out = socket.socket(fileno=fds[0])
+                threads.submit(serve_job, source, Job.decode(message), out)
+    finally:
+        stop.set()
+
+
+def _release_unused(source: Source, stop: threading.Event) -> None:
+    """Close this process's read handles on packs that are gone, as the server does."""
+    while not stop.wait(RELEASE_INTERVAL):
+        try:
+            source.store.release_unused()
+        except Exception:
+            log.exception("closing handles on removed packs failed; retried")
 
 
 def serve_job(source: Source, job: Job, out: socket.socket) -> None:

@@ -471,6 +471,13 @@ class StoreStats:
     pending_bytes: int = 0  # raw bytes of chunks not compressed yet (compress_pending will)
 
 
+# Seconds between two release_unused calls of a process. The background's compression
+# drops every upload's pending pack, and a handle on it kept the unlinked file's disk and
+# a descriptor until the next collection (every 10 minutes: a server taking 24 uploads at
+# once held 220 more descriptors after each burst). A handle is closed at the call after
+# the one that found its storage gone, so a read has that long to end.
+RELEASE_INTERVAL = 5.0
+
 # A writer commits by itself once it holds this many uncommitted chunks (~200 bytes of
 # state each), so that a tree of 100,000 tiny files costs it no more than a big file.
 COMMIT_ROWS = 8192
@@ -624,9 +631,10 @@ class ChunkStore(ChunkSink, ChunkSource, Protocol):
         compaction), in increments; returns what it did."""
 
     def release_unused(self) -> None:
-        """Let go of handles on storage that maintenance removed (here or in another
-        process); each call closes those found by the previous one, so that a read still
-        using one never hits a reused handle."""
+        """Let go of handles on storage that maintenance or compression removed (here or
+        in another process); each call closes those found by the previous one, so that a
+        read still using one never hits a reused handle. Every process that reads calls
+        it every :data:`RELEASE_INTERVAL`."""
 
     def verify(self, repair: bool = False) -> VerifyReport:
         """fsck's half: every stored chunk against its id, the backend's own structure;
