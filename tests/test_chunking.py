@@ -294,6 +294,19 @@ def test_tar_aware_false_is_exactly_fastcdc_over_the_whole_stream(data: st.DataO
     assert pieces == [Piece(False, c) for c in cut_buf(stream, SMALL)]
 
 
+@settings(max_examples=10, deadline=None)
+@given(st.data())
+def test_plain_cdc_across_many_windows_is_exactly_fastcdc_over_the_whole_stream(
+    data: st.DataObject,
+):
+    # default sizes: the chunker's window (twice the largest chunk) is cut and carried
+    # over a dozen times in 3 MB, wherever the feeds end
+    params = ChunkParams()
+    stream = random.Random(data.draw(st.integers(0, 1000))).randbytes(3_000_000)
+    pieces = split(stream, data.draw(feed_plans(len(stream))), params=params, tar_aware=False)
+    assert pieces == [Piece(False, c) for c in cut_buf(stream, params)]
+
+
 def test_default_sizes_on_members_larger_than_max_size():
     params = ChunkParams()
     assert params == (16 * 1024, 64 * 1024, 256 * 1024)
