@@ -34,8 +34,13 @@ _MAGIC2 = b"CSM2"
 _INLINE, _CHUNK = 0, 1
 _ENTRY = struct.Struct("<BI")
 # On the Go cache's 6.5 MB of entries (24,712 pieces) a 128 KiB window costs 7% more
-# bytes than level 3's 2 MiB one; the chunk ids in them do not compress anyway.
-_PARAMS = zstandard.ZstdCompressionParameters.from_level(3, window_log=17)
+# bytes than level 3's 2 MiB one; the chunk ids in them do not compress anyway. Every
+# upload holds an encoder: level 3's tables for that window (hash 2^17, chain 2^16)
+# held 0.82 MB each, 2^14 and 2^14 hold 0.16, and a tar of 44,020 small files
+# (site-packages, 86,156 pieces) encodes to 3,092,177 bytes with them, 3,092,925 without.
+_PARAMS = zstandard.ZstdCompressionParameters.from_level(
+    3, window_log=17, hash_log=14, chain_log=14
+)
 
 
 class ManifestError(Exception):
