@@ -27,6 +27,7 @@ requests, every request has a socket timeout, threads are joined with a timeout.
 
     python -m bench.load                         # default: 24 clients, 20 s
     python -m bench.load --profile long          # 48 clients, 180 s, with keyed restores
+    python -m bench.load --profile uploads       # 24 clients, 20 s, uploads of 5 MB only
     python -m bench.load --clients 4 --duration 3 --no-peer --json /tmp/load.json
 """
 
@@ -88,6 +89,8 @@ PROFILES: dict[str, Profile] = {
     "default": Profile("default", 24, 20.0, {"get": 1.0, "head": 1.0, "upload": 1.0}),
     "long": Profile("long", 48, 180.0,
                     {"get": 1.0, "head": 1.0, "upload": 1.0, "keyed": 1.0}),
+    # every client saving a cache at once: what uploads hold, per upload in flight
+    "uploads": Profile("uploads", 24, 20.0, {"upload": 1.0}, upload_bytes=5_000_000),
 }
 
 

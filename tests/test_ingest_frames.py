@@ -64,6 +64,18 @@ def test_a_partial_frame_waits_for_the_rest() -> None:
     assert decoder.next_frame() is None
 
 
+def test_the_next_header_is_told_only_once_its_frame_is_whole_and_is_not_taken() -> None:
+    data = frames.frame(frames.DATA, b"x" * 100, upload=7) + frames.frame(frames.END, upload=7)
+    decoder = frames.FrameDecoder()
+    decoder.feed(data[:60])
+    assert decoder.next_header() is None  # its payload is not all here
+    decoder.feed(data[60:])
+    assert decoder.next_header() == (frames.DATA, 7)
+    assert decoder.next_header() == (frames.DATA, 7)  # asking takes nothing
+    assert decoder.next_frame() == (frames.DATA, 7, memoryview(b"x" * 100))
+    assert decoder.next_header() == (frames.END, 7)
+
+
 def test_a_payload_that_arrived_in_one_piece_is_not_copied() -> None:
     data = frames.frame(frames.DATA, b"y" * 1000) + frames.frame(frames.END)
     decoder = frames.FrameDecoder()

@@ -64,6 +64,15 @@ class FrameDecoder:
             self._parts.append(memoryview(data).cast("B"))
             self._size += len(data)
 
+    def next_header(self) -> tuple[bytes, int] | None:
+        """(kind, upload) of the next frame if it is whole, without taking it."""
+        if self._size < HEADER.size:
+            return None
+        first = self._parts[0]
+        head = first if len(first) >= HEADER.size else self._join(HEADER.size)
+        kind, upload, length = HEADER.unpack_from(head)
+        return (kind, upload) if self._size >= HEADER.size + length else None
+
     def next_frame(self) -> Frame | None:
         """The next whole frame, or None until more bytes are fed."""
         if self._size < HEADER.size:

@@ -25,6 +25,7 @@ from cachesrv.malloc import bound_heap, give_back
 log = logging.getLogger("cachesrv.ingest")
 
 RECEIVE_BYTES = 1 << 20
+FEED_FRAMES = 16  # DATA frames of one upload fed to its session at once, at most
 # A worker that holds this much more than when it started, after an upload and a
 # malloc_trim, asks to be replaced: a big upload leaves its heap fragmented (the Go
 # cache: 31 -> 43 MB), and a fresh process costs less than carrying that into every
@@ -98,10 +99,15 @@ def worker_main(
                 )
                 uploads[number] = _Open(session)
             elif kind == frames.DATA:
+                # the upload's next frames, if already here, go with it: one lookup of
+                # their chunks (a transaction) instead of one per frame
+                parts = [payload]
+                while decoder.next_header() == (frames.DATA, number) and len(parts) < FEED_FRAMES:
+                    parts.append(decoder.next_frame().payload)  # type: ignore[union-attr]
                 upload = uploads.get(number)
                 if upload is not None and upload.failure is None:
                     try:
-                        upload.session.feed(payload)
+                        upload.session.feed(*parts)
                     except OSError as exc:  # ENOSPC & co: keep reading, answer at the end
                         upload.failure = exc
             elif kind == frames.END:

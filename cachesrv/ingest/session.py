@@ -98,11 +98,16 @@ class IngestSession:
         self._queued: dict[bytes, bytes] = {}  # new chunks awaiting compression
         self._queued_bytes = 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self.hasher.update(data)
-        self.stats.logical_bytes += len(data)
+    def feed(self, *parts: bytes | bytearray | memoryview) -> None:
+        """The upload's next bytes, in order. Several parts at once are split first, and
+        their chunks looked up (and pinned) in one go: a lookup is a transaction."""
+        pieces: list[SplitPiece] = []
         try:
-            self._absorb(self.splitter.feed(data))
+            for data in parts:
+                self.hasher.update(data)
+                self.stats.logical_bytes += len(data)
+                pieces += self.splitter.feed(data)
+            self._absorb(pieces)
         except BaseException:
             self.abort()  # a failed upload never publishes: its writer lets go now
             raise

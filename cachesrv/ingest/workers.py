@@ -347,9 +347,7 @@ class IngestPool:
                     self.restarted_recycled += 1
                 continue  # replaced on purpose: the next one starts now
             self.restarted_broken += 1
-            log.error(
-                "ingest worker exited with %s; starting another", worker.process.returncode
-            )
+            log.error("ingest worker exited with %s; starting another", worker.process.returncode)
             await trio.sleep(0.5)
 
     async def _stop(self, worker: Worker) -> None:

@@ -33,7 +33,15 @@ from pathlib import Path
 from cachesrv.db import Database
 from cachesrv.store import COMMIT_ROWS, Codec, Frame, group_chunks
 
-from .index import LOCATION, Location, add_pack, add_pack_bytes, add_totals, pack_bytes
+from .index import (
+    LOCATION,
+    Location,
+    add_pack,
+    add_pack_bytes,
+    add_totals,
+    lookup,
+    pack_bytes,
+)
 from .packs import (
     GROUP_RECORD_ID,
     PACK_LIMIT,
@@ -364,25 +372,30 @@ class LocalChunkWriter:
         added = stored = raw = 0
         appended = sum(RECORD_HEADER.size + loc[2] for loc in self._pending.values())
         with self._appender.db.transaction() as conn:
+            fresh = []
             for chunk_id, location in self._pending.items():
                 old = self._replacing.get(chunk_id)
-                if old is not None:
-                    cursor = conn.execute(
-                        "UPDATE chunks SET pack = ?, offset = ?, length = ?, codec = ?, "
-                        "digest = ?, inner = ?, span = ? WHERE id = ? AND pack = ? AND offset = ?",
-                        (*location[:3], *location[4:], chunk_id, *old[:2]),
-                    )
-                    if cursor.rowcount:
-                        stored += location[2] - old[2]
+                if old is None:
+                    fresh.append(chunk_id)
                     continue
                 cursor = conn.execute(
-                    f"INSERT OR IGNORE INTO chunks (id, {LOCATION}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (chunk_id, *location),
+                    "UPDATE chunks SET pack = ?, offset = ?, length = ?, codec = ?, "
+                    "digest = ?, inner = ?, span = ? WHERE id = ? AND pack = ? AND offset = ?",
+                    (*location[:3], *location[4:], chunk_id, *old[:2]),
                 )
                 if cursor.rowcount:
-                    added += 1
-                    stored += location[2]
-                    raw += location[3]
+                    stored += location[2] - old[2]
+            # Rows another writer added since this one looked are kept (the write lock is
+            # held from here on); the rest go in with one executemany: an execute per row
+            # spent ~50 us in the sqlite3 module (cursor, binding), 20% of a cold upload.
+            known = lookup(conn, fresh)
+            rows = [(i, *self._pending[i]) for i in fresh if i not in known]
+            conn.executemany(
+                f"INSERT OR IGNORE INTO chunks (id, {LOCATION}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            added = len(rows)
+            stored += sum(row[3] for row in rows)
+            raw += sum(row[4] for row in rows)
             add_totals(conn, added, stored, raw)
             add_pack_bytes(conn, appended)
