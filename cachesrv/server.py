@@ -44,12 +44,6 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # Request line + headers beyond this are refused by h11 without reaching the app.
     hc.h11_max_incomplete_size = 64 * 1024
     hc.keep_alive_timeout = 75
-    # Body reads queued for the app per request (hypercorn's default 10: 1.25 MiB of
-    # 128 KiB reads per upload). When the ingest worker is the bottleneck, every upload
-    # has its queue full: bench.load --profile uploads (24 x 5 MB uploads), mean RSS of
-    # the tree over the last third 192-198 MB at 10, 170-179 at 2; uploads and the
-    # default profile's figures unchanged.
-    hc.max_app_queue_size = 2
     return hc
 
 
