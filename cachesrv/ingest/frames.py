@@ -66,24 +66,26 @@ class FrameDecoder:
 
     def next_header(self) -> tuple[bytes, int] | None:
         """(kind, upload) of the next frame if it is whole, without taking it."""
-        if self._size < HEADER.size:
-            return None
-        first = self._parts[0]
-        head = first if len(first) >= HEADER.size else self._join(HEADER.size)
-        kind, upload, length = HEADER.unpack_from(head)
-        return (kind, upload) if self._size >= HEADER.size + length else None
+        header = self._whole_header()
+        return None if header is None else header[:2]
 
     def next_frame(self) -> Frame | None:
         """The next whole frame, or None until more bytes are fed."""
+        header = self._whole_header()
+        if header is None:
+            return None
+        kind, upload, length = header
+        self._take(HEADER.size)
+        return Frame(kind, upload, self._take(length))
+
+    def _whole_header(self) -> tuple[bytes, int, int] | None:
+        """(kind, upload, payload length) of the next frame, if all of it is here."""
         if self._size < HEADER.size:
             return None
         first = self._parts[0]
         head = first if len(first) >= HEADER.size else self._join(HEADER.size)
         kind, upload, length = HEADER.unpack_from(head)
-        if self._size < HEADER.size + length:
-            return None
-        self._take(HEADER.size)
-        return Frame(kind, upload, self._take(length))
+        return (kind, upload, length) if self._size >= HEADER.size + length else None
 
     def _join(self, n: int) -> bytes:
         out = bytearray()
