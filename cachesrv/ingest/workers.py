@@ -52,8 +52,8 @@ ABORT_WAIT = 10  # seconds an aborted upload waits for the worker to say it let 
 IDLE_EXIT = 10.0
 # Uploads one worker runs at once. An upload's body comes at its client's pace and its
 # CPU time is a small part of that, so one process serves many; each holds its session's
-# buffers (with deferred compression: the chunker's window, up to 2 MiB, and the
-# manifest's encoder, ~0.8 MB). Past this many, uploads run in threads of the server, as
+# buffers (with deferred compression ~1.2 MB: the chunker's 512 KiB window, the
+# manifest's encoder). Past this many, uploads run in threads of the server, as
 # with no worker, where they hold the same and convoy with the event loop: under
 # bench.load's 24 clients, with 8 here, the server process held 80-90 MB and answered
 # 4,666 requests; with 32, 67-75 MB and 5,001.

@@ -386,8 +386,9 @@ class LocalChunkWriter:
                 if cursor.rowcount:
                     stored += location[2] - old[2]
             # Rows another writer added since this one looked are kept (the write lock is
-            # held from here on); the rest go in with one executemany: an execute per row
-            # spent ~50 us in the sqlite3 module (cursor, binding), 20% of a cold upload.
+            # held from here on); the rest go in with one executemany, not an execute per
+            # row (a cursor and a statement lookup each; with the batched feeds, the ingest
+            # worker's CPU for Go v1 went 2.48-2.51 -> 2.36-2.39 s cold).
             known = lookup(conn, fresh)
             rows = [(i, *self._pending[i]) for i in fresh if i not in known]
             conn.executemany(
