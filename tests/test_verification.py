@@ -19,6 +19,8 @@ import zstandard
 from conftest import Server, StartServer, curl, settled
 from conftest import server_stats as stats
 
+from cachesrv.restore.hot import HotCache
+
 NO_HOT = ["--hot-cache-bytes", "0"]
 WORKERS = pytest.mark.parametrize("workers", ["0", "1"], ids=["threads", "process"])
 
@@ -169,6 +171,17 @@ def hot_object(start_server: StartServer, name: str) -> tuple[Server, bytes]:
     return server, data
 
 
+def hot_digest(server: Server, name: str) -> bytes:
+    """The digest the hot cache files the object under (its ETag is the first half)."""
+    headers = curl("-fsI", f"{server.url}/{name}").stdout.decode()
+    etag = next(line for line in headers.splitlines() if line.lower().startswith("etag:"))
+    index = sqlite3.connect(server.data / "hot" / "index.sqlite")
+    keys = [row[0] for row in index.execute("SELECT DISTINCT object FROM spans")]
+    index.close()
+    (digest,) = [key for key in keys if key.hex()[:32] == etag.split('"')[1]]
+    return bytes(digest)
+
+
 def test_a_span_damaged_mid_object_is_served_from_the_store_from_there_on(
     start_server: StartServer,
 ) -> None:
@@ -194,15 +207,25 @@ def test_hot_spans_out_of_the_page_cache_are_read_off_the_event_loop_and_whole(
     start_server: StartServer,
 ) -> None:
     server, data = hot_object(start_server, "cold.bin")
-    os.sync()  # clean pages can be dropped: the segments then need the disk (RWF_NOWAIT fails)
+    os.sync()  # clean pages can be dropped: the segments then need the disk
     for segment in (server.data / "hot" / "segments").iterdir():
         fd = os.open(segment, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
+    # what the server asks before it reads a span on its event loop (cachestat(2))
+    hot = HotCache(server.data, 1 << 30)
+    spans = hot.lookup(hot_digest(server, "cold.bin"))
+    assert len(spans) == 5
+    assert not any(hot.in_page_cache(span) for span in spans.values())
     before = stats(server)["since_start"]
     assert curl("-f", f"{server.url}/cold.bin").stdout == data
     after = stats(server)["since_start"]
     assert after["hot_span_hits"] - before["hot_span_hits"] == 5  # type: ignore[index, operator]
+    # read in a thread, from the disk: in the page cache again (where the kernel can
+    # tell; where it cannot, every span is read in a thread)
+    cached = [hot.in_page_cache(span) for span in spans.values()]
+    assert cached == [hot.knows_the_page_cache] * 5
+    hot.close()
 
 
 def test_a_hot_cache_of_an_older_format_is_dropped_at_start_and_refilled(

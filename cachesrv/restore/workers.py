@@ -44,7 +44,6 @@ SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its clien
 # frames per restore (the frame and h11's copy of it), and memory is one budget.
 BUSY = 4
 WARM_QUEUE = 64  # warm-ups waiting; past it new ones are dropped (a cache, not a duty)
-SPAN_BUFFERS = 8  # span buffers hot restores sent here keep for the next ones, at most
 
 
 class RestoreFailed(ChunkCorrupt):
@@ -76,7 +75,6 @@ class RestorePool:
         self.data = data
         self.store_args = store_args  # a worker opens the same store (cachesrv.backends)
         self.hot_limit = hot_limit  # --hot-cache-bytes (0: no hot cache, no warm-ups)
-        self._span_buffers: list[bytearray] = []  # reused by hot restores (_stream_hot)
         self.source = source  # this process's, for jobs run in threads here
         self.log_level = log_level
         self._workers = [_Worker() for _ in range(workers)]
@@ -200,48 +198,35 @@ class RestorePool:
         A worker's bytes would cross a socket to reach this process, which sends every
         response anyway: with the worker's own read and digest, that hop made a hot
         restore cost the two processes ~1.4 core-seconds per GB (8 restores at once);
-        read, checked and sent here, ~0.9. A span is read from the page cache without
-        waiting (``RWF_NOWAIT``; what needs the disk is read in a thread), checked
-        against its digest on the event loop (XXH3, ~0.04 ms per MiB) and handed to hypercorn,
-        whose copy of it is the only other one. A span that fails its digest (it is
-        dropped) and everything after it is served by a job from the chunk store.
-
-        Each restore reads its spans into one buffer, kept for the next restore after it
-        ends (up to :data:`SPAN_BUFFERS`): no MiB is allocated and zeroed per span, and
-        what hot restores hold here is the buffers in use and those kept. So a piece
-        yielded is good only until the next one is asked for (hypercorn copies it at
-        once)."""
+        read, checked and sent here, ~0.9. A span in the page cache is read on the event
+        loop (what needs the disk is read in a thread: the loop never waits for one) and
+        checked against its digest (XXH3, ~0.04 ms per MiB). It is read as one ``bytes``
+        object and handed to hypercorn whole, which sends ``bytes`` without copying them
+        (anything else it copies): the ``pread`` is the span's only copy in this process,
+        and a hot restore holds one span here at a time. A span that fails its digest
+        (it is dropped) and everything after it is served by a job from the chunk store.
+        """
         hot = self.source.hot
         assert hot is not None
         end = job.stop
         position = job.start
-        buffer = self._span_buffers.pop() if self._span_buffers else bytearray(SPAN)
-        try:
-            while position < end:
-                index = position // SPAN
-                span = spans[index]
-                try:
-                    data = hot.read_into(job.digest, index, span, buffer, wait=False)
-                except BlockingIOError:  # not all in the page cache: the disk is read elsewhere
-                    data = await trio.to_thread.run_sync(
-                        hot.read_into, job.digest, index, span, buffer
-                    )
-                if data is None:  # damaged or dropped meanwhile: the store has the bytes
-                    async for part in self._stream_job(dataclasses.replace(job, start=position)):
-                        yield part
-                    return
-                self.stats.hot_hits += 1
-                lo = index * SPAN
-                a, b = position - lo, min(end, lo + span.length) - lo
-                with data:
-                    # views of the one buffer: hypercorn's copy of each is the only other
-                    for at in range(a, b, job.piece):
-                        with data[at : min(b, at + job.piece)] as piece:
-                            yield piece
-                position = lo + span.length
-        finally:
-            if len(self._span_buffers) < SPAN_BUFFERS:
-                self._span_buffers.append(buffer)
+        while position < end:
+            index = position // SPAN
+            span = spans[index]
+            if hot.in_page_cache(span):
+                data = hot.read_bytes(job.digest, index, span)
+            else:
+                data = await trio.to_thread.run_sync(hot.read_bytes, job.digest, index, span)
+            if data is None:  # damaged or dropped meanwhile: the store has the bytes
+                async for part in self._stream_job(dataclasses.replace(job, start=position)):
+                    yield part
+                return
+            self.stats.hot_hits += 1
+            lo = index * SPAN
+            a, b = position - lo, min(end, lo + span.length) - lo
+            yield data if (a, b) == (0, span.length) else data[a:b]
+            del data  # sent: the next span is read without this one held
+            position = lo + span.length
 
     async def _stream_job(self, job: Job) -> AsyncIterator[bytes]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
