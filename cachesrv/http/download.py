@@ -111,6 +111,7 @@ async def _stream(
             await send({"type": "http.response.body", "body": first, "more_body": True})
             async for data in body:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                del data  # sent: not held while the next piece is read
         except ChunkError as exc:
             # Headers are gone: abort the connection so the client sees a failed transfer.
             service.count_corrupt(ref, exc)

@@ -53,6 +53,7 @@ class ManifestPins:
         try:
             async for data in body:
                 yield data
+                del data  # not held while the next piece is read (a hot span is a MiB)
         finally:
             with self._lock:
                 self._held[manifest_id] -= 1
