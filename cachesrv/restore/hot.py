@@ -117,8 +117,9 @@ class _CacheStat(ctypes.Structure):
 
 class _PageCache:
     """Whether a range of a file is all in the page cache: Linux's ``cachestat(2)`` (6.5
-    and later; ~1 µs per MiB, where ``mincore(2)`` over a mapping cost ~10). Where it is
-    missing every answer is False, and the caller reads in a thread."""
+    and later; ~6 µs per MiB span from here, 1.3 of it the call, where ``mincore(2)``
+    over a mapping cost ~10). Where it is missing every answer is False, and the caller
+    reads in a thread."""
 
     CACHESTAT = 451  # the call's number, the same on every architecture
 
@@ -155,8 +156,9 @@ class HotCache:
         self._fd: int | None = None
         self._size = 0
         self._read_fds: dict[int, int] = {}
-        # Segments are read through mappings: a span is hashed and sent from the page
-        # cache without a copy (a pread of each span cost as much as its digest).
+        # :meth:`read` (restore jobs in worker processes) maps segments: a span is
+        # hashed and sent from the page cache without a copy (a pread of each span cost
+        # as much as its digest). The server reads with :meth:`read_bytes` instead.
         # Segment files only ever grow and are never rewritten, so a mapped byte never
         # changes once written; a grown segment is mapped again.
         self._maps: dict[int, mmap.mmap] = {}
@@ -204,7 +206,8 @@ class HotCache:
         """:meth:`read` as one ``bytes`` object, for a process that hands the span to
         hypercorn: it sends ``bytes`` as they are and copies anything else, so the
         ``pread`` here is the span's only copy (a mapping is not used: mapped pages
-        count as the process's memory). It may wait for the disk: call it in a thread."""
+        count as the process's memory). It may wait for the disk: an event loop calls it
+        only for a span :meth:`in_page_cache` found there, and a thread for the rest."""
         try:
             data = os.pread(self._read_fd(span.segment), span.length, span.offset)
         except (OSError, sqlite3.Error):
