@@ -314,6 +314,7 @@ class Repository:
                 "corrupt_chunks": c.corrupt_chunks,
                 "hot_span_hits": restored.hot_hits,
                 "hot_span_misses": restored.hot_misses,
+                "hot_span_sendfiles": restored.hot_sendfiles,
             },
             "lifecycle": self.lifecycle_stats(objects, chunks.quarantined),
         }

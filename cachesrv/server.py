@@ -13,6 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from cachesrv import malloc
 from cachesrv.config import Config
+from cachesrv.http import zerocopy
 from cachesrv.http.app import App
 from cachesrv.http.auth import Authorizer, TokensFile, TokensFileError
 from cachesrv.lifecycle import service as lifecycle_service
@@ -33,6 +34,8 @@ RECV_BYTES = 128 << 10
 
 def hypercorn_config(config: Config) -> HypercornConfig:
     hypercorn.trio.tcp_server.MAX_RECV = RECV_BYTES  # read when each read is made
+    if zerocopy.install():  # hot restores go out with sendfile(2)
+        log.info("HTTP/1.1 restores of hot spans are sent with sendfile(2)")
     hc = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]

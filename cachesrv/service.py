@@ -25,6 +25,7 @@ from cachesrv.http import accesslog
 from cachesrv.ingest.targz import extract_targz
 from cachesrv.ingest.upload import Upload
 from cachesrv.repository import Repository
+from cachesrv.restore.hot import FilePart
 from cachesrv.restore.job import Job
 from cachesrv.store import ChunkError, Frame, check_frame, portable
 
@@ -245,7 +246,7 @@ class CacheService:
             self.repo.access.touch("entry", ref.name)
         return ref
 
-    def open_body(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview]:
+    def open_body(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview | FilePart]:
         """The restore job's bytes, the manifest pinned (GC keeps its chunks, in whatever
         process the job runs) until the body is exhausted or closed. Nothing is decoded
         here: a version collected since it was looked up fails the job (a clean 500)."""

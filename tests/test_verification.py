@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ import zstandard
 from conftest import Server, StartServer, curl, settled
 from conftest import server_stats as stats
 
-from cachesrv.restore.hot import HotCache
+from cachesrv.restore.hot import HotCache, SpanFiles
 
 NO_HOT = ["--hot-cache-bytes", "0"]
 WORKERS = pytest.mark.parametrize("workers", ["0", "1"], ids=["threads", "process"])
@@ -192,8 +195,9 @@ def test_a_span_damaged_mid_object_is_served_from_the_store_from_there_on(
     assert corrupt_hot_spans(server.data, only=2) == 2  # the plain span, and its zstd form
     assert curl("-f", f"{server.url}/mid.bin").stdout == data
     after = stats(server)["since_start"]
-    # spans 0 and 1 sent here, 3 and 4 hot in the job, 2 decoded from the chunk store
+    # spans 0 and 1 sent here (sendfile), 3 and 4 hot in the job, 2 decoded from the store
     assert after["hot_span_hits"] - before["hot_span_hits"] == 4  # type: ignore[index, operator]
+    assert after["hot_span_sendfiles"] - before["hot_span_sendfiles"] == 2  # type: ignore[index, operator]
     assert after["hot_span_misses"] - before["hot_span_misses"] == 1  # type: ignore[index, operator]
     assert "does not match its digest" in server.log_text()
     assert (
@@ -221,10 +225,100 @@ def test_hot_spans_out_of_the_page_cache_are_read_off_the_event_loop_and_whole(
     assert curl("-f", f"{server.url}/cold.bin").stdout == data
     after = stats(server)["since_start"]
     assert after["hot_span_hits"] - before["hot_span_hits"] == 5  # type: ignore[index, operator]
+    assert after["hot_span_sendfiles"] - before["hot_span_sendfiles"] == 5  # type: ignore[index, operator]
     # read in a thread, from the disk: in the page cache again (where the kernel can
     # tell; where it cannot, every span is read in a thread)
     cached = [hot.in_page_cache(span) for span in spans.values()]
     assert cached == [hot.knows_the_page_cache] * 5
+    hot.close()
+
+
+def test_hot_restores_go_out_with_sendfile_byte_identical_whole_and_in_ranges(
+    start_server: StartServer,
+) -> None:
+    server, data = hot_object(start_server, "sent.bin")
+    # (curl's options, the body, hot spans sent with sendfile, hot spans sent any way)
+    cases = [
+        ([], data, 5, 5),
+        (["-0"], data, 5, 5),  # HTTP/1.0
+        (["-r", "1500000-3499999"], data[1500000:3500000], 3, 3),  # spans 1-3, ends cut
+        (["-r", "2100000-2100099"], data[2100000:2100100], 1, 1),
+        # HTTP/2 has no file path: each span is one bytes object (hypercorn copies none)
+        (["--http2-prior-knowledge"], data, 0, 5),
+        (["--http2-prior-knowledge", "-r", "1500000-3499999"], data[1500000:3500000], 0, 3),
+        (["--compressed"], data, 0, None),  # the hot zstd form, sent by a job
+    ]
+    for extra, expected, sendfiles, spans in cases:
+        before = stats(server)["since_start"]
+        result = curl("-f", "-D", "-", *extra, f"{server.url}/sent.bin")
+        head, _, body = result.stdout.partition(b"\r\n\r\n")
+        assert body == expected, extra
+        if "--compressed" not in extra:
+            assert f"content-length: {len(expected)}".encode() in head.lower(), extra
+        after = stats(server)["since_start"]
+        sent, hits = (after[k] - before[k] for k in ("hot_span_sendfiles", "hot_span_hits"))  # type: ignore[index, operator]
+        assert sent == sendfiles, extra
+        assert spans is None or hits == spans, extra
+    assert f'"GET /sent.bin" 200 in=0 out={len(data)} ' in server.log_text()
+
+
+def _open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_clients_that_hang_up_mid_sendfile_leave_no_descriptor_open(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    data = compressible(24_000_000)
+    assert curl("-f", "-T", "-", f"{server.url}/big.bin", input=data).returncode == 0
+    settled(server)
+    assert curl("-f", f"{server.url}/big.bin").stdout == data  # segments opened once
+    baseline = _open_descriptors(server.proc.pid)
+    for _ in range(8):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = 0
+            while got < 2_000_000:  # mid-body: the server is blocked on a full socket
+                got += len(sock.recv(1 << 16))
+            # a reset, not a clean close: sendfile fails with ECONNRESET or EPIPE
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 20
+    while _open_descriptors(server.proc.pid) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)  # each hung-up response ends as its sendfile fails
+    assert _open_descriptors(server.proc.pid) <= baseline
+    assert curl("-f", f"{server.url}/big.bin").stdout == data
+    assert server.proc.poll() is None
+
+
+def test_a_span_being_sent_outlives_its_segment_and_a_damaged_one_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    hot = HotCache(tmp_path, 1 << 30)
+    spans = [os.urandom(100_000), os.urandom(200_000)]
+    written = [hot.append(index, span) for index, span in enumerate(spans)]
+    assert all(written)
+    hot.record(b"object", [w for w in written if w is not None])
+    files = SpanFiles(hot)
+    found = hot.lookup(b"object")
+    part = files.verified(b"object", 1, found[1])
+    assert part is not None and len(part) == 200_000
+    hot.trim(0)  # the cache drops the segment (its file is unlinked) while it is sent
+    assert not list((tmp_path / "hot" / "segments").iterdir())
+    assert os.pread(part.fd, part.count, part.offset) == spans[1]
+    assert os.pread(part.fd, 1000, part.part(5, 1005).offset) == spans[1][5:1005]
+    files.close()
+    hot.close()
+
+    hot = HotCache(tmp_path / "again", 1 << 30)
+    written = [hot.append(0, spans[0])]
+    hot.record(b"object", [w for w in written if w is not None])
+    (segment,) = (tmp_path / "again" / "hot" / "segments").iterdir()
+    _flip(segment, 50_000)
+    files = SpanFiles(hot)
+    assert files.verified(b"object", 0, hot.lookup(b"object")[0]) is None
+    assert hot.lookup(b"object") == {}  # dropped: the store serves it from now on
+    files.close()
     hot.close()
 
 

@@ -186,6 +186,8 @@ class RequestObserver:
                 }
             elif message["type"] == "http.response.body":
                 exchange.bytes_out += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":  # cachesrv.http.zerocopy
+                exchange.bytes_out += message["count"]
             await send(message)
 
         try:

@@ -12,11 +12,12 @@ from contextlib import aclosing
 from typing import Any
 
 from cachesrv.catalog import Ref
-from cachesrv.http import accesslog, conditional
+from cachesrv.http import accesslog, conditional, zerocopy
 from cachesrv.http.errors import HttpError
 from cachesrv.http.request import Request
 from cachesrv.http.responses import Headers, send_simple
 from cachesrv.http.responses import header as _h
+from cachesrv.restore.hot import FilePart
 from cachesrv.restore.job import Job
 from cachesrv.service import CacheService
 from cachesrv.store import ChunkError
@@ -81,7 +82,8 @@ async def send_object(
         if span:
             common.append(_h("Content-Range", f"bytes {start}-{end - 1}/{size}"))
         common.append(_h("Content-Length", end - start))
-        job = Job(ref.manifest_id, ref.digest, size, start, end)
+        zero_copy = zerocopy.EXTENSION in request.scope.get("extensions", {})
+        job = Job(ref.manifest_id, ref.digest, size, start, end, zero_copy=zero_copy)
     if head:
         await send({"type": "http.response.start", "status": status, "headers": common})
         await send({"type": "http.response.body", "body": b""})
@@ -95,7 +97,7 @@ async def _stream(
     send: Any,
     status: int,
     headers: Headers,
-    body: AsyncIterator[bytes | bytearray | memoryview],
+    body: AsyncIterator[bytes | bytearray | memoryview | FilePart],
     ref: Ref,
 ) -> None:
     # The restore job runs ahead of the client by its socket's buffer (cachesrv.restore).
@@ -108,12 +110,26 @@ async def _stream(
             raise HttpError(500, f"stored object {ref.name!r} is damaged: {exc}") from exc
         await send({"type": "http.response.start", "status": status, "headers": headers})
         try:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            await send(_body_message(first))
             async for data in body:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+                await send(_body_message(data))
                 del data  # sent: not held while the next piece is read
         except ChunkError as exc:
             # Headers are gone: abort the connection so the client sees a failed transfer.
             service.count_corrupt(ref, exc)
             raise
     await send({"type": "http.response.body", "body": b""})
+
+
+def _body_message(data: bytes | bytearray | memoryview | FilePart) -> dict[str, Any]:
+    """A piece of a response body as its ASGI message: a hot span of a file for the
+    connection to send itself, else bytes."""
+    if isinstance(data, FilePart):
+        return {
+            "type": zerocopy.EXTENSION,
+            "file": data.fd,
+            "offset": data.offset,
+            "count": data.count,
+            "more_body": True,
+        }
+    return {"type": "http.response.body", "body": data, "more_body": True}

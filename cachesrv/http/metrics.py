@@ -49,6 +49,7 @@ _COUNTERS = {
     "corrupt_chunks": "Chunks that failed verification when read",
     "hot_span_hits": "Restored MiB spans served from the hot cache",
     "hot_span_misses": "Restored MiB spans decoded from the chunk store",
+    "hot_span_sendfiles": "Hot spans sent with sendfile(2), not copied by the server",
 }
 
 

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-B = TypeVar("B", bytes, bytes | bytearray | memoryview)  # what a pinned body yields
+B = TypeVar("B")  # what a pinned body yields
 
 
 class ManifestPins:

@@ -79,6 +79,9 @@ class Job:
     zstd: bool = False
     piece: int = SPAN  # bytes per frame sent (smaller when many restores share memory)
     warm: bool = False  # only fill the hot cache (after an upload): nothing is sent
+    # the connection sends files itself (cachesrv.http.zerocopy): hot spans may come as
+    # hot.FilePart, sent with sendfile(2)
+    zero_copy: bool = False
 
     @property
     def stop(self) -> int:
@@ -101,6 +104,7 @@ class Job:
 @dataclass
 class JobStats:
     hot_hits: int = 0  # spans served from the hot cache
+    hot_sendfiles: int = 0  # of them, sent with sendfile(2) (hot.FilePart)
     hot_misses: int = 0  # spans decoded from the chunk store
     corrupt: int = 0  # chunks that failed verification
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from cachesrv.restore.hot import SPAN, HotSpan
+from cachesrv.restore.hot import SPAN, FilePart, HotSpan, SpanFiles
 from cachesrv.restore.job import DATA, END, FAIL, FRAME, UNAVAILABLE, Job, JobStats, Source
 from cachesrv.restore.process import serve_job
 from cachesrv.store import ChunkCorrupt
@@ -160,7 +160,7 @@ class RestorePool:
             finally:
                 self.warm_pending_bytes -= job.size
 
-    async def stream(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview]:
+    async def stream(self, job: Job) -> AsyncIterator[bytes | bytearray | memoryview | FilePart]:
         """The job's bytes as they come. Raises :class:`RestoreFailed` if the object
         cannot be served, ``OSError(ETIMEDOUT)`` if its store does not answer (before the
         first piece: nothing was sent yet)."""
@@ -192,50 +192,64 @@ class RestorePool:
 
     async def _stream_hot(
         self, job: Job, spans: dict[int, HotSpan]
-    ) -> AsyncIterator[bytes | bytearray | memoryview]:
+    ) -> AsyncIterator[bytes | bytearray | memoryview | FilePart]:
         """A restore whose spans are all hot, sent by this process without a worker.
 
         A worker's bytes would cross a socket to reach this process, which sends every
         response anyway: with the worker's own read and digest, that hop made a hot
         restore cost the two processes ~1.4 core-seconds per GB (8 restores at once);
-        read, checked and sent here, ~0.9. A span in the page cache is read on the event
-        loop (what needs the disk is read in a thread: the loop never waits for one) and
-        checked against its digest (XXH3, ~0.04 ms per MiB). It is read as one ``bytes``
-        object and handed to hypercorn whole, which sends ``bytes`` without copying them
-        (anything else it copies): the ``pread`` is the span's only copy in this process,
-        and a hot restore holds one span here at a time. Past :data:`BUSY` restores at
-        once, spans are sent in ``job.piece`` views instead, each copied by hypercorn:
-        whole spans answered ~10% more requests under bench.load, but its server then
-        peaked ~4 MB higher, past the tree's 150 MB. A span that fails its digest
-        (it is dropped) and everything after it is served by a job from the chunk store.
+        read, checked and sent here, ~0.9. A span in the page cache is checked on the
+        event loop (what needs the disk is checked in a thread: the loop never waits for
+        one) against its digest (XXH3, ~0.04 ms per MiB).
+
+        Where the connection sends files itself (``job.zero_copy``), a span is checked
+        through a mapping of its segment and comes as a :class:`FilePart` that hypercorn
+        sends with ``sendfile(2)``: this process copies none of its bytes. Otherwise it
+        is read as one ``bytes`` object and handed to hypercorn whole, which sends
+        ``bytes`` without copying them (anything else it copies), so the ``pread`` is the
+        span's only copy here; past :data:`BUSY` restores at once it goes in
+        ``job.piece`` views instead, each copied by hypercorn: whole spans answered ~10%
+        more requests under bench.load, but its server then peaked ~4 MB higher, past
+        the tree's 150 MB. A span that fails its digest (it is dropped) and everything
+        after it is served by a job from the chunk store.
         """
         hot = self.source.hot
         assert hot is not None
+        files = SpanFiles(hot) if job.zero_copy else None
+        read = hot.read_bytes if files is None else files.verified
         end = job.stop
         position = job.start
-        while position < end:
-            index = position // SPAN
-            span = spans[index]
-            if hot.in_page_cache(span):
-                data = hot.read_bytes(job.digest, index, span)
-            else:
-                data = await trio.to_thread.run_sync(hot.read_bytes, job.digest, index, span)
-            if data is None:  # damaged or dropped meanwhile: the store has the bytes
-                async for part in self._stream_job(dataclasses.replace(job, start=position)):
-                    yield part
-                return
-            self.stats.hot_hits += 1
-            lo = index * SPAN
-            a, b = position - lo, min(end, lo + span.length) - lo
-            if (a, b) == (0, span.length) and job.piece >= span.length:
-                yield data  # whole, as bytes: sent without a copy
-            else:  # views: hypercorn copies each (a Range's ends, or a busy server)
-                with memoryview(data) as view:
-                    for at in range(a, b, job.piece):
-                        with view[at : min(b, at + job.piece)] as piece:
-                            yield piece
-            del data  # sent: the next span is read without this one held
-            position = lo + span.length
+        try:
+            while position < end:
+                index = position // SPAN
+                span = spans[index]
+                if hot.in_page_cache(span):
+                    data = read(job.digest, index, span)
+                else:
+                    data = await trio.to_thread.run_sync(read, job.digest, index, span)
+                if data is None:  # damaged or dropped meanwhile: the store has the bytes
+                    job = dataclasses.replace(job, start=position)
+                    async for part in self._stream_job(job):
+                        yield part
+                    return
+                self.stats.hot_hits += 1
+                lo = index * SPAN
+                a, b = position - lo, min(end, lo + span.length) - lo
+                if isinstance(data, FilePart):
+                    self.stats.hot_sendfiles += 1
+                    yield data.part(a, b)
+                elif (a, b) == (0, span.length) and job.piece >= span.length:
+                    yield data  # whole, as bytes: sent without a copy
+                else:  # views: hypercorn copies each (a Range's ends, or a busy server)
+                    with memoryview(data) as view:
+                        for at in range(a, b, job.piece):
+                            with view[at : min(b, at + job.piece)] as piece:
+                                yield piece
+                del data  # sent: the next span is read without this one held
+                position = lo + span.length
+        finally:
+            if files is not None:
+                files.close()  # every part of it was sent: the sends return when queued
 
     async def _stream_job(self, job: Job) -> AsyncIterator[bytes]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
