@@ -23,6 +23,7 @@ new ones (the old pack is an unindexed leftover); both are removed later.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -372,6 +373,25 @@ def _unlink(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return size
+
+
+# Appended pack bytes handed to the disk at a time, ahead of the fsync (start_writeback)
+WRITEBACK_BYTES = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes of ``fd`` from ``offset`` to the disk now, without
+    waiting (Linux's ``sync_file_range(2)``; nothing where it is missing). Durability
+    still comes from the fsync at a commit, which then waits for the last few MiB only:
+    on a machine whose RAM lets the kernel hold a whole upload dirty, the fsyncs of a
+    cold 736 MB upload (the Go cache) waited ~1 s for all of it, after its CPU work."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # its errors: the fsync's
 
 
 def fsync_dir(path: Path) -> None:

@@ -47,8 +47,10 @@ from .packs import (
     PACK_LIMIT,
     RECORD_HEADER,
     RECORD_MAGICS,
+    WRITEBACK_BYTES,
     fsync_dir,
     new_pack_name,
+    start_writeback,
 )
 from .pins import Pins
 
@@ -83,6 +85,7 @@ class PackAppender:
         self._size = 0
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._unsent = 0  # bytes at the current pack's end not yet handed to the disk
         self._synced = True  # everything appended to the current pack is fsynced
         self._retired: dict[int, int] = {}  # full packs still awaiting commits: id -> fd
         self.uncommitted: dict[int, int] = {}  # pack -> writers' pending rows in it
@@ -210,6 +213,7 @@ class PackAppender:
             path.unlink(missing_ok=True)
             raise
         self.pack_id, self._fd, self._size, self._synced = pack_id, fd, 0, True
+        self._unsent = 0
 
     def _flush(self) -> None:
         if self._buffer and self._fd is not None:
@@ -226,6 +230,10 @@ class PackAppender:
                 raise
             self._buffer.clear()
             self._buffered = 0
+            self._unsent += len(data)
+            if self._unsent >= WRITEBACK_BYTES:  # what is written is all appended now
+                start_writeback(self._fd, self._size - self._unsent, self._unsent)
+                self._unsent = 0
 
     def abandon(self) -> None:
         """After a failed write or fsync nothing uncommitted in this pack can be trusted:
