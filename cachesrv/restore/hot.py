@@ -433,45 +433,50 @@ class SpanFiles:
 
     def __init__(self, hot: HotCache) -> None:
         self.hot = hot
-        self._open: dict[int, tuple[int, mmap.mmap | None]] = {}
+        # the segment of the span sent last: one descriptor per restore (the Go cache's
+        # spans lie in ~13 segments, nearly all in order; a hundred restores holding
+        # a descriptor for each would be past a default limit of 1,024 files)
+        self._segment_id = -1
+        self._fd = -1
+        self._mapping: mmap.mmap | None = None
 
     def verified(self, digest: bytes, index: int, span: HotSpan) -> FilePart | None:
         """The span as a :class:`FilePart` once it matches its digest; None when it is
         gone or damaged (it is dropped; read the store). May wait for the disk, like
-        :meth:`HotCache.read_bytes`."""
+        :meth:`HotCache.read_bytes`. The part is valid until the next call."""
+        end = span.offset + span.length
         try:
-            fd, mapping = self._segment(span)
+            mapping = self._map(span.segment, end)
         except (OSError, ValueError, sqlite3.Error):
             mapping = None  # dropped meanwhile: a miss
-        end = span.offset + span.length
         if mapping is None or len(mapping) < end:  # or recorded but never written whole
             self.hot._checked(digest, index, span, b"", 0)
             return None
         with memoryview(mapping)[span.offset : end] as view:
             good = self.hot._checked(digest, index, span, view, span.length)
         _unmap_pages(mapping, span)
-        return FilePart(fd, span.offset, span.length) if good else None
+        return FilePart(self._fd, span.offset, span.length) if good else None
 
-    def _segment(self, span: HotSpan) -> tuple[int, mmap.mmap | None]:
-        fd, mapping = self._open.get(span.segment, (-1, None))
-        if fd < 0:
-            fd = self.hot._open_segment(span.segment)
-            self._open[span.segment] = (fd, None)
-        if mapping is None or len(mapping) < span.offset + span.length:
-            if mapping is not None:  # a segment still being written, grown since mapped
-                mapping.close()
-                self._open[span.segment] = (fd, None)
-            size = os.fstat(fd).st_size
-            mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-            self._open[span.segment] = (fd, mapping)
-        return fd, mapping
+    def _map(self, segment: int, end: int) -> mmap.mmap | None:
+        if segment != self._segment_id:
+            self.close()
+            self._fd = self.hot._open_segment(segment)
+            self._segment_id = segment
+        if self._mapping is None or len(self._mapping) < end:
+            if self._mapping is not None:  # a segment still being written, grown since
+                self._mapping.close()
+                self._mapping = None
+            size = os.fstat(self._fd).st_size
+            self._mapping = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
+        return self._mapping
 
     def close(self) -> None:
-        for fd, mapping in self._open.values():
-            if mapping is not None:
-                mapping.close()
-            os.close(fd)
-        self._open.clear()
+        if self._mapping is not None:
+            self._mapping.close()
+            self._mapping = None
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._segment_id = -1, -1
 
 
 def _unmap_pages(mapping: mmap.mmap, span: HotSpan) -> None:
