@@ -4,9 +4,10 @@ DESIGN.md's read-path numbers: a restore that decompresses every byte tops out
 near 0.55 of hypercorn's send ceiling on two cores. So the bytes of recently
 written and read objects are also kept *as the client gets them*, in spans of
 :data:`SPAN` bytes at fixed offsets of the object, each with a digest taken
-when it was written. Serving a hot span is one ``pread`` and one
-digest check per MiB, with no per-chunk step: many tiny tar members restore as
-fast as a few big ones.
+when it was written. Serving a hot span is one digest check per MiB through a
+mapping of the page cache, then ``sendfile(2)`` (:class:`SpanFiles`; a ``pread``
+where the connection cannot send files), with no per-chunk step: many tiny tar
+members restore as fast as a few big ones.
 
 The span digest is XXH3-128 (:func:`span_digest`), not the store's BLAKE3: it
 guards against accidents (a torn write, a flipped bit, a truncated segment), which
@@ -176,7 +177,8 @@ class HotCache:
         self._read_fds: dict[int, int] = {}
         # :meth:`read` (restore jobs in worker processes) maps segments: a span is
         # hashed and sent from the page cache without a copy (a pread of each span cost
-        # as much as its digest). The server reads with :meth:`read_bytes` instead.
+        # as much as its digest). The server's own hot restores map with SpanFiles (each
+        # its own descriptor, for sendfile), or read with :meth:`read_bytes`.
         # Segment files only ever grow and are never rewritten, so a mapped byte never
         # changes once written; a grown segment is mapped again.
         self._maps: dict[int, mmap.mmap] = {}
