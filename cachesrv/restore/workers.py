@@ -44,11 +44,6 @@ SOCKET_BUFFER = 4 << 20  # per restore: how far a job may run ahead of its clien
 # pieces: memory is one budget.
 BUSY = 4
 WARM_QUEUE = 64  # warm-ups waiting; past it new ones are dropped (a cache, not a duty)
-# Versions smaller than this are not warmed up: their first restore decodes them (a few
-# ms, in a job) and fills the hot cache. Warming every one cost more than it saved:
-# under bench.load's 500 KB uploads the warm-ups took 8.0 of the 35 CPU-seconds the
-# whole tree used, and without them it answered 7,283 requests, not 6,009.
-WARM_MIN = 4 * SPAN
 
 
 class RestoreFailed(ChunkCorrupt):
@@ -146,7 +141,7 @@ class RestorePool:
     def warm(self, job: Job) -> None:
         """Decode a just-published version into the hot cache, in the background, one
         at a time (so the first restore of it need not decode; see .hot)."""
-        if self.hot_limit <= 0 or job.size < WARM_MIN:
+        if self.hot_limit <= 0:
             return
         try:
             self._warm_send.send_nowait(dataclasses.replace(job, warm=True))
