@@ -14,9 +14,10 @@ CPU per GB restored and halved plain GET speed (bench, Go cache: ~580 -> ~1,300
 MB/s; 16 restores at once peaked 2 MB higher). So the server keeps frames on
 the heap (threshold above the frame size), and a trim threshold above a few
 frames keeps glibc from giving the heap's top back and faulting it in again on
-every frame. The hot spans the server reads itself (``bytes`` of 1 MiB, see
-RestorePool._stream_hot) need the same: at a 1 MiB threshold a hot GET of the Go
-cache cost the server 0.82 core-seconds per GB instead of 0.41.
+every frame. The hot spans the server reads itself where a connection cannot send
+files (``bytes`` of 1 MiB, see RestorePool._stream_hot) need the same: at a 1 MiB
+threshold a hot GET of the Go cache cost the server 0.82 core-seconds per GB instead
+of 0.41.
 """
 
 from __future__ import annotations

@@ -436,7 +436,7 @@ class SpanFiles:
     def __init__(self, hot: HotCache) -> None:
         self.hot = hot
         # the segment of the span sent last: one descriptor per restore (the Go cache's
-        # spans lie in ~13 segments, nearly all in order; a hundred restores holding
+        # v2 spans lie in ~16 segments, nearly all in order; a hundred restores holding
         # a descriptor for each would be past a default limit of 1,024 files)
         self._segment_id = -1
         self._fd = -1
